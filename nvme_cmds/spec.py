@@ -54,3 +54,11 @@ assert CQE.fields["status"][1] == 14
 FLAGS_FUSE_MASK = 0x03
 FLAGS_RSVD_MASK = 0x3C
 FLAGS_PSDT_SHIFT = 6
+
+# The same layouts as struct formats, for packing one entry at a time without
+# building numpy records (tests assert they agree with the dtypes byte for byte).
+import struct  # noqa: E402
+
+SQE_STRUCT = struct.Struct("<BBHIIIQQQIIIIII")
+CQE_STRUCT = struct.Struct("<IIHHHH")
+assert SQE_STRUCT.size == 64 and CQE_STRUCT.size == 16

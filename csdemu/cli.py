@@ -1,0 +1,244 @@
+"""The `csdemu` command line, in nvme-cli's spirit."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import click
+
+from csdemu.paths import default_data_dir, default_socket
+
+SOCKET_OPT = click.option("--socket", "socket_path", default=None, metavar="PATH",
+                          help="daemon socket [default: $CSDEMU_SOCKET or per-user runtime dir]")
+
+
+def _fail(msg: str):
+    raise click.ClickException(msg)
+
+
+def _connect(socket_path):
+    from csdemu import DaemonError, connect
+    try:
+        return connect(socket_path)
+    except DaemonError as exc:
+        _fail(str(exc))
+
+
+def _control(socket_path, op: str) -> dict:
+    from csdemu.control import recv_msg, send_msg
+    path = socket_path or default_socket()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        send_msg(s, {"op": op})
+        reply, _ = recv_msg(s)
+    except OSError as exc:
+        _fail(f"cannot reach the csdemu daemon at {path}: {exc.strerror or exc}")
+    finally:
+        s.close()
+    return reply
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="csdemu")
+def main():
+    """csdemu: an emulated NVMe computational storage drive for in-storage LLM attention."""
+
+
+# ---------------------------------------------------------------- daemon
+@main.command()
+@click.option("--data-dir", default=None, metavar="DIR", help="where flash backing files live")
+@SOCKET_OPT
+@click.option("--profile", default=None, metavar="NAME", help="drive profile (see `csdemu profiles`)")
+@click.option("--config", "config_file", default=None, metavar="FILE.toml", help="profile file")
+@click.option("--timing", type=click.Choice(["virtual", "realtime"]), default=None,
+              help="override the profile's timing mode")
+@click.option("--poll-idle-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
+              help="spin this long without work before sleeping")
+@click.option("--foreground", is_flag=True, help="do not daemonize")
+def start(data_dir, socket_path, profile, config_file, timing, poll_idle_us, foreground):
+    """Start the drive daemon."""
+    socket_path = socket_path or default_socket()
+    data_dir = data_dir or default_data_dir()
+    if profile and config_file:
+        _fail("give --profile or --config, not both")
+    if foreground:
+        from csdemu.daemon import Daemon
+        from csdemu.device import build_controller
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        try:
+            ctrl, info = build_controller(data_dir, profile, config_file, timing)
+        except (ValueError, OSError) as exc:
+            _fail(str(exc))
+        Daemon(socket_path, ctrl, poll_idle_us, info).serve()
+        return
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    args = [sys.executable, "-m", "csdemu.cli", "start", "--foreground",
+            "--data-dir", data_dir, "--socket", socket_path, "--poll-idle-us", str(poll_idle_us)]
+    for flag, value in (("--profile", profile), ("--config", config_file), ("--timing", timing)):
+        if value:
+            args += [flag, value]
+    log_path = os.path.join(data_dir, "daemon.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = open(log_path, errors="replace").read().strip().splitlines()[-1:]
+            _fail(f"daemon exited with status {proc.returncode}: {tail[0] if tail else 'see ' + log_path}")
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(socket_path)
+            s.close()
+            click.echo(f"csdemu daemon {proc.pid} listening on {socket_path} (log: {log_path})")
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    _fail(f"daemon did not start listening on {socket_path} within 60 s (log: {log_path})")
+
+
+@main.command()
+@SOCKET_OPT
+def stop(socket_path):
+    """Stop the daemon (in-flight commands are drained first)."""
+    st = _control(socket_path, "status")
+    _control(socket_path, "stop")
+    pid = st.get("pid")
+    deadline = time.monotonic() + 30
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    click.echo(f"csdemu daemon {pid} stopped")
+
+
+@main.command()
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+def status(socket_path, as_json):
+    """Daemon pid, uptime, clients, queues, namespaces."""
+    st = _control(socket_path, "status")
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"pid {st['pid']}  uptime {st['uptime_s']:.1f}s  socket {st['socket']}  "
+               f"profile {st.get('profile', '')}  timing {'realtime' if st['timing_mode'] else 'virtual'}")
+    click.echo(f"clients: {len(st['clients'])}  commands: {st['commands']}")
+    for c in st["clients"]:
+        qs = ", ".join(f"q{q['sqid']}x{q['depth']}" for q in c["queues"])
+        click.echo(f"  client {c['id']} pid {c['pid']}: {qs}; {c['iommu_regions']} DMA regions")
+    for ns in st["namespaces"]:
+        owner = f" owner client {ns['owner']}" if ns["owner"] else ""
+        click.echo(f"  nsid {ns['nsid']}: {ns['kind']}, {ns['nlbas']} x {ns['lba_size']} B{owner}")
+
+
+# ---------------------------------------------------------------- admin verbs
+def _print_dict(d: dict, indent=0):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            click.echo(" " * indent + f"{k}:")
+            _print_dict(v, indent + 2)
+        else:
+            click.echo(" " * indent + f"{k:<28} {v}")
+
+
+@main.command()
+@SOCKET_OPT
+@click.option("--namespace", "-n", "nsid", type=int, default=None, help="identify this namespace")
+@click.option("--json", "as_json", is_flag=True)
+def identify(socket_path, nsid, as_json):
+    """Identify controller (or namespace with -n)."""
+    with _connect(socket_path) as dev:
+        d = dev.identify_ns(nsid) if nsid is not None else dev.identify()
+    click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
+
+
+@main.command()
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+def smart(socket_path, as_json):
+    """SMART / health log (02h)."""
+    with _connect(socket_path) as dev:
+        d = dev.smart()
+    click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
+
+
+@main.command()
+@SOCKET_OPT
+@click.argument("lid", default="flash")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--length", default=4096, show_default=True)
+def log(socket_path, lid, as_json, length):
+    """Get Log Page: LID is flash (C0h), engine (C1h), smart (02h) or a number."""
+    from csdemu import NVMeError
+    names = {"flash": 0xC0, "engine": 0xC1, "smart": 0x02}
+    try:
+        lid_num = names[lid] if lid in names else int(lid, 0)
+    except ValueError:
+        _fail(f"LID {lid!r} is not flash, engine, smart or a number")
+    with _connect(socket_path) as dev:
+        try:
+            if lid_num == 0xC0:
+                d = dev.flash_log()
+            elif lid_num == 0x02:
+                d = dev.smart()
+            else:
+                raw = dev.log_page(lid_num, length)
+                d = {"lid": lid_num, "hex": raw.hex()}
+        except NVMeError as exc:
+            _fail(str(exc))
+    click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
+
+
+def _int(s: str) -> int:
+    return int(s, 0)
+
+
+@main.command()
+@SOCKET_OPT
+@click.option("--opcode", "-o", required=True, type=_int)
+@click.option("--namespace-id", "-n", "nsid", default=0, type=_int)
+@click.option("--cdw10", default=0, type=_int)
+@click.option("--cdw11", default=0, type=_int)
+@click.option("--cdw12", default=0, type=_int)
+@click.option("--cdw13", default=0, type=_int)
+@click.option("--cdw14", default=0, type=_int)
+@click.option("--cdw15", default=0, type=_int)
+@click.option("--data-len", "-l", default=0, type=_int, help="bytes to read back")
+@click.option("--input-file", "-i", type=click.File("rb"), default=None, help="data to send")
+@click.option("--admin", is_flag=True, help="admin-passthru instead of io-passthru")
+@click.option("--json", "as_json", is_flag=True)
+def passthru(socket_path, opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15,
+             data_len, input_file, admin, as_json):
+    """Send a raw command (nvme io-passthru / admin-passthru)."""
+    data = input_file.read() if input_file else None
+    with _connect(socket_path) as dev:
+        c = dev.passthru(opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15,
+                         data=data, read_len=data_len, admin=admin)
+    out = {"status": c.status_name, "sct": c.sct, "sc": c.sc, "result": c.result,
+           "device_ns": c.device_ns}
+    if data_len:
+        out["data"] = c.data.hex()
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(f"{'NVMe status' if not c.ok else 'status'}: {c.status_name} "
+                   f"(SCT {c.sct:#x}, SC {c.sc:#04x}) result {c.result:#x} device {c.device_ns} ns")
+        if data_len:
+            click.echo(out["data"])
+    if not c.ok:
+        sys.exit(1)
+
+
+from csdemu import cli_bench  # noqa: E402,F401  (registers `csdemu bench ...`)
+
+if __name__ == "__main__":
+    main()

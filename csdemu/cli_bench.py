@@ -1,0 +1,60 @@
+"""`csdemu bench ...`: measurements that print one JSON object each."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import click
+
+from csdemu.cli import SOCKET_OPT, main
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def emit(result: dict, out: str | None, as_json: bool) -> None:
+    text = json.dumps(result, indent=2)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    if as_json:
+        click.echo(text)
+    else:
+        for k, v in result.items():
+            if k != "machine":
+                click.echo(f"{k:<24} {v}")
+
+
+@main.group()
+def bench():
+    """Benchmarks (each prints one JSON object with --json)."""
+
+
+@bench.command()
+@SOCKET_OPT
+@click.option("--seconds", default=3.0, show_default=True, help="QD32 throughput phase length")
+@click.option("--qd", default=32, show_default=True)
+@click.option("--samples", default=20000, show_default=True, help="QD1 round trips timed")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE", help="also write the JSON here")
+def qpair(socket_path, seconds, qd, samples, as_json, out):
+    """Transport: NOP commands/s at QD32 and QD1 round-trip latency."""
+    from csdemu.bench_qpair import run_qpair_bench
+    from csdemu.spawn import daemon_for
+    with daemon_for(socket_path) as path:
+        result = run_qpair_bench(path, seconds=seconds, qd=qd, samples=samples)
+    result["machine"] = machine()
+    emit(result, out, as_json)
