@@ -238,6 +238,14 @@ def passthru(socket_path, opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15
         sys.exit(1)
 
 
+@main.command()
+@click.option("--profile", default=None, metavar="NAME")
+def demo(profile):
+    """Start a temporary drive, write and read blocks, print identify and SMART."""
+    from csdemu.demo import run_demo
+    run_demo(profile)
+
+
 from csdemu import cli_bench  # noqa: E402,F401  (registers `csdemu bench ...`)
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+# csdemu: `make run` runs the main job, `make test` runs the tests.
+# Each target sets up what it needs: Debian packages, a .venv, pip packages.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+APT_PKGS := fio nbdkit nbdkit-plugin-python
+
+.PHONY: install run test bench clean apt
+
+install: $(STAMP)
+
+apt:
+	@if ! command -v fio >/dev/null || ! command -v nbdkit >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; fi; \
+	fi
+
+$(STAMP): requirements.txt setup.cfg
+	$(MAKE) apt
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m csdemu.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) tools/run_benchmarks.py
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache

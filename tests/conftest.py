@@ -1,0 +1,24 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from csdemu.spawn import DaemonProcess  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    """One real daemon process for the transport tests (temp dir, own socket)."""
+    d = DaemonProcess(extra_args=["--poll-idle-us", "2000"]).start()
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture
+def dev(daemon):
+    import csdemu
+    with csdemu.connect(daemon.socket_path) as device:
+        yield device
