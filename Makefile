@@ -24,7 +24,7 @@ $(STAMP): requirements.txt setup.cfg
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m csdemu.cli demo
+	$(PY) -m csdemu demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

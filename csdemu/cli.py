@@ -77,7 +77,7 @@ def start(data_dir, socket_path, profile, config_file, timing, poll_idle_us, for
         Daemon(socket_path, ctrl, poll_idle_us, info).serve()
         return
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    args = [sys.executable, "-m", "csdemu.cli", "start", "--foreground",
+    args = [sys.executable, "-m", "csdemu", "start", "--foreground",
             "--data-dir", data_dir, "--socket", socket_path, "--poll-idle-us", str(poll_idle_us)]
     for flag, value in (("--profile", profile), ("--config", config_file), ("--timing", timing)):
         if value:
@@ -247,6 +247,3 @@ def demo(profile):
 
 
 from csdemu import cli_bench  # noqa: E402,F401  (registers `csdemu bench ...`)
-
-if __name__ == "__main__":
-    main()

@@ -37,7 +37,7 @@ class DaemonProcess:
         self.log_path = os.path.join(self.tmp, "daemon.log")
 
     def start(self, timeout: float = 60.0) -> "DaemonProcess":
-        args = [sys.executable, "-m", "csdemu.cli", "start", "--foreground",
+        args = [sys.executable, "-m", "csdemu", "start", "--foreground",
                 "--data-dir", self.data_dir, "--socket", self.socket_path, *self.extra_args]
         if self.profile:
             args += ["--profile", self.profile]

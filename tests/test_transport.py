@@ -176,7 +176,7 @@ def test_socket_and_shared_memory_are_private(daemon):
 
 
 def test_status_json_via_cli(daemon):
-    out = subprocess.run([sys.executable, "-m", "csdemu.cli", "status", "--json", "--socket",
+    out = subprocess.run([sys.executable, "-m", "csdemu", "status", "--json", "--socket",
                           daemon.socket_path], capture_output=True, text=True, timeout=60)
     st = json.loads(out.stdout)
     assert st["pid"] == daemon.proc.pid and st["namespaces"][0]["nsid"] == 1
@@ -193,7 +193,7 @@ def test_sigterm_drains_and_exits_cleanly():
 
 def test_start_stop_in_background(tmp_path):
     sock = str(tmp_path / "bg.sock")
-    cmd = [sys.executable, "-m", "csdemu.cli"]
+    cmd = [sys.executable, "-m", "csdemu"]
     r = subprocess.run(cmd + ["start", "--data-dir", str(tmp_path / "data"), "--socket", sock],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

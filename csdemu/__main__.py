@@ -1,0 +1,3 @@
+from csdemu.cli import main
+
+main(prog_name="csdemu")

@@ -1,0 +1,1 @@
+"""The KV-cache side of the drive: layout, engine, timing."""

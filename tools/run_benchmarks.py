@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""`make bench`: run every benchmark, keep its JSON under bench/results/,
+and rewrite BENCHMARKS.md from those files (with the machine each ran on)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+BENCHES = [
+    # (name, argv after `csdemu`)
+    ("qpair", ["bench", "qpair", "--json"]),
+]
+
+
+def run(name, argv) -> bool:
+    out = os.path.join(RESULTS, f"{name}.json")
+    cmd = [sys.executable, "-m", "csdemu", *argv, "--out", out]
+    print("+ csdemu", " ".join(argv), flush=True)
+    r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return r.returncode == 0
+
+
+def fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def render() -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `make bench` (tools/run_benchmarks.py) from bench/results/*.json. "
+             "Comparisons are ratios measured inside one run.", ""]
+    for fn in sorted(os.listdir(RESULTS)):
+        if not fn.endswith(".json"):
+            continue
+        with open(os.path.join(RESULTS, fn)) as f:
+            data = json.load(f)
+        m = data.pop("machine", {})
+        lines += [f"## {fn[:-5]}", "",
+                  f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+                  f"Python {m.get('python', '?')}, Linux {m.get('kernel', '?')}; run {m.get('date', '?')}.", "",
+                  "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in data.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    os.makedirs(RESULTS, exist_ok=True)
+    only = sys.argv[1:]
+    failed = [n for n, argv in BENCHES if (not only or n in only) and not run(n, argv)]
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+        f.write(render())
+    if failed:
+        sys.exit(f"benchmarks failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
