@@ -43,7 +43,25 @@ def _control(socket_path, op: str) -> dict:
     return reply
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Every bad argument or failure ends in one line on stderr: `csdemu: error: ...`."""
+
+    def main(self, args=None, prog_name=None, **kw):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kw)
+        except click.exceptions.Abort:
+            click.echo("csdemu: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = f" {ctx.command_path.split(' ', 1)[1]}" if ctx and " " in ctx.command_path else ""
+            click.echo(f"csdemu{where}: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="csdemu")
 def main():
     """csdemu: an emulated NVMe computational storage drive for in-storage LLM attention."""
@@ -198,8 +216,20 @@ def log(socket_path, lid, as_json, length):
     click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
 
 
-def _int(s: str) -> int:
-    return int(s, 0)
+class AnyBaseInt(click.ParamType):
+    """Integers in decimal, 0x hex, 0o octal or 0b binary, as nvme-cli takes them."""
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value, 0)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer", param, ctx)
+
+
+_int = AnyBaseInt()
 
 
 @main.command()

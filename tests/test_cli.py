@@ -1,0 +1,48 @@
+"""The command line against a real daemon: verbs work, bad input is one line."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def csdemu(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "csdemu", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(r, *needles):
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_identify_smart_log_passthru(daemon):
+    s = ["--socket", daemon.socket_path]
+    r = csdemu("identify", *s, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["sqes"] == 0x66
+    r = csdemu("identify", *s, "-n", "1")
+    assert r.returncode == 0 and "nsze" in r.stdout
+    r = csdemu("smart", *s, "--json")
+    assert "data_units_read" in json.loads(r.stdout)
+    r = csdemu("passthru", *s, "-o", "0x80", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "SUCCESS"
+    r = csdemu("passthru", *s, "-o", "0x02", "-n", "1", "-l", "4096", "--json")
+    out = json.loads(r.stdout)
+    assert out["status"] == "SUCCESS" and len(out["data"]) == 8192
+    r = csdemu("passthru", *s, "-o", "0x7e", "-n", "1")
+    assert r.returncode == 1 and "INVALID_OPCODE" in r.stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["start", "--poll-idle-us", "-5"], ["--poll-idle-us"]),
+    (["start", "--timing", "sometimes"], ["--timing"]),
+    (["log", "bogus", "--socket", "/nonexistent.sock"], ["bogus"]),
+    (["smart", "--socket", "/nonexistent.sock"], ["/nonexistent.sock"]),
+    (["passthru", "--opcode", "zz"], ["--opcode"]),
+    (["frobnicate"], ["frobnicate"]),
+])
+def test_bad_arguments_give_one_line(args, needles):
+    one_line_error(csdemu(*args), *needles)
