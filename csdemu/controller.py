@@ -191,6 +191,12 @@ class Controller:
             return Status.DATA_TRANSFER_ERROR, 0
         return 0, -1
 
+    def arena_slice(self, session, off, length):
+        """A small payload the client left in its arena (vendor metadata)."""
+        if length > self.config.mdts_bytes or off < CONTROL_BYTES or off + length > session.size:
+            return Status.DATA_TRANSFER_ERROR, None
+        return 0, memoryview(session.mm)[off:off + length]
+
     def data_in(self, session, flags, addr, sgl_len, length):
         """Host→device payload -> (status, memoryview)."""
         st, off = self._locate(session, flags, addr, sgl_len, length)
@@ -252,6 +258,7 @@ class Controller:
                                  arrival_ns=arrival, done_ns=arrival)
         st = self.check_flags(flags)
         cdw = cmd[9:15]
+        meta_len = 0
         if not st:
             if opc < 0x80:
                 if opc not in _NVM_OPCODES:
@@ -260,16 +267,19 @@ class Controller:
                     in_len, out_len = nvm_data_lengths(opc, cdw[0], cdw[2], ns.lba_size)
             else:
                 lengths = getattr(ns, "data_lengths", None)
-                st, in_len, out_len = lengths(opc, cdw) if lengths else (Status.INVALID_OPCODE, 0, 0)
+                st, in_len, out_len, meta_len = (lengths(opc, cdw) if lengths
+                                                 else (Status.INVALID_OPCODE, 0, 0, 0))
         if st:
             return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
-        data = None
-        if in_len:
+        data = meta = None
+        if meta_len:
+            st, meta = self.arena_slice(session, cmd[6], meta_len)
+        if in_len and not st:
             st, data = self.data_in(session, flags, cmd[7], cmd[8], in_len)
-            if st:
-                return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
+        if st:
+            return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
         req = Request(opc, nsid, cdw, arrival, data, out_len, session.id,
-                      bool(cdw[2] & CDW12_FUA) if opc < 0x80 else False)
+                      bool(cdw[2] & CDW12_FUA) if opc < 0x80 else False, meta)
         try:
             res = ns.process_io(req)
         except Exception as exc:      # a namespace bug must not take the daemon down
@@ -278,8 +288,8 @@ class Controller:
                                  arrival_ns=arrival, done_ns=arrival)
         st = res.status
         if not st and out_len and res.data is not None:
-            if in_len:     # bidirectional: PRP2, or with SGL the arena offset in MPTR
-                out_addr, out_sgl = (cmd[6], 0xFFFFFFFF) if flags >> FLAGS_PSDT_SHIFT else (cmd[8], 0)
+            if in_len:     # bidirectional: PRP2, or with SGL the arena offset in CDW15
+                out_addr, out_sgl = (cdw[5], 0xFFFFFFFF) if flags >> FLAGS_PSDT_SHIFT else (cmd[8], 0)
             else:
                 out_addr, out_sgl = cmd[7], cmd[8]
             st = self.data_out(session, flags, out_addr, out_sgl, res.data, out_len)

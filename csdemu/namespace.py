@@ -27,6 +27,7 @@ class Request:
     read_len: int = 0          # bytes the host expects back (device→host)
     client: int = 0            # opaque client id (for ownership checks)
     fua: bool = False
+    meta: memoryview | None = None   # vendor commands: the arena bytes at MPTR (sequence ids)
 
 
 @dataclass(slots=True)
@@ -44,6 +45,8 @@ class Namespace(Protocol):
     nlbas: int             # capacity in logical blocks
 
     def process_io(self, req: Request) -> Result: ...
+    # Vendor (80h-FFh) commands only: -> (status, bytes in, bytes out, metadata bytes)
+    # def data_lengths(self, opcode: int, cdw: tuple) -> tuple[int, int, int, int]: ...
     def identify(self) -> bytes: ...       # 4096-byte Identify Namespace (CNS 00h)
     def health(self) -> dict: ...          # percentage_used, available_spare, media_errors
     def log_page(self, lid: int) -> bytes | None: ...

@@ -55,7 +55,8 @@ def commands_markdown() -> str:
              "region registered with DMA Map; the daemon moves it with process_vm_readv/writev). "
              "PSDT=01b is one SGL Data Block descriptor whose address is a byte offset into the "
              "client's CMB arena. Bidirectional vendor commands put the output in PRP2 "
-             "(PRP) or at the arena offset in MPTR (SGL).", "",
+             "(PRP) or at the arena offset in CDW15 (SGL). Vendor KV commands carry their "
+             "sequence-id list in the arena at the offset in MPTR.", "",
              "Every completion carries the modeled device time of its command (ns) in the u64 "
              "slot that follows the CQ ring at the same index.", "",
              "## Admin commands", ""] + _table(admin) + [
