@@ -1,6 +1,7 @@
 """csdemu: an NVMe computational storage drive emulator for in-storage LLM attention."""
 from csdemu.client import Device, Queue, connect
+from csdemu.client_kv import KVNamespace, SparF
 from csdemu.errors import Completion, DaemonError, NVMeError
 
-__all__ = ["connect", "Device", "Queue", "Completion", "NVMeError", "DaemonError"]
+__all__ = ["connect", "Device", "Queue", "KVNamespace", "SparF", "Completion", "NVMeError", "DaemonError"]
 __version__ = "0.1.0"

@@ -190,8 +190,8 @@ def log_page_bytes(ctrl, lid: int) -> np.ndarray | None:
         page = ns.log_page(lid)
         if page is not None:
             return np.frombuffer(page, np.uint8)
-    if lid == LogPage.ENGINE_STATS and ctrl.engine_log is not None:
-        return np.frombuffer(ctrl.engine_log(), np.uint8)
+    if lid == LogPage.ENGINE_STATS and ctrl.kv is not None:
+        return np.frombuffer(ctrl.kv.engine_log(ctrl), np.uint8)
     return None
 
 
@@ -240,7 +240,7 @@ def set_features(ctrl, s, cmd):
         ctrl.config.timing_mode = value
     elif fid == FeatureId.FAULT_INJECTION:
         ns = ctrl.namespaces.get(1)
-        setter = getattr(ns, "set_faults", None)
+        setter = getattr(ns, "set_fault_injection", None)
         if setter is None:
             return _bad(Status.FEATURE_NOT_CHANGEABLE)
         setter(read_fail_ppm=cmd[10], program_fail_ppm=cmd[11], seed=cmd[12])
@@ -300,9 +300,9 @@ def dma_unmap(ctrl, s, cmd):
 
 
 def kv_admin(ctrl, s, cmd):
-    if ctrl.kv_admin is None:
+    if ctrl.kv is None:
         return _bad(Status.INVALID_OPCODE)
-    return ctrl.kv_admin(ctrl, s, cmd)
+    return ctrl.kv.handle(ctrl, s, cmd)
 
 
 _HANDLERS = {

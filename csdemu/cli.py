@@ -75,10 +75,12 @@ def main():
 @click.option("--config", "config_file", default=None, metavar="FILE.toml", help="profile file")
 @click.option("--timing", type=click.Choice(["virtual", "realtime"]), default=None,
               help="override the profile's timing mode")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="override one profile parameter (repeatable)")
 @click.option("--poll-idle-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="spin this long without work before sleeping")
 @click.option("--foreground", is_flag=True, help="do not daemonize")
-def start(data_dir, socket_path, profile, config_file, timing, poll_idle_us, foreground):
+def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us, foreground):
     """Start the drive daemon."""
     socket_path = socket_path or default_socket()
     data_dir = data_dir or default_data_dir()
@@ -89,7 +91,7 @@ def start(data_dir, socket_path, profile, config_file, timing, poll_idle_us, for
         from csdemu.device import build_controller
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         try:
-            ctrl, info = build_controller(data_dir, profile, config_file, timing)
+            ctrl, info = build_controller(data_dir, profile, config_file, timing, overrides)
         except (ValueError, OSError) as exc:
             _fail(str(exc))
         Daemon(socket_path, ctrl, poll_idle_us, info).serve()
@@ -100,6 +102,8 @@ def start(data_dir, socket_path, profile, config_file, timing, poll_idle_us, for
     for flag, value in (("--profile", profile), ("--config", config_file), ("--timing", timing)):
         if value:
             args += [flag, value]
+    for item in overrides:
+        args += ["--set", item]
     log_path = os.path.join(data_dir, "daemon.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

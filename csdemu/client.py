@@ -17,13 +17,14 @@ import time
 import numpy as np
 
 from csdemu.control import recv_msg, send_msg
+from csdemu.client_kv import DmaCache, create_kv_namespace
 from csdemu.errors import Completion, DaemonError, NVMeError
 from csdemu.paths import default_socket
 from csdemu.qpair import (ADMIN_CQ_OFF, ADMIN_DEPTH, ADMIN_SQ_OFF, CONTROL_BYTES,
                           ArenaView, HostCQ, HostSQ, cq_bytes, sq_bytes)
 from nvme_cmds.features import FeatureId
 from nvme_cmds.identify import CNS, ID_CTRL, ID_NS, to_dict
-from nvme_cmds.logs import FLASH_LOG, SMART_LOG, LogPage, from_u128
+from nvme_cmds.logs import ENGINE_LOG, FLASH_LOG, SMART_LOG, LogPage, from_u128
 from nvme_cmds.nvm import CDW11_DSM_AD, DSM_RANGE, lba_cdws
 from nvme_cmds.opcodes import AdminOpcode, NvmOpcode, VendorAdminOpcode, VendorIoOpcode
 from nvme_cmds.spec import FLAGS_PSDT_SHIFT
@@ -181,6 +182,7 @@ class Device:
         self.io = self.create_queue(io_depth)
         self._ident = None
         self._lba_size = {}
+        self.dma_cache = DmaCache(self)
 
     # ------------------------------------------------------------ lifetime
     def __enter__(self):
@@ -399,6 +401,20 @@ class Device:
 
     def unregister(self, array: np.ndarray) -> None:
         self.admin_cmd(VendorAdminOpcode.DMA_UNMAP, prp1=array.ctypes.data)
+
+    # ------------------------------------------------------------ KV namespaces
+    def create_kv_namespace(self, layers: int, q_heads: int, kv_heads: int, head_dim: int,
+                            dtype: str = "float16", sparse_layout: bool = False, **kw):
+        """A KV namespace for a model of this shape; it is deleted when this client goes."""
+        return create_kv_namespace(self, layers, q_heads, kv_heads, head_dim, dtype,
+                                   sparse_layout, **kw)
+
+    def engine_log(self) -> dict:
+        rec = np.frombuffer(self.log_page(LogPage.ENGINE_STATS, ENGINE_LOG.itemsize), ENGINE_LOG)[0]
+        out = to_dict(rec)
+        for k in ("channel_bytes", "channel_pages"):
+            out[k] = out[k][:out["nchannels"]]
+        return out
 
     def nop(self) -> Completion:
         return self.io.execute(VendorIoOpcode.NOP)

@@ -69,8 +69,7 @@ class Controller:
         self._seq = 0
         self.bounce = np.zeros(config.mdts_bytes, np.uint8)
         self.bounce_addr = self.bounce.ctypes.data
-        self.kv_admin = None      # the KV layer's admin handler (C1h/C4h): (ctrl, session, cmd) -> (status, dw0, dw1)
-        self.engine_log = None    # the KV layer's vendor log C1h: () -> bytes
+        self.kv = None            # the KV layer (csdemu.kv.admin.KVManager): C1h/C4h, log C1h
 
     # ------------------------------------------------------------ fetching
     def poll(self, session) -> int:
@@ -251,6 +250,9 @@ class Controller:
         ns = self.namespaces.get(nsid)
         if ns is None:
             return self.complete(session, sq, cq, cid, Status.INVALID_NAMESPACE,
+                                 arrival_ns=arrival, done_ns=arrival)
+        if opc < 0x80 and not getattr(ns, "nvm", True):
+            return self.complete(session, sq, cq, cid, Status.INVALID_OPCODE,
                                  arrival_ns=arrival, done_ns=arrival)
         owner = self.owners.get(nsid)
         if owner is not None and owner != session.id:

@@ -129,7 +129,7 @@ class DerivedGeometry:
     total_pages: int              # physical mapping pages
     raw_bytes: int                # total_pages * page_bytes
     lbas_per_page: int
-    user_pages: int               # host-visible pages after over-provisioning
+    user_pages: int               # host-visible pages: raw * (1 - OP), at most raw - 3 lines
     nlbas: int                    # host-visible logical blocks
     write_buffer_pages: int
 
@@ -153,7 +153,9 @@ class Profile:
         bpl = luns * g.planes
         ppl = bpl * g.pages_per_block
         total = ppl * g.blocks_per_plane
-        user = int(total * (1.0 - d.over_provisioning_pct / 100.0))
+        # GC needs about three lines of slack (the host's and GC's open lines and
+        # one free line), so a small geometry gets more spare than OP asks for
+        user = min(int(total * (1.0 - d.over_provisioning_pct / 100.0)), total - 3 * ppl)
         return DerivedGeometry(
             pages_per_flash_page=s,
             flash_pages_per_block=g.pages_per_block // s,
@@ -352,12 +354,6 @@ def _cross_checks(where: str, p: Profile) -> None:
     if g.blocks_per_plane < 4:
         raise ProfileError(f"{where}: [geometry] blocks_per_plane must be at least 4 (lines for host, "
                            f"GC and spare), got {g.blocks_per_plane}")
-    der = p.derive()
-    # the host must not be able to fill every line: keep >= 2 lines of slack
-    if der.user_pages > der.total_pages - 2 * der.pages_per_line:
-        raise ProfileError(f"{where}: [device] over_provisioning_pct must leave at least two lines "
-                           f"of spare space ({200.0 * der.pages_per_line / der.total_pages:.2f} %), "
-                           f"got {d.over_provisioning_pct}")
     if d.write_buffer_bytes and d.write_buffer_bytes < fpb:
         raise ProfileError(f"{where}: [device] write_buffer_bytes must be 0 or at least one flash "
                            f"page ({fpb}), got {d.write_buffer_bytes}")

@@ -18,9 +18,12 @@ The step order follows NVMeVirt's ``ssd_advance_nand()``:
 ``nbytes * 1000 / mbps`` ns (MB = 10^6 B) plus ``channel_xfer_overhead_ns``;
 a bandwidth of 0 means "not modeled" (transfer takes 0 ns).
 
-Like NVMeVirt, operations are charged in the order they are given: a later
-operation never fills an idle gap left before an earlier one on the same
-resource. That is the usual approximation of these emulators.
+Operations are charged in the order they are given. A LUN is a FIFO: an
+operation waits for everything booked on its die before it (no erase or
+program suspend). A bus (each channel, and the PCIe link) keeps its future
+busy intervals, so a transfer may use an idle gap before a transfer booked
+earlier but due later -- as NVMeVirt's time-slot channel model allows -- and
+one read stuck behind a 2 ms erase does not hold up the bus for other dies.
 
 Everything is integer nanoseconds on the controller clock. The batch forms
 (`advance_batch`) run a Numba loop, so charging 32 pages costs about a
@@ -72,21 +75,41 @@ class NandTiming:
                          self.pcie_mbps, self.pcie_latency_ns], dtype=np.int64)
 
 
+BUS_SLOTS = 256          # busy intervals remembered per bus (channel or link)
+
+
 @dataclass(slots=True)
 class Clocks:
-    """Mutable "free at" times (ns) of every resource, plus busy counters."""
+    """Mutable resource state (ns), plus busy counters.
+
+    LUNs are FIFO: ``lun_avail[ch, lun]`` is when the die is next free.
+    Buses (each channel, and the PCIe link) keep a sorted list of future busy
+    intervals so a transfer can use an idle gap before a later-booked one
+    (NVMeVirt's channel model does this with time-slot credits): a read that
+    waits 2 ms behind an erase does not hold up the bus or the link for the
+    other LUNs. ``ch_avail`` / ``pcie_avail`` are the end of the last booked
+    transfer. Intervals ending before the ``floor_ns`` a caller passes (the
+    arrival time of the current command, which only grows) are forgotten; if
+    a bus runs out of slots its two earliest intervals are merged, which only
+    ever makes the model more conservative.
+    """
     lun_avail: np.ndarray     # int64 [channels, ways]
     ch_avail: np.ndarray      # int64 [channels]
     pcie_avail: np.ndarray    # int64 [1]
     ch_busy: np.ndarray       # int64 [channels]: ns spent transferring
     lun_busy: np.ndarray      # int64 [channels, ways]: ns spent in tR/tPROG/tBERS
     pcie_busy: np.ndarray     # int64 [1]
+    iv_start: np.ndarray      # int64 [channels + 1, BUS_SLOTS]; row `channels` = PCIe
+    iv_end: np.ndarray        # int64 [channels + 1, BUS_SLOTS]
+    iv_n: np.ndarray          # int64 [channels + 1]
 
     @classmethod
     def create(cls, channels: int, ways: int) -> "Clocks":
         z = np.zeros
         return cls(z((channels, ways), np.int64), z(channels, np.int64), z(1, np.int64),
-                   z(channels, np.int64), z((channels, ways), np.int64), z(1, np.int64))
+                   z(channels, np.int64), z((channels, ways), np.int64), z(1, np.int64),
+                   z((channels + 1, BUS_SLOTS), np.int64), z((channels + 1, BUS_SLOTS), np.int64),
+                   z(channels + 1, np.int64))
 
     def next_idle_ns(self) -> int:
         """When every LUN, channel and the link are idle (NVMeVirt ssd_next_idle_time)."""
@@ -95,6 +118,7 @@ class Clocks:
     def reset(self, now_ns: int = 0) -> None:
         for a in (self.lun_avail, self.ch_avail, self.pcie_avail):
             a.fill(now_ns)
+        self.iv_n.fill(0)
 
 
 def xfer_ns(nbytes: int, mbps: int) -> int:
@@ -114,10 +138,64 @@ def _xfer(nbytes, mbps):
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(op, ch, lun, nbytes, start, do_pcie, lun_avail, ch_avail, pcie_avail,
-         ch_busy, lun_busy, pcie_busy, prm, out):
+def _book(ivs, ive, ivn, b, ready, dur, floor):
+    """Earliest start >= ready of a `dur`-long transfer on bus b; books it."""
+    n = ivn[b]
+    k = 0
+    while k < n and ive[b, k] <= floor:
+        k += 1
+    if k:
+        for j in range(n - k):
+            ivs[b, j] = ivs[b, j + k]
+            ive[b, j] = ive[b, j + k]
+        n -= k
+    if n == ivs.shape[1]:                            # full: merge the two earliest
+        ive[b, 0] = ive[b, 1]
+        for j in range(1, n - 1):
+            ivs[b, j] = ivs[b, j + 1]
+            ive[b, j] = ive[b, j + 1]
+        n -= 1
+    if dur <= 0:
+        ivn[b] = n
+        return ready
+    t = ready
+    i = 0
+    while i < n:
+        if ive[b, i] <= t:
+            i += 1
+        elif ivs[b, i] >= t + dur:
+            break
+        else:
+            t = ive[b, i]
+            i += 1
+    e = t + dur
+    if i > 0 and ive[b, i - 1] == t:                 # extend the previous interval
+        ive[b, i - 1] = e
+        if i < n and ivs[b, i] == e:                 # ... and fuse with the next
+            ive[b, i - 1] = ive[b, i]
+            for j in range(i, n - 1):
+                ivs[b, j] = ivs[b, j + 1]
+                ive[b, j] = ive[b, j + 1]
+            n -= 1
+    elif i < n and ivs[b, i] == e:                   # extend the next interval back
+        ivs[b, i] = t
+    else:                                            # insert a new interval at i
+        for j in range(n, i, -1):
+            ivs[b, j] = ivs[b, j - 1]
+            ive[b, j] = ive[b, j - 1]
+        ivs[b, i] = t
+        ive[b, i] = e
+        n += 1
+    ivn[b] = n
+    return t
+
+
+@numba.njit(cache=True, nogil=True)
+def _run(op, ch, lun, nbytes, start, do_pcie, floor, lun_avail, ch_avail, pcie_avail,
+         ch_busy, lun_busy, pcie_busy, ivs, ive, ivn, prm, out):
     tR, tR4k, tPROG, tBERS = prm[0], prm[1], prm[2], prm[3]
     ch_mbps, ch_ovh, pcie_mbps, pcie_lat = prm[4], prm[5], prm[6], prm[7]
+    link = ivn.shape[0] - 1
     n = ch.shape[0]
     for i in range(n):
         c = ch[i]
@@ -125,37 +203,37 @@ def _run(op, ch, lun, nbytes, start, do_pcie, lun_avail, ch_avail, pcie_avail,
         nb = nbytes[i] if nbytes.shape[0] > 1 else nbytes[0]
         t0 = start[i] if start.shape[0] > 1 else start[0]
         la = lun_avail[c, w]
+        s = t0 if t0 > la else la
         if op == 0:                                  # READ: array, then bus
-            s = t0 if t0 > la else la
             r = tR4k if nb <= 4096 else tR
             sensed = s + r
-            ca = ch_avail[c]
-            xs = sensed if sensed > ca else ca
-            xe = xs + _xfer(nb, ch_mbps) + ch_ovh
-            ch_avail[c] = xe
-            ch_busy[c] += xe - xs
-            lun_avail[c, w] = xe
+            d = _xfer(nb, ch_mbps) + ch_ovh
+            xs = _book(ivs, ive, ivn, c, sensed, d, floor)
+            xe = xs + d
+            if xe > ch_avail[c]:
+                ch_avail[c] = xe
+            ch_busy[c] += d
+            lun_avail[c, w] = xe                     # die held until its data left
             lun_busy[c, w] += r
             done = xe
             if do_pcie:
-                pa = pcie_avail[0]
-                ps = xe if xe > pa else pa
-                pe = ps + _xfer(nb, pcie_mbps)
-                pcie_avail[0] = pe
-                pcie_busy[0] += pe - ps
-                done = pe + pcie_lat
+                pd = _xfer(nb, pcie_mbps)
+                ps = _book(ivs, ive, ivn, link, xe, pd, floor)
+                if ps + pd > pcie_avail[0]:
+                    pcie_avail[0] = ps + pd
+                pcie_busy[0] += pd
+                done = ps + pd + pcie_lat
         elif op == 1:                                # PROGRAM: bus, then array
-            s = t0 if t0 > la else la
-            ca = ch_avail[c]
-            xs = s if s > ca else ca
-            xe = xs + _xfer(nb, ch_mbps) + ch_ovh
-            ch_avail[c] = xe
-            ch_busy[c] += xe - xs
+            d = _xfer(nb, ch_mbps) + ch_ovh
+            xs = _book(ivs, ive, ivn, c, s, d, floor)
+            xe = xs + d
+            if xe > ch_avail[c]:
+                ch_avail[c] = xe
+            ch_busy[c] += d
             done = xe + tPROG
             lun_avail[c, w] = done
             lun_busy[c, w] += tPROG
         else:                                        # ERASE: array only
-            s = t0 if t0 > la else la
             done = s + tBERS
             lun_avail[c, w] = done
             lun_busy[c, w] += tBERS
@@ -164,16 +242,13 @@ def _run(op, ch, lun, nbytes, start, do_pcie, lun_avail, ch_avail, pcie_avail,
 
 
 @numba.njit(cache=True, nogil=True)
-def _pcie(start, nbytes, pcie_avail, pcie_busy, mbps, lat):
-    pa = pcie_avail[0]
-    s = start if start > pa else pa
-    e = s + _xfer(nbytes, mbps)
-    pcie_avail[0] = e
-    pcie_busy[0] += e - s
-    return e + lat
-
-
-_ONE = np.zeros(1, np.int64)
+def _pcie(start, nbytes, floor, pcie_avail, pcie_busy, ivs, ive, ivn, mbps, lat):
+    d = _xfer(nbytes, mbps)
+    s = _book(ivs, ive, ivn, ivn.shape[0] - 1, start, d, floor)
+    if s + d > pcie_avail[0]:
+        pcie_avail[0] = s + d
+    pcie_busy[0] += d
+    return s + d + lat
 
 
 def _as_i64(x) -> np.ndarray:
@@ -183,35 +258,41 @@ def _as_i64(x) -> np.ndarray:
 
 
 def advance_batch(op: Op, ch, lun, start_ns, nbytes, clocks: Clocks, timing,
-                  *, pcie: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+                  *, pcie: bool = False, floor_ns: int = 0,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Charge len(ch) operations of one kind, in order; return their done times.
 
     `ch`, `lun` are int arrays; `start_ns` and `nbytes` are scalars or arrays of
     the same length. With ``pcie=True`` (reads only) each page also crosses the
     host link after its channel transfer (NVMeVirt's interleave_pci_dma), and
-    the returned time is when it reached the host.
+    the returned time is when it reached the host. `floor_ns` is a time no
+    later operation will start before (e.g. the current command's arrival);
+    bus history older than it is dropped.
     """
     ch = _as_i64(ch)
     lun = _as_i64(lun)
     if out is None:
         out = np.empty(ch.shape[0], np.int64)
     prm = timing if isinstance(timing, np.ndarray) else timing.packed()
-    _run(int(op), ch, lun, _as_i64(nbytes), _as_i64(start_ns), bool(pcie),
+    _run(int(op), ch, lun, _as_i64(nbytes), _as_i64(start_ns), bool(pcie), int(floor_ns),
          clocks.lun_avail, clocks.ch_avail, clocks.pcie_avail, clocks.ch_busy,
-         clocks.lun_busy, clocks.pcie_busy, prm, out)
+         clocks.lun_busy, clocks.pcie_busy, clocks.iv_start, clocks.iv_end, clocks.iv_n,
+         prm, out)
     return out
 
 
 def advance(op: Op, ch: int, lun: int, start_ns: int, nbytes: int, clocks: Clocks,
-            timing, *, pcie: bool = False) -> int:
+            timing, *, pcie: bool = False, floor_ns: int = 0) -> int:
     """Charge one operation; return its completion time (ns)."""
-    return int(advance_batch(op, ch, lun, start_ns, nbytes, clocks, timing, pcie=pcie)[0])
+    return int(advance_batch(op, ch, lun, start_ns, nbytes, clocks, timing, pcie=pcie,
+                             floor_ns=floor_ns)[0])
 
 
-def pcie_transfer(start_ns: int, nbytes: int, clocks: Clocks, timing) -> int:
+def pcie_transfer(start_ns: int, nbytes: int, clocks: Clocks, timing, *, floor_ns: int = 0) -> int:
     """Move `nbytes` over the host link no earlier than `start_ns`; return arrival."""
     if isinstance(timing, np.ndarray):
         mbps, lat = int(timing[6]), int(timing[7])
     else:
         mbps, lat = timing.pcie_mbps, timing.pcie_latency_ns
-    return int(_pcie(int(start_ns), int(nbytes), clocks.pcie_avail, clocks.pcie_busy, mbps, lat))
+    return int(_pcie(int(start_ns), int(nbytes), int(floor_ns), clocks.pcie_avail,
+                     clocks.pcie_busy, clocks.iv_start, clocks.iv_end, clocks.iv_n, mbps, lat))

@@ -8,7 +8,23 @@ what-if answer and a live command are charged by the same arithmetic:
     pipelined behind the reads ─► output over PCIe
 
 Work is counted in the units of the paper's Table I: GeMV FLOPs (scores and
-the weighted value sum), softmax FLOPs, and bytes through the SparF filter.
+the weighted value sum), softmax work, and bytes through the SparF filter.
+
+How Table I's rates are read (docs/system-model.md, "The CSD engine"):
+  * they are the rates of ONE attention kernel instance, and the drive has one
+    instance per flash channel (each channel computes the partial attention of
+    the pages it holds; the controller merges partials by log-sum-exp), so
+    `EngineRates.units` = channels;
+  * the three stages of a kernel (GeMV -> softmax -> filter) are a dataflow
+    pipeline, so a kernel's time is its slowest stage, not the sum;
+  * the softmax rate counts score elements (one exp-and-normalise per score).
+Read this way every stage keeps up with its 1.4 GB/s channel (GeMV needs
+1.4 GFLOP/s, softmax 2.7 M scores/s, filter <= 1.4 GB/s), which is what a
+kernel placed next to a channel is sized for. The literal reading (one
+engine, 5 FLOPs per score, stages in series) makes a batch-8 OPT-13B layer at
+1536 tokens take ~180 ms, 8x its 22 ms flash read, and makes SparF (which does
+softmax over more scores than dense) slower than dense attention, the
+opposite of the paper's result.
 """
 from __future__ import annotations
 
@@ -18,25 +34,32 @@ import numpy as np
 
 from csdemu.flash.timing import Clocks, NandTiming, Op, advance_batch, pcie_transfer
 
-SOFTMAX_FLOPS_PER_SCORE = 5      # max, subtract, exp, sum, divide
+SOFTMAX_FLOPS_PER_SCORE = 1      # Table I's softmax rate counts score elements
 SCORE_BYTES = 4                  # fp32 approximate score through the filter
 
 
 @dataclass(frozen=True, slots=True)
 class EngineRates:
+    """Rates of one kernel instance (paper Table I) and how many instances run
+    in parallel (`units`: one per flash channel)."""
     gemv_flops_per_s: float
     softmax_flops_per_s: float
     filter_bytes_per_s: float
+    units: int = 1
 
     @classmethod
     def from_profile(cls, profile) -> "EngineRates":
         e = profile.engine
-        return cls(e.gemv_gflops * 1e9, e.softmax_mflops * 1e6, e.filter_mbps * 1e6)
+        return cls(e.gemv_gflops * 1e9, e.softmax_mflops * 1e6, e.filter_mbps * 1e6,
+                   int(profile.geometry.channels))
 
     def compute_ns(self, work: "AttendWork") -> int:
-        return int(round(1e9 * (work.gemv_flops / self.gemv_flops_per_s
-                                + work.softmax_flops / self.softmax_flops_per_s
-                                + work.filter_bytes / self.filter_bytes_per_s)))
+        """Engine time of `work` spread evenly over the units; the stages of a
+        unit are pipelined, so the slowest stage sets the time."""
+        stage = max(work.gemv_flops / self.gemv_flops_per_s,
+                    work.softmax_flops / self.softmax_flops_per_s,
+                    work.filter_bytes / self.filter_bytes_per_s)
+        return int(round(1e9 * stage / max(1, self.units)))
 
 
 @dataclass(slots=True)
@@ -110,7 +133,8 @@ def attend_time(start_ns: int, page_ch: np.ndarray, page_lun: np.ndarray, page_b
         flash_done = t_q
     compute = rates.compute_ns(work)
     begin = max(engine.avail_ns, t_q)
-    tail = compute // npages if npages else compute
+    # the engine trails the last page by that page's share of its unit's work
+    tail = min(compute, compute * max(1, rates.units) // npages) if npages else compute
     engine_done = max(begin + compute, flash_done + tail)
     engine.busy_ns += compute
     engine.avail_ns = engine_done

@@ -1,0 +1,19 @@
+"""csdemu's flash backend: NAND array, timing model, FTL and the block namespace.
+
+    profile.py (csdemu/)   named TOML presets -> frozen dataclasses
+    geometry.py            PPA bit fields, dense PPNs, block ids
+    timing.py              pure resource model: LUN / channel / PCIe clocks
+    nand.py                backing files, whole-page program/read, erase, OOB
+    lines.py               lines (superblocks), streams, the page allocator
+    gc.py                  victim selection (greedy, cost-benefit), collection
+    faults.py              reproducible fault injection
+    datapath.py            compiled per-command page work
+    ftl.py                 the block FTL (L2P, write/read/deallocate/flush)
+    checkpoint.py          L2P checkpoints and the deallocation journal
+    recovery.py            rebuild after a restart (checkpoint + OOB scan)
+    namespace.py           FlashNamespace: NVMe NVM commands -> FTL
+    bench.py               run_flash_bench()
+"""
+from csdemu.flash.namespace import FlashNamespace
+
+__all__ = ["FlashNamespace"]

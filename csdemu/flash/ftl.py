@@ -1,0 +1,348 @@
+"""The block FTL: a log-structured, page-mapped translation layer.
+
+    host LPN --l2p--> PPN --(nand.data[ppn])--> 4 KiB of data
+                       |
+                       +-- nand.oob[ppn] = (lpn, seq, crc, stream)
+
+Writes go to the host stream's open line (channel-first striping), the old
+PPN is invalidated, and GC (gc.py) relocates valid pages out of the emptiest
+lines when free lines run low. Every modeled NAND, channel and PCIe cost is
+charged on the shared clocks (timing.py); methods take the time the work may
+start and return when it ends. The FTL never touches queues or shared
+memory; csdemu.flash.namespace decodes NVMe commands into these calls.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from csdemu.flash import datapath as dp
+from csdemu.flash import gc as gcmod
+from csdemu.flash.checkpoint import TrimJournal, load_checkpoint, mark_unclean, save_checkpoint
+from csdemu.flash.faults import FaultInjector
+from csdemu.flash.geometry import Geometry
+from csdemu.flash.lines import STREAM_GC, STREAM_HOST, LineManager
+from csdemu.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, OOB_DTYPE, NandArray
+from csdemu.flash.recovery import rebuild
+from csdemu.flash.timing import Clocks, NandTiming, Op, advance_batch, pcie_transfer
+
+COUNTERS = ("host_pages_written", "host_pages_read", "nand_pages_written", "nand_pages_read",
+            "gc_runs", "gc_pages_copied", "erases", "read_failures", "program_failures",
+            "erase_failures", "media_errors", "pages_deallocated", "checkpoints")
+
+
+class NoSpace(Exception):
+    pass
+
+
+class BlockFTL:
+    def __init__(self, profile, data_dir, *, create: bool, sync_before_erase: bool = True,
+                 checkpoint_every_pages: int | None = None):
+        self.profile = profile
+        self.dir = data_dir
+        g = self.geom = Geometry(profile)
+        der = profile.derive()
+        self.nlpns = der.user_pages
+        self.pb = g.page_bytes
+        self.sync_before_erase = sync_before_erase
+        self.nand = NandArray(data_dir, g, create=create)
+        if create and profile.faults.bad_block_ppm:
+            rng = np.random.default_rng(profile.faults.seed)
+            bad = np.flatnonzero(rng.random(g.total_blocks) < profile.faults.bad_block_ppm / 1e6)
+            self.nand.mark_bad(bad, BAD_FACTORY)
+        self.lines = LineManager(g, self.nand.bad)
+        self.timing = NandTiming.from_profile(profile)
+        self.prm = self.timing.packed()
+        self.clocks = Clocks.create(g.channels, g.ways)
+        self.floor = 0          # no operation will start before this (latest arrival)
+        self.faults = FaultInjector.from_profile(profile)
+        self.gcp = gcmod.GcPolicy(profile, g.lines)
+        self.journal = TrimJournal(data_dir)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.wb = np.zeros(der.write_buffer_pages, np.int64)   # release time per buffer slot
+        self.wb_head = 0
+        self.ckpt_every = checkpoint_every_pages or max(self.nlpns // 4, 1024)
+        self._since_ckpt = 0
+        self._ops = dp.scratch(64)
+        if create:
+            self.l2p = np.full(self.nlpns, -1, np.int64)
+            self.seq = 1
+            self.recovery = None
+            self.checkpoint(clean=False)
+        else:
+            ck = load_checkpoint(data_dir, self.nlpns)
+            r = rebuild(self.nand, self.nlpns, ck, self.journal.records())
+            self.l2p, self.seq, self.recovery = r.l2p, r.next_seq, r
+            self.lines.rebuild(self.nand, r.valid)
+            mark_unclean(data_dir)
+
+    # ------------------------------------------------------------------ timing
+    def _scratch(self, n):
+        if self._ops[0].shape[0] < n:
+            self._ops = dp.scratch(max(n, 2 * self._ops[0].shape[0]))
+        return self._ops
+
+    def charge_reads(self, ppns: np.ndarray, start: int, *, pcie: bool) -> np.ndarray:
+        """Model reading `ppns` (in order) from `start`; per-op done times."""
+        g = self.geom
+        ch, lun, nb, page_op = self._scratch(ppns.shape[0])
+        k = dp.read_ops(ppns, g.S, g.channels, g.ways, self.pb, ch, lun, nb, page_op)
+        self.counters["nand_pages_read"] += int(ppns.shape[0])
+        return advance_batch(Op.READ, ch[:k], lun[:k], start, nb[:k], self.clocks, self.prm,
+                             pcie=pcie, floor_ns=self.floor)
+
+    def charge_programs(self, ppns: np.ndarray, start: int) -> np.ndarray:
+        """Model programming `ppns` from `start`; per-page buffer release times."""
+        g = self.geom
+        n = ppns.shape[0]
+        ch, lun, nb, page_op = self._scratch(n)
+        k = dp.program_ops(ppns, g.S, g.channels, g.ways, g.flash_page_bytes, ch, lun, nb, page_op)
+        done = advance_batch(Op.PROGRAM, ch[:k], lun[:k], start, nb[:k], self.clocks, self.prm,
+                             floor_ns=self.floor)
+        if k == n:
+            return done
+        rel = np.full(n, start, np.int64)
+        m = page_op[:n] >= 0
+        rel[m] = done[page_op[:n][m]]
+        return rel
+
+    def erase_line(self, line: int, t: int) -> int:
+        """Erase a line (after its valid pages moved); return the end time."""
+        g, nand = self.geom, self.nand
+        blks = g.line_blocks(line)
+        good = blks[nand.bad[blks] == 0]
+        fail = self.faults.check("erase", good.size)
+        if fail is not None:
+            for b in good[fail].tolist():
+                nand.mark_bad(b, BAD_ERASE)
+                self.lines.retire_block(b)
+            self.counters["erase_failures"] += int(fail.sum())
+        erased = nand.erase_line(line)
+        self.counters["erases"] += int(erased.size)
+        end = t
+        if erased.size:
+            ch, lun = g.block_ch_lun(erased)
+            end = int(advance_batch(Op.ERASE, ch, lun, t, 0, self.clocks, self.prm,
+                                    floor_ns=self.floor).max())
+        self.lines.release(line)
+        return end
+
+    def pcie(self, start: int, nbytes: int) -> int:
+        return pcie_transfer(start, nbytes, self.clocks, self.prm, floor_ns=self.floor)
+
+    # ------------------------------------------------------------------ placement
+    def _program(self, stream, ppns, lpns, pages):
+        k = ppns.shape[0]
+        seqs = np.arange(self.seq, self.seq + k, dtype=np.uint64)
+        self.seq += k
+        self.nand.program(ppns, pages, lpns, seqs, stream)
+        self.counters["nand_pages_written"] += k
+
+    def place(self, stream: int, lpns: np.ndarray, pages: np.ndarray, start: int):
+        """Allocate, program (remapping failed programs) and charge pages of
+        `stream`. Returns (ppns, last program done, per-page release times),
+        or (None, start, None) if there is no space."""
+        n = lpns.shape[0]
+        reserve = 0 if stream == STREAM_GC else self.gcp.reserve_lines
+        ppns = self.lines.allocate(stream, n, reserve=reserve, seq=self.seq)
+        if ppns is None:
+            return None, start, None
+        rel = self.charge_programs(ppns, start)
+        fail = self.faults.check("program", n)
+        if fail is None:
+            self._program(stream, ppns, lpns, pages)
+            return ppns, int(rel.max()), rel
+        out, out_rel = ppns.copy(), rel.copy()
+        todo = np.arange(n)
+        while True:
+            ok = ~fail
+            self._program(stream, ppns[ok], lpns[todo[ok]], pages[todo[ok]])
+            for b in np.unique(self.geom.block_of(ppns[fail])).tolist():
+                self.nand.mark_bad(b, BAD_PROGRAM)
+                self.lines.retire_block(b)
+            self.counters["program_failures"] += int(fail.sum())
+            todo = todo[fail]
+            ppns = self.lines.allocate(stream, todo.size, reserve=0, seq=self.seq)
+            if ppns is None:
+                return None, start, None
+            rel = self.charge_programs(ppns, start)
+            out[todo], out_rel[todo] = ppns, rel
+            fail = self.faults.check("program", todo.size)
+            if fail is None:
+                self._program(stream, ppns, lpns[todo], pages[todo])
+                return out, int(out_rel.max()), out_rel
+
+    # ------------------------------------------------------------------ GC
+    def gc_if_needed(self, now: int) -> int:
+        """Run background / foreground GC as the thresholds say; return end time."""
+        lm, gp = self.lines, self.gcp
+        t = now
+        if lm.free_count <= gp.bg_free_lines:
+            force = lm.free_count <= gp.fg_free_lines
+            while True:
+                v = gcmod.select_victim(lm, gp.policy if force else gp.policy, force=force,
+                                        max_valid_frac=gp.bg_max_valid_frac, now_seq=self.seq)
+                if v is None:
+                    break
+                t = max(t, gcmod.collect(self, v, now))
+                if not force or lm.free_count > gp.fg_free_lines:
+                    break
+        return t
+
+    def reclaim_empty(self, now: int) -> int:
+        """Erase every full line that holds no valid page (no copying)."""
+        lm = self.lines
+        t = now
+        for line in np.flatnonzero((lm.state == 2) & (lm.vpc == 0)).tolist():
+            t = max(t, self.erase_line(line, now))
+            self.counters["gc_runs"] += 1
+        return t
+
+    # ------------------------------------------------------------------ host I/O
+    def write(self, lpn0: int, pages: np.ndarray, t0: int, *, fua: bool = False):
+        """Host write of whole pages at lpn0.. -> (ok, done_ns)."""
+        n = pages.shape[0]
+        B = self.wb.shape[0]
+        slots = None
+        t = t0
+        if B:
+            if self.wb_head + n <= B:
+                slots = slice(self.wb_head, self.wb_head + n)
+            else:
+                slots = (self.wb_head + np.arange(n)) % B
+            self.wb_head = (self.wb_head + n) % B
+            t = max(t, int(self.wb[slots].max()))
+        t_x = self.pcie(t, n * self.pb)
+        self.gc_if_needed(t_x)
+        lpns = np.arange(lpn0, lpn0 + n, dtype=np.int64)
+        ppns, t_prog, rel = self.place(STREAM_HOST, lpns, pages, t_x)
+        if ppns is None:
+            return False, t_x
+        old = self.l2p[lpn0:lpn0 + n]
+        self.lines.invalidate(old[old >= 0])
+        self.l2p[lpn0:lpn0 + n] = ppns
+        self.lines.mark_valid(ppns)
+        self.counters["host_pages_written"] += n
+        self._since_ckpt += n
+        if slots is not None:
+            self.wb[slots] = rel
+        if fua:
+            self.journal.commit(sync=False)
+        return True, (t_prog if (fua or not B) else t_x)
+
+    def read(self, lpn0: int, n: int, t0: int):
+        """Host read of n pages -> (status_ok, data (n, page_bytes) or None, done_ns).
+        `data` may be a zero-copy view of the NAND file."""
+        ppns = self.l2p[lpn0:lpn0 + n]
+        self.counters["host_pages_read"] += n
+        if n and ppns.min() >= 0:                      # fast path: all mapped
+            if self.faults.active and self._read_fault(n):
+                return False, None, int(self.charge_reads(ppns, t0, pcie=True).max())
+            done = int(self.charge_reads(ppns, t0, pcie=True).max())
+            p0 = int(ppns[0])
+            if dp.is_run(ppns):
+                return True, self.nand.data[p0:p0 + n], done
+            return True, self.nand.data[ppns], done
+        m = ppns >= 0
+        mp = ppns[m]
+        done = t0
+        if mp.size:
+            if self.faults.active and self._read_fault(mp.size):
+                return False, None, int(self.charge_reads(mp, t0, pcie=True).max())
+            done = int(self.charge_reads(mp, t0, pcie=True).max())
+        done = max(done, self.pcie(t0, int((~m).sum()) * self.pb))
+        out = np.zeros((n, self.pb), np.uint8)
+        if mp.size:
+            out[m] = self.nand.data[mp]
+        return True, out, done
+
+    def _read_fault(self, n: int) -> bool:
+        fail = self.faults.check("read", n)
+        if fail is None:
+            return False
+        self.counters["read_failures"] += int(fail.sum())
+        self.counters["media_errors"] += 1
+        return True
+
+    def deallocate(self, lpn0: int, n: int) -> None:
+        """Unmap lpn0..lpn0+n-1 (DSM deallocate, Write Zeroes); journaled at flush."""
+        old = self.l2p[lpn0:lpn0 + n]
+        self.lines.invalidate(old[old >= 0])
+        self.counters["pages_deallocated"] += int((old >= 0).sum())
+        old[:] = -1
+        self.journal.add(self.seq, lpn0, n)
+        self.seq += 1
+
+    def flush(self, now: int) -> int:
+        """Make everything written so far durable; return the modeled end time."""
+        self.journal.commit(sync=True)
+        self.nand.sync()
+        if self._since_ckpt >= self.ckpt_every or len(self.journal.pending) > 4096:
+            self.checkpoint(clean=False)
+        wb_last = int(self.wb.max()) if self.wb.size else 0
+        return max(now, self.clocks.next_idle_ns(), wb_last)
+
+    def checkpoint(self, clean: bool) -> None:
+        self.nand.sync()
+        save_checkpoint(self.dir, self.l2p, self.seq - 1, clean)
+        self.journal.pending.clear()
+        self.journal.truncate()
+        self._since_ckpt = 0
+        self.counters["checkpoints"] += 1
+
+    def close(self) -> None:
+        if self.nand.data is None:
+            return
+        self.checkpoint(clean=True)
+        self.nand.close()
+
+    # ------------------------------------------------------------------ streams
+    def stream_write(self, stream: int, keys: np.ndarray, pages: np.ndarray, t0: int):
+        """Program pages into `stream`'s own lines (stream >= 2). `keys` go in
+        the OOB lpn field for the owner's recovery. -> (ppns or None, done_ns)."""
+        if stream <= STREAM_GC:
+            raise ValueError("streams 0 and 1 belong to the block FTL")
+        t = self.gc_if_needed(t0)
+        ppns, t_prog, _ = self.place(stream, np.asarray(keys, np.int64), pages, max(t0, t))
+        if ppns is not None:
+            self.lines.mark_valid(ppns)
+        return ppns, t_prog
+
+    def stream_read(self, ppns: np.ndarray, t0: int, *, pcie: bool = False):
+        """Read pages by PPN -> (ok, data, done_ns); data is a gather copy."""
+        if self.faults.active and self._read_fault(ppns.size):
+            return False, None, int(self.charge_reads(ppns, t0, pcie=pcie).max())
+        done = int(self.charge_reads(ppns, t0, pcie=pcie).max()) if ppns.size else t0
+        return True, self.nand.data[ppns], done
+
+    def invalidate_pages(self, ppns: np.ndarray) -> None:
+        self.lines.invalidate(ppns[self.lines.valid[ppns]])
+
+    def release_stream(self, stream: int, t0: int) -> int:
+        """Drop every page of `stream` and erase its lines (whole blocks, no copy)."""
+        lm = self.lines
+        lm.close_stream(stream, self.seq)
+        for line in lm.stream_lines(stream).tolist():
+            lm.invalidate(lm.valid_in_line(line))
+        return self.reclaim_empty(t0)
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict:
+        ec = self.nand.erase_count
+        good = self.nand.bad == 0
+        pe = ec[good] if good.any() else ec
+        c = dict(self.counters)
+        hw = max(c["host_pages_written"], 1)
+        c.update(
+            waf=c["nand_pages_written"] / hw if c["host_pages_written"] else 0.0,
+            pe_min=int(pe.min()), pe_max=int(pe.max()), pe_avg=float(pe.mean()),
+            free_lines=self.lines.free_count, total_lines=self.geom.lines,
+            bad_blocks=int((~good).sum()),
+            factory_bad_blocks=int((self.nand.bad == BAD_FACTORY).sum()),
+            valid_pages=int(self.lines.vpc.sum()), mapped_lpns=int((self.l2p >= 0).sum()),
+            channel_busy_ns=[int(x) for x in self.clocks.ch_busy],
+            write_seq=int(self.seq),
+        )
+        return c
+
+
+__all__ = ["BlockFTL", "OOB_DTYPE", "NoSpace"]

@@ -1,0 +1,116 @@
+"""The in-storage attention engine: runs the per-channel kernels over a
+layer's pages and charges the command on the drive's clocks.
+
+Dense: every flash page of the batch's layer is read (its real channel and
+LUN from the PPN), the kernels compute per-channel partials and merge them
+by log-sum-exp, and csdemu.kv.timing turns the pages and the FLOP counts into
+the modeled time. SparF: only the pages the kernel's filters pass are read.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from csdemu.kv.timing import AttendWork, EngineClock, EngineRates, attend_time, dense_work, sparf_work
+from kernels import counters as C
+from kernels.attention import dense_attention, new_counters, sparf_attention
+from nvme_cmds.logs import ENGINE_LOG, MAX_CHANNELS
+
+
+class EngineStats:
+    FIELDS = ("attends", "sparf_attends", "appends", "tokens_appended", "pages_programmed",
+              "reclaims", "pages_read_flash", "pages_read_dram", "pages_skipped",
+              "bytes_read_flash", "pcie_in_ns", "flash_ns", "compute_ns", "pcie_out_ns", "device_ns")
+
+    def __init__(self, nchannels: int):
+        self.c = dict.fromkeys(self.FIELDS, 0)
+        self.channel_bytes = np.zeros(nchannels, np.int64)
+        self.channel_pages = np.zeros(nchannels, np.int64)
+
+    def as_log(self, kv_namespaces: int, sequences: int) -> bytes:
+        rec = np.zeros(1, ENGINE_LOG)
+        rec["version"] = 1
+        n = min(len(self.channel_bytes), MAX_CHANNELS)
+        rec["nchannels"] = n
+        rec["kv_namespaces"] = kv_namespaces
+        rec["sequences"] = sequences
+        for k, v in self.c.items():
+            rec[k] = v
+        rec["channel_bytes"][0, :n] = self.channel_bytes[:n]
+        rec["channel_pages"][0, :n] = self.channel_pages[:n]
+        return rec.tobytes()
+
+
+class Engine:
+    """One per drive: the engine clock and statistics are shared by all KV namespaces."""
+
+    def __init__(self, ftl, profile):
+        self.ftl = ftl
+        self.geom = ftl.geom
+        self.rates = EngineRates.from_profile(profile)
+        self.clock = EngineClock()
+        self.nch = self.geom.channels
+        self.stats = EngineStats(self.nch)
+        self.counters = new_counters(self.nch)
+
+    def attend(self, store, seqs, layer, q, out, now, sparse=None) -> int:
+        """Attention of q [B, Hq, D] over each sequence's layer into out; -> done_ns."""
+        s = store.shape
+        k_tab, v_tab, lens, ppns = store.token_tables(seqs, layer)
+        G = k_tab.shape[2]
+        group_channel = np.broadcast_to(np.arange(G, dtype=np.int32) % self.nch, (len(seqs), G))
+        cnt = self.counters
+        if sparse is None:
+            dense_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
+                            self.nch, out, kv_dtype=s.kernel_dtype(), counters=cnt)
+            work = dense_work(lens, s.q_heads, s.head_dim)
+            read = ppns
+        else:
+            r, k, window = sparse
+            kd_tab = store.dim_tables(seqs, layer)
+            TB = kd_tab.shape[3]
+            dim_channel = np.broadcast_to((np.arange(TB, dtype=np.int32) % self.nch)[None, None, :],
+                                          (len(seqs), s.dim_blocks, TB))
+            sparf_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
+                            store.kd_pool, store.kd_dram.pages, kd_tab, dim_channel,
+                            store.v_mean(seqs, layer), self.nch, out, r=r, k=k, window=window,
+                            kv_dtype=s.kernel_dtype(), counters=cnt)
+            work = sparf_work(lens, s.q_heads, s.head_dim, r, k, window)
+            read = self._sparf_pages(ppns, cnt)
+            self.stats.c["sparf_attends"] += 1
+        return self._charge(read, work, cnt, now, s.page_bytes)
+
+    def _sparf_pages(self, ppns, cnt):
+        """Pages the SparF filters passed, per channel, taken from the layer's
+        flash pages in order (the kernel reports counts, not page ids)."""
+        need = int(cnt[:, C.K_READ].sum() + cnt[:, C.V_READ].sum() + cnt[:, C.KD_READ].sum())
+        if need <= ppns.size:
+            return ppns[:need]
+        return np.resize(ppns, need) if ppns.size else ppns
+
+    def _charge(self, ppns, work: AttendWork, cnt, now, page_bytes) -> int:
+        g = self.geom
+        ch, lun = g.ch_of(ppns), g.lun_of(ppns)
+        if self.ftl.faults.active and ppns.size and self.ftl.read_fault(ppns.size):
+            raise MediaReadError()
+        t = attend_time(now, ch, lun, page_bytes, work, self.ftl.clocks, self.ftl.prm,
+                        self.rates, self.clock)
+        st = self.stats
+        c = st.c
+        c["attends"] += 1
+        c["pages_read_flash"] += int(ppns.size)
+        c["pages_read_dram"] += int(cnt[:, C.K_DRAM].sum() + cnt[:, C.V_DRAM].sum() + cnt[:, C.KD_DRAM].sum())
+        c["pages_skipped"] += int(cnt[:, C.K_SKIP].sum() + cnt[:, C.V_SKIP].sum() + cnt[:, C.KD_SKIP].sum())
+        c["bytes_read_flash"] += int(ppns.size) * page_bytes
+        for key in ("pcie_in_ns", "flash_ns", "compute_ns", "pcie_out_ns"):
+            c[key] += int(t.breakdown[key])
+        c["device_ns"] += t.done_ns - now
+        if ppns.size:
+            per = np.bincount(ch, minlength=self.nch)
+            st.channel_pages += per
+            st.channel_bytes += per * page_bytes
+        self.ftl.counters["nand_pages_read"] += int(ppns.size)
+        return t.done_ns
+
+
+class MediaReadError(Exception):
+    """An injected NAND read failure during an attend."""

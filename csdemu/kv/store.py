@@ -1,0 +1,193 @@
+"""A KV namespace's sequences on flash: append, page tables, read back, reclaim.
+
+The store owns the sequences and their DRAM group buffers and writes full
+pages through the FTL's stream interface (`stream_write`, `stream_read`,
+`release_stream`). It computes no attention; csdemu.kv.engine does that on
+the tables this module builds.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from csdemu.kv.layout import KD, DramPool, KVShape, K, Sequence, V, _grow, page_key, split_groups
+
+
+class StoreFull(Exception):
+    """The flash or the sequence limit has no room."""
+
+
+class KVStore:
+    def __init__(self, shape: KVShape, ftl, max_seqs: int, new_stream):
+        self.shape, self.ftl, self.max_seqs = shape, ftl, max_seqs
+        self.new_stream = new_stream        # -> a fresh FTL stream id
+        s = shape
+        self.dram = DramPool(s.tokens_per_page, s.head_dim, s.storage)
+        self.kd_dram = DramPool(s.dims_per_page, s.tokens_per_dim_page, s.storage) if s.sparse else None
+        self.seqs: dict[int, Sequence] = {}
+        npages = ftl.geom.total_pages
+        self.pool = ftl.nand.data.reshape(-1).view(s.storage).reshape(
+            npages, s.tokens_per_page, s.head_dim)
+        if s.sparse:
+            self.kd_pool = self.pool.reshape(npages, s.dims_per_page, s.tokens_per_dim_page)
+        self.pages_programmed = 0
+
+    # ------------------------------------------------------------ sequences
+    def get(self, sid: int, create: bool = False) -> Sequence | None:
+        seq = self.seqs.get(sid)
+        if seq is None and create:
+            if len(self.seqs) >= self.max_seqs:
+                raise StoreFull(f"sequence limit {self.max_seqs} reached")
+            stream = self.new_stream()
+            seq = Sequence(sid, stream, self.shape, self.dram, self.kd_dram)
+            self.seqs[sid] = seq
+        return seq
+
+    def reclaim(self, sid: int, now: int) -> int:
+        seq = self.seqs.pop(sid, None)
+        if seq is None:
+            return now
+        seq.release_dram(self.dram, self.kd_dram)
+        return self.ftl.release_stream(seq.stream, now)
+
+    def close(self, now: int = 0) -> None:
+        for sid in list(self.seqs):
+            self.reclaim(sid, now)
+
+    # ------------------------------------------------------------ append
+    def append(self, seq: Sequence, layer: int, k: np.ndarray, v: np.ndarray, now: int) -> int:
+        """Add tokens k, v [n, H, D] (storage dtype) to one sequence's layer.
+        Full groups are programmed; returns when the last program ends."""
+        s = self.shape
+        T = s.tokens_per_page
+        L = int(seq.length[layer])
+        t0, g0 = L % T, L // T
+        pages, keys, where = [], [], []
+        for kind, new in ((K, k), (V, v)):
+            slots = seq.tail[kind, layer]
+            full, rem, rest = split_groups(self.dram.pages[slots], t0, new.transpose(1, 0, 2), T)
+            self.dram.pages[slots, :rem] = rest
+            nfull = full.shape[1]
+            if nfull:
+                pages.append(full.reshape(-1, T * s.head_dim))
+                heads, groups = np.divmod(np.arange(s.kv_heads * nfull), nfull)
+                keys += [page_key(layer, h, kind, g0 + g) for h, g in zip(heads.tolist(), groups.tolist())]
+                where.append((kind, nfull))
+        seq.v_sum[layer] += s.widen(np.ascontiguousarray(v)).sum(axis=0, dtype=np.float64)
+        if s.sparse:
+            kd_pages, kd_keys, kd_n = self._append_kd(seq, layer, k, L)
+            if kd_n:
+                pages.append(kd_pages)
+                keys += kd_keys
+        done = now
+        if pages:
+            ppns, done = self._program(seq, pages, keys, now)
+            off = 0
+            for kind, nfull in where:
+                tab = _grow(seq.pages[kind], g0 + nfull)
+                tab[layer, :, g0:g0 + nfull] = ppns[off:off + s.kv_heads * nfull].reshape(s.kv_heads, nfull)
+                seq.pages[kind] = tab
+                off += s.kv_heads * nfull
+            if s.sparse and kd_n:
+                tb0 = L // s.tokens_per_dim_page
+                tab = _grow(seq.kd_pages, tb0 + kd_n)
+                tab[layer, :, :, tb0:tb0 + kd_n] = ppns[off:].reshape(s.kv_heads, s.dim_blocks, kd_n)
+                seq.kd_pages = tab
+        seq.length[layer] = L + k.shape[0]
+        return done
+
+    def _append_kd(self, seq, layer, k, L):
+        """The channel-indexed copy of K: [Dp dims x Tp tokens] pages."""
+        s = self.shape
+        H, Dp, Tp, NDB = s.kv_heads, s.dims_per_page, s.tokens_per_dim_page, s.dim_blocks
+        slots = seq.kd_tail[layer]                                         # [H, NDB]
+        tail = self.kd_dram.pages[slots].reshape(H, NDB * Dp, Tp).transpose(0, 2, 1)  # [H, Tp, D]
+        full, rem, rest = split_groups(tail, L % Tp, k.transpose(1, 0, 2), Tp)
+        self.kd_dram.pages[slots, :, :rem] = rest.transpose(0, 2, 1).reshape(H, NDB, Dp, rem)
+        nfull = full.shape[1]
+        if not nfull:
+            return None, [], 0
+        # [H, nfull, Tp, D] -> [H, NDB, nfull, Dp, Tp]
+        pages = full.transpose(0, 1, 3, 2).reshape(H, nfull, NDB, Dp, Tp).transpose(0, 2, 1, 3, 4)
+        tb0 = L // Tp
+        keys = [page_key(layer, h, KD, (db << 16) | (tb0 + t))
+                for h in range(H) for db in range(NDB) for t in range(nfull)]
+        return pages.reshape(-1, Dp * Tp), keys, nfull
+
+    def _program(self, seq, pages, keys, now):
+        data = np.concatenate(pages).view(np.uint8).reshape(-1, self.shape.page_bytes)
+        ppns, done = self.ftl.stream_write(seq.stream, np.array(keys, np.int64), data, now)
+        if ppns is None:
+            raise StoreFull("flash is full")
+        self.pages_programmed += len(ppns)
+        return ppns, done
+
+    # ------------------------------------------------------------ tables for the engine
+    def token_tables(self, seqs: list[Sequence], layer: int):
+        """-> (k_pages, v_pages [B, H, G] refs, seq_lens [B], flash ppns read)."""
+        s = self.shape
+        T = s.tokens_per_page
+        lens = np.array([q.length[layer] for q in seqs], np.int64)
+        G = int(max(1, ((lens + T - 1) // T).max())) if len(seqs) else 1
+        tabs = np.zeros((2, len(seqs), s.kv_heads, G), np.int64)
+        flash = []
+        for b, q in enumerate(seqs):
+            L = int(lens[b])
+            nfull = L // T
+            for kind in (K, V):
+                tabs[kind, b, :, :nfull] = q.pages[kind][layer, :, :nfull]
+                flash.append(q.pages[kind][layer, :, :nfull].reshape(-1))
+                if L % T:
+                    tabs[kind, b, :, nfull] = -(q.tail[kind, layer] + 1)
+        ppns = np.concatenate(flash) if flash else np.zeros(0, np.int64)
+        return tabs[K], tabs[V], lens.astype(np.int32), ppns
+
+    def dim_tables(self, seqs: list[Sequence], layer: int):
+        """-> kd_pages [B, H, NDB, TB] refs for the channel-indexed K copy."""
+        s = self.shape
+        Tp = s.tokens_per_dim_page
+        lens = np.array([q.length[layer] for q in seqs], np.int64)
+        TB = int(max(1, ((lens + Tp - 1) // Tp).max())) if len(seqs) else 1
+        tab = np.zeros((len(seqs), s.kv_heads, s.dim_blocks, TB), np.int64)
+        for b, q in enumerate(seqs):
+            L = int(lens[b])
+            nfull = L // Tp
+            tab[b, :, :, :nfull] = q.kd_pages[layer, :, :, :nfull]
+            if L % Tp:
+                tab[b, :, :, nfull] = -(q.kd_tail[layer] + 1)
+        return tab
+
+    def v_mean(self, seqs: list[Sequence], layer: int) -> np.ndarray:
+        s = self.shape
+        out = np.zeros((len(seqs), s.kv_heads, s.head_dim), np.float32)
+        for b, q in enumerate(seqs):
+            if q.length[layer]:
+                out[b] = q.v_sum[layer] / q.length[layer]
+        return out
+
+    # ------------------------------------------------------------ read back
+    def read(self, seq: Sequence, layer: int, start: int, count: int, now: int):
+        """K, V [count, H, D] of tokens start.. -> (ok, k, v, done_ns)."""
+        s = self.shape
+        T = s.tokens_per_page
+        g_lo, g_hi = start // T, (start + count + T - 1) // T
+        L = int(seq.length[layer])
+        nfull = L // T
+        out = []
+        flash_ppns = []
+        for kind in (K, V):
+            groups = np.empty((s.kv_heads, g_hi - g_lo, T, s.head_dim), s.storage)
+            for g in range(g_lo, g_hi):
+                if g < nfull:
+                    ppn = seq.pages[kind][layer, :, g]
+                    groups[:, g - g_lo] = self.pool[ppn]
+                    flash_ppns.append(ppn)
+                else:
+                    groups[:, g - g_lo] = self.dram.pages[seq.tail[kind, layer]]
+            tokens = groups.reshape(s.kv_heads, -1, s.head_dim)[:, start - g_lo * T:start - g_lo * T + count]
+            out.append(np.ascontiguousarray(tokens.transpose(1, 0, 2)))
+        done = now
+        if flash_ppns:
+            ok, _, done = self.ftl.stream_read(np.concatenate(flash_ppns), now)
+            if not ok:
+                return False, None, None, done
+        return True, out[0], out[1], done

@@ -1,0 +1,1 @@
+"""csdemu attention kernels (numpy/numba only; never imports csdemu)."""

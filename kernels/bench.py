@@ -1,0 +1,204 @@
+"""Attention-kernel benchmark against this machine's roofline.
+
+``run_kernel_bench()`` measures, in one run:
+
+* ``stream_read_gbps``: a parallel Numba sum over a large float32 array
+  (best of several passes);
+* ``peak_fma_gflops``: a Numba kernel with 8 independent FMA chains per
+  element, vectorized over an L1-resident array on every thread;
+* for each decode shape, the dense kernel's effective bandwidth (K+V page
+  bytes read / time), the roofline ``min(stream, peak / (FLOP per byte))`` and
+  both ratios; and SparF 1/8 (r = D/8, k + window = S/8) time vs dense.
+
+Imported by the lead's ``csdemu bench attention``; ``tools/bench_kernels.py
+--json`` prints the dict.  Nothing here imports csdemu.
+"""
+
+import math
+import time
+
+import numpy as np
+import numba
+from numba import njit, prange
+
+from . import config
+from . import counters as C
+from .attention import dense_attention, sparf_attention
+from .layout_testing import random_paged_kv
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _sum_f32(a):
+    s = np.float32(0.0)
+    for i in range(a.shape[0]):   # from 0: no wraparound check, vectorizes
+        s += a[i]
+    return s
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
+def _stream_sum(a, nchunks):
+    n = a.shape[0]
+    part = np.zeros(nchunks, np.float64)
+    for c in prange(nchunks):
+        part[c] = _sum_f32(a[c * n // nchunks:(c + 1) * n // nchunks])
+    return part.sum()
+
+
+@njit(fastmath=config.FASTMATH_PEAK, cache=config.CACHE)
+def _fma_chains(x, out, reps, a, c):
+    """16 FMAs in each of 8 independent chains per element, ``reps`` times.
+    Compiled with contraction only: under ``reassoc`` LLVM folds the chain
+    ``y*a + c`` into a single FMA and the "peak" is fiction."""
+    n = x.shape[0]
+    for _ in range(reps):
+        for i in range(n):
+            v = x[i]
+            y0 = v
+            y1 = v + np.float32(1.0)
+            y2 = v + np.float32(2.0)
+            y3 = v + np.float32(3.0)
+            y4 = v + np.float32(4.0)
+            y5 = v + np.float32(5.0)
+            y6 = v + np.float32(6.0)
+            y7 = v + np.float32(7.0)
+            for _k in range(16):
+                y0 = y0 * a + c
+                y1 = y1 * a + c
+                y2 = y2 * a + c
+                y3 = y3 * a + c
+                y4 = y4 * a + c
+                y5 = y5 * a + c
+                y6 = y6 * a + c
+                y7 = y7 * a + c
+            out[i] = ((y0 + y1) + (y2 + y3)) + ((y4 + y5) + (y6 + y7))
+        x, out = out, x
+
+
+@njit(fastmath=config.FASTMATH_PEAK, cache=config.CACHE, parallel=config.PARALLEL)
+def _fma_peak(xs, outs, reps, a, c):
+    for t in prange(xs.shape[0]):
+        _fma_chains(xs[t], outs[t], reps, a, c)
+
+
+FMA_PER_ELEM = 8 * 16
+
+
+def _best(fn, repeat, min_time=0.0):
+    best = math.inf
+    t_end = time.perf_counter() + min_time
+    i = 0
+    while i < repeat or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        i += 1
+    return best
+
+
+def measure_stream_gbps(nbytes=512 << 20, repeat=5):
+    a = np.ones(nbytes // 4, np.float32)
+    nth = numba.get_num_threads()
+    _stream_sum(a, 8 * nth)
+    t = _best(lambda: _stream_sum(a, 8 * nth), repeat)
+    return a.nbytes / t / 1e9
+
+
+def measure_peak_gflops(n=1024, reps=2000, repeat=5):
+    nth = numba.get_num_threads()
+    xs = np.random.default_rng(0).random((nth, n)).astype(np.float32)
+    outs = np.empty_like(xs)
+    _fma_peak(xs, outs, 1, np.float32(0.999), np.float32(0.001))
+    t = _best(lambda: _fma_peak(xs, outs, reps, np.float32(0.999),
+                                        np.float32(0.001)), repeat)
+    return 2.0 * FMA_PER_ELEM * n * reps * nth / t / 1e9
+
+
+SHAPES = (
+    # name, B, S, Hq, Hkv, D, T (tokens per 4 KiB fp16 page)
+    ("smollm2-135m", 8, 2048, 9, 3, 64, 32),
+    ("opt-13b", 8, 2048, 40, 40, 128, 16),
+    ("gqa-g4", 8, 2048, 32, 8, 128, 16),
+)
+
+
+def bench_shape(name, B, S, Hq, Hkv, D, T, *, nchannels=8, kv_dtype="fp16",
+                stream_gbps, peak_gflops, repeat=5, sparf=True, window=32):
+    Dp = 8
+    Tp = 4096 // (2 * Dp) if kv_dtype != "fp32" else 4096 // (4 * Dp)
+    lay = random_paged_kv(B, Hkv, D, np.full(B, S, np.int32), T, nchannels,
+                          kv_dtype, Dp=Dp, Tp=Tp)
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((B, Hq, D)).astype(np.float32)
+    out = np.empty_like(q)
+    args = lay.dense_args()
+    ctr = dense_attention(q, out=out, **args)
+    t_dense = _best(lambda: dense_attention(q, out=out, **args), repeat)
+    nbytes = int(ctr[:, C.FLASH_BYTES].sum() + ctr[:, C.DRAM_BYTES].sum())
+    flops = 2.0 * float(ctr[:, C.MACS].sum())
+    fpb = flops / nbytes
+    roof = min(stream_gbps, peak_gflops / fpb)
+    eff = nbytes / t_dense / 1e9
+    res = {
+        "name": name, "batch": B, "context": S, "q_heads": Hq, "kv_heads": Hkv,
+        "head_dim": D, "tokens_per_page": T, "kv_dtype": kv_dtype,
+        "g": Hq // Hkv, "nchannels": nchannels,
+        "dense_ms": round(t_dense * 1e3, 3),
+        "kv_bytes": nbytes, "flop": flops, "flop_per_byte": round(fpb, 3),
+        "effective_gbps": round(eff, 2),
+        "roofline_gbps": round(roof, 2),
+        "frac_of_roofline": round(eff / roof, 3),
+        "frac_of_stream": round(eff / stream_gbps, 3),
+        "gflops": round(flops / t_dense / 1e9, 2),
+    }
+    if sparf:
+        r = max(1, D // 8)
+        k = max(0, S // 8 - window)
+        vm = np.zeros((B, Hkv, D), np.float32)
+        sargs = lay.sparf_args()
+        sctr = sparf_attention(q, v_mean=vm, out=out, r=r, k=k, window=window, **sargs)
+        t_sp = _best(lambda: sparf_attention(q, v_mean=vm, out=out, r=r, k=k,
+                                             window=window, **sargs), repeat)
+        sbytes = int(sctr[:, C.FLASH_BYTES].sum() + sctr[:, C.DRAM_BYTES].sum())
+        res["sparf"] = {
+            "r": r, "k": k, "window": window, "Dp": Dp, "Tp": Tp,
+            "ms": round(t_sp * 1e3, 3),
+            "speedup_vs_dense": round(t_dense / t_sp, 2),
+            "bytes_read": sbytes,
+            "bytes_vs_dense": round(sbytes / nbytes, 3),
+            "kd_pages_read": int(sctr[:, C.KD_READ].sum() + sctr[:, C.KD_DRAM].sum()),
+            "kd_pages_skipped": int(sctr[:, C.KD_SKIP].sum()),
+            "token_pages_read": int(sctr[:, C.K_READ].sum() + sctr[:, C.K_DRAM].sum()
+                                    + sctr[:, C.V_READ].sum() + sctr[:, C.V_DRAM].sum()),
+            "token_pages_skipped": int(sctr[:, C.K_SKIP].sum() + sctr[:, C.V_SKIP].sum()),
+        }
+    del lay
+    return res
+
+
+def run_kernel_bench(shapes=SHAPES, repeat=5, sparf=True):
+    """Measure the machine and the kernels; returns a JSON-able dict."""
+    t0 = time.perf_counter()
+    stream = measure_stream_gbps()
+    peak = measure_peak_gflops()
+    res = {
+        "machine": {
+            "threads": numba.get_num_threads(),
+            "threading_layer": _threading_layer(),
+            "stream_read_gbps": round(stream, 2),
+            "peak_fma_gflops": round(peak, 2),
+        },
+        "config": {"fastmath": sorted(config.FASTMATH) if config.FASTMATH else False,
+                   "parallel": config.PARALLEL},
+        "timing": "best of %d calls after a warm-up call" % repeat,
+        "shapes": [bench_shape(*s, stream_gbps=stream, peak_gflops=peak,
+                               repeat=repeat, sparf=sparf) for s in shapes],
+    }
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def _threading_layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None

@@ -1,0 +1,87 @@
+"""One place for every knob the kernels read (STUMPY's ``config.py`` pattern).
+
+Every ``@njit`` in ``kernels/`` takes ``fastmath=config.FASTMATH`` and
+``cache=config.CACHE``; ``parallel=config.PARALLEL`` on the prange drivers.
+Nothing in ``kernels/`` hardcodes these flags (``tests/test_kernels.py``
+checks that by grepping the sources).
+
+Flags are read when a module is imported (Numba bakes them into the compiled
+code), so change them before importing ``kernels.*``, e.g. through the
+environment variables below, or call :func:`_reset` and re-import.
+"""
+
+import os
+
+# --- compilation flags -------------------------------------------------------
+
+#: LLVM fast-math flags.  We want reassociation (so dot products and sums over
+#: head_dim vectorize) and FMA contraction, but NOT ``nnan``/``ninf``: the
+#: kernels keep -inf as the running max of an empty partial and fp16 pages may
+#: hold inf/nan, and LLVM would be free to miscompile those under ``fast``.
+_FASTMATH_SAFE = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+#: parallel=True on the prange drivers; off gives a serial build (debugging).
+_STUMPY_LIKE_DEFAULTS = {
+    "FASTMATH": _FASTMATH_SAFE,
+    "CACHE": True,
+    "PARALLEL": True,
+    # None = Numba's default (NUMBA_NUM_THREADS, i.e. the core count).
+    "NUM_THREADS": None,
+}
+
+
+def _env_bool(name, default):
+    v = os.environ.get(name)
+    if v is None:
+        return default
+    return v.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+#: Flags of the peak-FMA probe in kernels/bench.py: contraction only (with
+#: ``reassoc`` LLVM folds its FMA chains away).
+FASTMATH_PEAK = {"contract"}
+
+FASTMATH = set(_STUMPY_LIKE_DEFAULTS["FASTMATH"]) if _env_bool(
+    "CSDEMU_KERNELS_FASTMATH", True) else False
+CACHE = _env_bool("CSDEMU_KERNELS_CACHE", _STUMPY_LIKE_DEFAULTS["CACHE"])
+PARALLEL = _env_bool("CSDEMU_KERNELS_PARALLEL",
+                     _STUMPY_LIKE_DEFAULTS["PARALLEL"])
+NUM_THREADS = (int(os.environ["CSDEMU_KERNELS_THREADS"])
+               if os.environ.get("CSDEMU_KERNELS_THREADS") else
+               _STUMPY_LIKE_DEFAULTS["NUM_THREADS"])
+
+#: Software-prefetch the next page while working on the current one
+#: (kernels/prefetch.py).  0 = off; 1 = next page.
+PREFETCH = int(os.environ.get("CSDEMU_KERNELS_PREFETCH", "1"))
+
+# --- storage dtype codes -----------------------------------------------------
+# A page pool is a uint16 array (fp16 or bf16 bits) or a float32 array
+# (uint32 bit patterns are viewed as float32 by the wrapper, zero copy).
+DTYPE_F32 = 0
+DTYPE_F16 = 1
+DTYPE_BF16 = 2
+DTYPE_NAMES = {DTYPE_F32: "fp32", DTYPE_F16: "fp16", DTYPE_BF16: "bf16"}
+DTYPE_ITEMSIZE = {DTYPE_F32: 4, DTYPE_F16: 2, DTYPE_BF16: 2}
+
+# --- numerical tolerances used by the tests ----------------------------------
+# The kernels accumulate in fp32; the naive reference (tests/naive.py) works in
+# float64 on the same widened inputs, so the only differences are fp32
+# rounding in dot products, exps and sums.  These are absolute + relative
+# tolerances for numpy.testing.assert_allclose on outputs whose magnitude is
+# that of V (O(1) in the tests).  Do not loosen them to make a test pass.
+ATOL = 2e-5
+RTOL = 2e-5
+#: SparF: approximate-score ranking is exact in float64 on the naive side; the
+#: kernel's fp32 scores can reorder near-ties, so the SparF tests draw data
+#: without near-ties at the top-k boundary (see tests) and use the same ATOL.
+SPARF_ATOL = 2e-5
+SPARF_RTOL = 2e-5
+
+
+def _reset():
+    """Restore the defaults above (in this module only; re-import kernels)."""
+    global FASTMATH, CACHE, PARALLEL, NUM_THREADS
+    FASTMATH = set(_STUMPY_LIKE_DEFAULTS["FASTMATH"])
+    CACHE = _STUMPY_LIKE_DEFAULTS["CACHE"]
+    PARALLEL = _STUMPY_LIKE_DEFAULTS["PARALLEL"]
+    NUM_THREADS = _STUMPY_LIKE_DEFAULTS["NUM_THREADS"]
