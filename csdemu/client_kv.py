@@ -127,6 +127,8 @@ class KVNamespace:
         ids = np.asarray(seq_ids, SEQ_ID).reshape(-1)
         if ids.size != k.shape[0]:
             raise ValueError(f"{ids.size} sequence ids for a batch of {k.shape[0]}")
+        if k.shape[1] == 0:
+            return 0
         per_seq = 2 * k[0].nbytes
         limit = min(self.dev.staging_bytes, self.dev.mdts_bytes())
         tokens = k.shape[1]

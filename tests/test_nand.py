@@ -4,7 +4,7 @@ import pytest
 
 from csdemu.flash.geometry import Geometry, decode_ppa, encode_ppa
 from csdemu.flash.nand import BAD_PROGRAM, NandArray, NandError
-from naive_ftl import profile
+from tests.naive_ftl import profile
 
 
 @pytest.fixture(params=["instinfer", "nvmevirt-970pro"])

@@ -235,7 +235,7 @@ class BlockFTL:
         ppns = self.l2p[lpn0:lpn0 + n]
         self.counters["host_pages_read"] += n
         if n and ppns.min() >= 0:                      # fast path: all mapped
-            if self.faults.active and self._read_fault(n):
+            if self.faults.active and self.read_fault(n):
                 return False, None, int(self.charge_reads(ppns, t0, pcie=True).max())
             done = int(self.charge_reads(ppns, t0, pcie=True).max())
             p0 = int(ppns[0])
@@ -246,7 +246,7 @@ class BlockFTL:
         mp = ppns[m]
         done = t0
         if mp.size:
-            if self.faults.active and self._read_fault(mp.size):
+            if self.faults.active and self.read_fault(mp.size):
                 return False, None, int(self.charge_reads(mp, t0, pcie=True).max())
             done = int(self.charge_reads(mp, t0, pcie=True).max())
         done = max(done, self.pcie(t0, int((~m).sum()) * self.pb))
@@ -255,7 +255,8 @@ class BlockFTL:
             out[m] = self.nand.data[mp]
         return True, out, done
 
-    def _read_fault(self, n: int) -> bool:
+    def read_fault(self, n: int) -> bool:
+        """Draw read faults for n pages; on failure count a media error."""
         fail = self.faults.check("read", n)
         if fail is None:
             return False
@@ -309,7 +310,7 @@ class BlockFTL:
 
     def stream_read(self, ppns: np.ndarray, t0: int, *, pcie: bool = False):
         """Read pages by PPN -> (ok, data, done_ns); data is a gather copy."""
-        if self.faults.active and self._read_fault(ppns.size):
+        if self.faults.active and self.read_fault(ppns.size):
             return False, None, int(self.charge_reads(ppns, t0, pcie=pcie).max())
         done = int(self.charge_reads(ppns, t0, pcie=pcie).max()) if ppns.size else t0
         return True, self.nand.data[ppns], done

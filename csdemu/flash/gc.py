@@ -66,7 +66,7 @@ def collect(ftl, line: int, now_ns: int) -> int:
         data = nand.read(ppns)
         rd = ftl.charge_reads(ppns, now_ns, pcie=False)
         t = int(rd.max())
-        new, t_prog = ftl.place(1, lpns, data, t)        # STREAM_GC
+        new, t_prog, _ = ftl.place(STREAM_GC, lpns, data, t)
         if new is None:
             raise RuntimeError("GC: no space left to relocate valid pages")
         ftl.l2p[lpns] = new

@@ -5,9 +5,15 @@ csdemu.flash.timing's clocks).
 Page layout assumed (the daemon's KV engine is to match it):
   * per (sequence, kv head), in sequence order then kv-head order, the
     ceil(len/T) K pages in token order, then the ceil(len/T) V pages in token
-    order; K page j and V page j (tokens jT..jT+T-1) both sit on channel j % C,
-    way (j // C) % W (csdemu.kv.timing.spread_pages, first=0 for every
-    sequence-head). A page read moves `geometry.page_bytes` over the channel.
+    order; K page j and V page j (tokens jT..jT+T-1) both sit on channel j % C
+    (channel-first striping along the token axis, starting at channel 0 for
+    every sequence-head). Ways: each channel's write frontier moves round-robin
+    over its W ways, so the i-th page of the command listed on channel c sits
+    on way i % W (counting from 0 per channel, in listing order). Restarting
+    the ways at 0 for every sequence-head too (spread_pages(first=0)) would
+    put every sequence-head's first pages on way 0 and make short sequences
+    LUN-bound on a few dies, which no log-structured FTL does.
+    A page read moves `geometry.page_bytes` over the channel.
   * q and the output are float32 (4 B per element) over the drive's PCIe link.
   * the drive is idle (fresh clocks) and no firmware time is charged (fw_ns=0).
   * SparF (sparse=...): first the channel-indexed copy of K, one head dim per
@@ -97,7 +103,7 @@ def attend_pages(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, 
     grp = q_heads // kv_heads
     lens = [int(x) for x in np.atleast_1d(seq_lens)]
     cache: dict[int, tuple] = {}
-    chs, luns = [], []
+    chs = []
     work = AttendWork()
     for L in lens:
         if L not in cache:
@@ -109,15 +115,26 @@ def attend_pages(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, 
                 pat = _sparse_pattern(L, grp, head_dim, dtype_bytes, tokens_per_page, g.page_bytes,
                                       g.channels, g.ways, r, k, w)
                 wk = sparf_work([L], q_heads, head_dim, r, k, w)
-            cache[L] = (np.tile(pat[0], kv_heads), np.tile(pat[1], kv_heads), wk)
-        c, l, wk = cache[L]
+            cache[L] = (np.tile(pat[0], kv_heads), wk)
+        c, wk = cache[L]
         chs.append(c)
-        luns.append(l)
         work += AttendWork(wk.q_bytes, wk.out_bytes, wk.gemv_flops, wk.softmax_flops,
                            wk.filter_bytes)
-    ch = np.concatenate(chs) if chs else np.zeros(0, np.int64)
-    lun = np.concatenate(luns) if luns else np.zeros(0, np.int64)
-    return ch.astype(np.int64), lun.astype(np.int64), work
+    ch = np.concatenate(chs).astype(np.int64) if chs else np.zeros(0, np.int64)
+    return ch, frontier_ways(ch, g.channels, g.ways), work
+
+
+def frontier_ways(ch: np.ndarray, channels: int, ways: int) -> np.ndarray:
+    """Way of each page: its rank among the pages listed on its channel, mod W."""
+    ch = np.asarray(ch, dtype=np.int64)
+    if ch.size == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(ch, kind="stable")
+    counts = np.bincount(ch, minlength=channels)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(ch.size, np.int64)
+    rank[order] = np.arange(ch.size, dtype=np.int64) - np.repeat(starts, counts)
+    return rank % ways
 
 
 def csd_attend(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, dtype_bytes: int,

@@ -1,0 +1,204 @@
+"""KV namespaces and in-storage attention against a real daemon."""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import csdemu
+from csdemu.client_kv import from_storage, to_storage
+from nvme_cmds.kv import KVDtype, attend_cdws
+from nvme_cmds.opcodes import NvmOpcode, VendorAdminOpcode, VendorIoOpcode
+from nvme_cmds.status import Status
+from tests import naive
+
+TOL = {"float16": 2e-5, "bfloat16": 2e-5, "float32": 2e-5}   # vs float64 on the stored values
+
+
+def stored(a, dtype):
+    """What the drive stores for `a`, widened to float64 (the reference's input)."""
+    code = {"float16": KVDtype.FLOAT16, "bfloat16": KVDtype.BFLOAT16, "float32": KVDtype.FLOAT32}[dtype]
+    return from_storage(to_storage(a, code), code).astype(np.float64)
+
+
+def build(kv, rng, lens, dtype, layer=0, chunks=(None,)):
+    """Append random K/V of the given lengths (in a prefill then token steps)."""
+    B, H, D = len(lens), kv.kv_heads, kv.head_dim
+    K = [rng.standard_normal((L, H, D)).astype(np.float32) for L in lens]
+    V = [rng.standard_normal((L, H, D)).astype(np.float32) for L in lens]
+    ids = list(range(100, 100 + B))
+    for b in range(B):
+        L = lens[b]
+        pre = L // 2
+        kv.append(layer, [ids[b]], K[b][None, :pre], V[b][None, :pre])
+        for t in range(pre, L, 7):                       # decode-like small appends
+            kv.append(layer, [ids[b]], K[b][None, t:t + 7], V[b][None, t:t + 7])
+    Smax = max(lens)
+    Kd = np.zeros((B, H, Smax, D))
+    Vd = np.zeros((B, H, Smax, D))
+    for b in range(B):
+        Kd[b, :, :lens[b]] = stored(K[b], dtype).transpose(1, 0, 2)
+        Vd[b, :, :lens[b]] = stored(V[b], dtype).transpose(1, 0, 2)
+    return ids, K, V, Kd, Vd
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", [(4, 4, 64), (9, 3, 64), (8, 1, 32)])
+def test_dense_attend_matches_reference(dev, dtype, q_heads, kv_heads, head_dim):
+    rng = np.random.default_rng(q_heads * 7 + head_dim)
+    kv = dev.create_kv_namespace(layers=2, q_heads=q_heads, kv_heads=kv_heads,
+                                 head_dim=head_dim, dtype=dtype)
+    try:
+        lens = [1, 31, 32, 33, 100]
+        ids, K, V, Kd, Vd = build(kv, rng, lens, dtype, layer=1)
+        q = rng.standard_normal((len(lens), q_heads, head_dim)).astype(np.float32)
+        out = kv.attend(1, ids, q)
+        ref = naive.dense(q, Kd, Vd, lens)
+        assert np.abs(out - ref).max() < TOL[dtype]
+        assert kv.last.device_ns > 0
+        # The other layer holds nothing yet: zeros, not garbage.
+        assert not kv.attend(0, ids, q).any()
+        k, v = kv.read(1, ids[4], 10, 50)
+        assert np.array_equal(k.astype(np.float64), Kd[4, :, 10:60].transpose(1, 0, 2))
+        assert np.array_equal(v.astype(np.float64), Vd[4, :, 10:60].transpose(1, 0, 2))
+    finally:
+        kv.delete()
+
+
+def test_sparf_equals_dense_when_keeping_everything_and_approximates_otherwise(dev):
+    rng = np.random.default_rng(3)
+    kv = dev.create_kv_namespace(layers=1, q_heads=6, kv_heads=2, head_dim=64, sparse_layout=True)
+    try:
+        lens = [300, 520, 64]
+        ids, K, V, Kd, Vd = build(kv, rng, lens, "float16")
+        q = rng.standard_normal((3, 6, 64)).astype(np.float32)
+        dense = kv.attend(0, ids, q).copy()
+        full = kv.attend(0, ids, q, sparse=csdemu.SparF(r=64, k=10_000, window=0)).copy()
+        assert np.abs(full - dense).max() < 1e-5
+        sp = csdemu.SparF(r=8, k=64, window=16)
+        approx = kv.attend(0, ids, q, sparse=sp)
+        v_mean = np.stack([Vd[b, :, :lens[b]].mean(axis=1) for b in range(3)]).astype(np.float32)
+        ref = naive.sparf(q, Kd, Vd, lens, v_mean, sp.r, sp.k, sp.window)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        assert np.abs(approx - ref).max() < 1e-4
+        log = dev.engine_log()
+        assert log["sparf_attends"] >= 2 and log["pages_skipped"] > 0
+    finally:
+        kv.delete()
+
+
+def test_sparf_needs_the_sparse_layout(dev):
+    kv = dev.create_kv_namespace(layers=1, q_heads=2, kv_heads=2, head_dim=64)
+    try:
+        kv.append(0, [1], np.ones((1, 4, 2, 64)), np.ones((1, 4, 2, 64)))
+        with pytest.raises(csdemu.NVMeError) as e:
+            kv.attend(0, [1], np.ones((1, 2, 64), np.float32), sparse=csdemu.SparF(8, 4))
+        assert e.value.status == Status.INVALID_FIELD
+    finally:
+        kv.delete()
+
+
+def test_reclaim_erases_whole_blocks_without_gc_copies(dev):
+    kv = dev.create_kv_namespace(layers=4, q_heads=2, kv_heads=2, head_dim=64)
+    try:
+        before = dev.flash_log()
+        rng = np.random.default_rng(5)
+        for layer in range(4):
+            x = rng.standard_normal((2, 600, 2, 64))
+            kv.append(layer, [7, 8], x, x)
+        mid = dev.flash_log()
+        assert mid["free_lines"] < before["free_lines"]
+        assert kv.reclaim([7, 8, 12345]) == 2
+        after = dev.flash_log()
+        assert after["free_lines"] == before["free_lines"]
+        assert after["gc_pages_copied"] == before["gc_pages_copied"]
+        assert after["erases"] > before["erases"]
+        with pytest.raises(csdemu.NVMeError):          # the sequence is gone
+            kv.attend(0, [7], np.ones((1, 2, 64), np.float32))
+    finally:
+        kv.delete()
+
+
+def test_engine_log_counts_pages_per_channel(dev):
+    kv = dev.create_kv_namespace(layers=1, q_heads=4, kv_heads=4, head_dim=64)
+    try:
+        x = np.random.default_rng(1).standard_normal((4, 32 * 16, 4, 64))
+        kv.append(0, [1, 2, 3, 4], x, x)
+        before = dev.engine_log()
+        kv.attend(0, [1, 2, 3, 4], np.ones((4, 4, 64), np.float32))
+        log = dev.engine_log()
+        pages = np.array(log["channel_pages"]) - np.array(before["channel_pages"])
+        assert pages.sum() == 4 * 4 * 16 * 2              # every K and V page of the layer
+        assert (pages > 0).all()                           # every channel took part
+        assert log["device_ns"] > before["device_ns"]
+    finally:
+        kv.delete()
+
+
+def test_kv_commands_refuse_bad_input(dev):
+    kv = dev.create_kv_namespace(layers=2, q_heads=2, kv_heads=1, head_dim=64)
+    try:
+        kv.append(0, [5], np.ones((1, 3, 1, 64)), np.ones((1, 3, 1, 64)))
+        io = dev.io
+
+        def st(opc, **kw):
+            return io.execute(opc, nsid=kv.nsid, mptr=kv.meta_off, **kw).status
+        assert st(VendorIoOpcode.ATTEND, **attend_cdws(7, 1)) == Status.INVALID_FIELD     # layer
+        assert st(VendorIoOpcode.ATTEND, **attend_cdws(0, 0)) == Status.INVALID_FIELD     # batch 0
+        assert st(VendorIoOpcode.ATTEND, cdw10=5 << 16, cdw11=1) == Status.INVALID_FIELD  # mode
+        assert st(0xEE) == Status.INVALID_OPCODE
+        assert st(NvmOpcode.READ) == Status.INVALID_OPCODE                                # block I/O
+        q = np.ones((1, 2, 64), np.float32)
+        with pytest.raises(csdemu.NVMeError) as e:
+            kv.attend(0, [999], q)                                                        # unknown seq
+        assert e.value.status == Status.INVALID_FIELD
+        with pytest.raises(csdemu.NVMeError) as e:
+            kv.read(0, 5, 2, 10)                                                          # past the end
+        assert e.value.status == Status.LBA_OUT_OF_RANGE
+        # The metadata pointer must stay inside the arena.
+        assert io.execute(VendorIoOpcode.RECLAIM, nsid=kv.nsid, cdw11=1,
+                          mptr=dev.arena.size).status == Status.DATA_TRANSFER_ERROR
+        # Bad namespace descriptions.
+        for shape in [dict(layers=0), dict(q_heads=3, kv_heads=2), dict(head_dim=48),
+                      dict(dtype="int8")]:
+            args = dict(layers=1, q_heads=2, kv_heads=2, head_dim=64) | shape
+            with pytest.raises((csdemu.NVMeError, ValueError)):
+                dev.create_kv_namespace(**args)
+        assert np.isfinite(kv.attend(0, [5], q)).all()                                   # still fine
+    finally:
+        kv.delete()
+
+
+def test_another_client_is_refused(daemon, dev):
+    kv = dev.create_kv_namespace(layers=1, q_heads=2, kv_heads=2, head_dim=64)
+    try:
+        kv.append(0, [1], np.ones((1, 5, 2, 64)), np.ones((1, 5, 2, 64)))
+        with csdemu.connect(daemon.socket_path) as other:
+            off = other.alloc.alloc(8)
+            c = other.io.execute(VendorIoOpcode.RECLAIM, nsid=kv.nsid, cdw11=1, mptr=off)
+            assert c.status == Status.ACCESS_DENIED
+            c = other.admin.execute(VendorAdminOpcode.DELETE_KV_NAMESPACE, nsid=kv.nsid)
+            assert c.status == Status.ACCESS_DENIED
+        assert kv.attend(0, [1], np.ones((1, 2, 64), np.float32)).shape == (1, 2, 64)
+    finally:
+        kv.delete()
+
+
+def test_dead_clients_kv_namespaces_are_deleted(daemon, dev):
+    code = textwrap.dedent(f"""
+        import os, numpy as np, csdemu
+        d = csdemu.connect({daemon.socket_path!r})
+        kv = d.create_kv_namespace(layers=1, q_heads=2, kv_heads=2, head_dim=64)
+        kv.append(0, [1, 2], np.ones((2, 300, 2, 64)), np.ones((2, 300, 2, 64)))
+        print(kv.nsid, flush=True)
+        os.kill(os.getpid(), 9)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    nsid = int(p.stdout.split()[0])
+    import time
+    for _ in range(50):
+        if nsid not in dev.namespaces():
+            break
+        time.sleep(0.02)
+    assert nsid not in dev.namespaces()
