@@ -4,6 +4,8 @@
 
 * ``stream_read_gbps``: a parallel Numba sum over a large float32 array
   (best of several passes);
+* ``page_random_read_gbps``: the same sum over 4 KiB pages visited in random
+  order (how page tables over a scattered pool are walked);
 * ``peak_fma_gflops``: a Numba kernel with 8 independent FMA chains per
   element, vectorized over an L1-resident array on every thread;
 * for each decode shape, the dense kernel's effective bandwidth (K+V page
@@ -41,6 +43,20 @@ def _stream_sum(a, nchunks):
     part = np.zeros(nchunks, np.float64)
     for c in prange(nchunks):
         part[c] = _sum_f32(a[c * n // nchunks:(c + 1) * n // nchunks])
+    return part.sum()
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
+def _pages_sum(pages, order, nchunks):
+    """Sum of 4 KiB pages visited in ``order`` (a permutation): the access
+    pattern of page-table walks over a pool the FTL scattered."""
+    n = order.shape[0]
+    part = np.zeros(nchunks, np.float64)
+    for c in prange(nchunks):
+        s = 0.0
+        for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+            s += _sum_f32(pages[order[i]])
+        part[c] = s
     return part.sum()
 
 
@@ -103,6 +119,16 @@ def measure_stream_gbps(nbytes=512 << 20, repeat=5):
     return a.nbytes / t / 1e9
 
 
+def measure_page_stream_gbps(nbytes=512 << 20, page_bytes=4096, repeat=5):
+    """Like :func:`measure_stream_gbps` but over 4 KiB pages in random order."""
+    pages = np.ones((nbytes // page_bytes, page_bytes // 4), np.float32)
+    order = np.random.default_rng(0).permutation(pages.shape[0])
+    nth = numba.get_num_threads()
+    _pages_sum(pages, order, 8 * nth)
+    t = _best(lambda: _pages_sum(pages, order, 8 * nth), repeat)
+    return pages.nbytes / t / 1e9
+
+
 def measure_peak_gflops(n=1024, reps=2000, repeat=5):
     nth = numba.get_num_threads()
     xs = np.random.default_rng(0).random((nth, n)).astype(np.float32)
@@ -122,8 +148,11 @@ SHAPES = (
 
 
 def bench_shape(name, B, S, Hq, Hkv, D, T, *, nchannels=8, kv_dtype="fp16",
-                stream_gbps, peak_gflops, repeat=5, sparf=True, window=32):
-    Dp = 8
+                stream_gbps, peak_gflops, page_stream_gbps=None, repeat=5,
+                sparf=(8, 1), window=32):
+    """Dense, then SparF 1/8 once per dim-page height in ``sparf`` (Dp: head
+    dims per channel-indexed page; the first one is reported as "sparf")."""
+    Dp = sparf[0] if sparf else 8
     Tp = 4096 // (2 * Dp) if kv_dtype != "fp32" else 4096 // (4 * Dp)
     lay = random_paged_kv(B, Hkv, D, np.full(B, S, np.int32), T, nchannels,
                           kv_dtype, Dp=Dp, Tp=Tp)
@@ -148,9 +177,17 @@ def bench_shape(name, B, S, Hq, Hkv, D, T, *, nchannels=8, kv_dtype="fp16",
         "roofline_gbps": round(roof, 2),
         "frac_of_roofline": round(eff / roof, 3),
         "frac_of_stream": round(eff / stream_gbps, 3),
+        "frac_of_page_stream": (round(eff / page_stream_gbps, 3)
+                                if page_stream_gbps else None),
         "gflops": round(flops / t_dense / 1e9, 2),
     }
-    if sparf:
+    for dp in (sparf or ()):
+        if dp != Dp:
+            del lay
+            Tp = 4096 // (2 * dp) if kv_dtype != "fp32" else 4096 // (4 * dp)
+            lay = random_paged_kv(B, Hkv, D, np.full(B, S, np.int32), T, nchannels,
+                                  kv_dtype, Dp=dp, Tp=Tp)
+            Dp = dp
         r = max(1, D // 8)
         k = max(0, S // 8 - window)
         vm = np.zeros((B, Hkv, D), np.float32)
@@ -159,7 +196,7 @@ def bench_shape(name, B, S, Hq, Hkv, D, T, *, nchannels=8, kv_dtype="fp16",
         t_sp = _best(lambda: sparf_attention(q, v_mean=vm, out=out, r=r, k=k,
                                              window=window, **sargs), repeat)
         sbytes = int(sctr[:, C.FLASH_BYTES].sum() + sctr[:, C.DRAM_BYTES].sum())
-        res["sparf"] = {
+        res["sparf" if dp == sparf[0] else "sparf_dp%d" % dp] = {
             "r": r, "k": k, "window": window, "Dp": Dp, "Tp": Tp,
             "ms": round(t_sp * 1e3, 3),
             "speedup_vs_dense": round(t_dense / t_sp, 2),
@@ -171,27 +208,29 @@ def bench_shape(name, B, S, Hq, Hkv, D, T, *, nchannels=8, kv_dtype="fp16",
                                     + sctr[:, C.V_READ].sum() + sctr[:, C.V_DRAM].sum()),
             "token_pages_skipped": int(sctr[:, C.K_SKIP].sum() + sctr[:, C.V_SKIP].sum()),
         }
-    del lay
     return res
 
 
-def run_kernel_bench(shapes=SHAPES, repeat=5, sparf=True):
+def run_kernel_bench(shapes=SHAPES, repeat=5, sparf=(8, 1)):
     """Measure the machine and the kernels; returns a JSON-able dict."""
     t0 = time.perf_counter()
     stream = measure_stream_gbps()
+    page_stream = measure_page_stream_gbps()
     peak = measure_peak_gflops()
     res = {
         "machine": {
             "threads": numba.get_num_threads(),
             "threading_layer": _threading_layer(),
             "stream_read_gbps": round(stream, 2),
+            "page_random_read_gbps": round(page_stream, 2),
             "peak_fma_gflops": round(peak, 2),
         },
         "config": {"fastmath": sorted(config.FASTMATH) if config.FASTMATH else False,
                    "parallel": config.PARALLEL},
         "timing": "best of %d calls after a warm-up call" % repeat,
         "shapes": [bench_shape(*s, stream_gbps=stream, peak_gflops=peak,
-                               repeat=repeat, sparf=sparf) for s in shapes],
+                               page_stream_gbps=page_stream, repeat=repeat,
+                               sparf=sparf) for s in shapes],
     }
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     return res

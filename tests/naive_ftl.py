@@ -1,6 +1,12 @@
 """Slow, obviously-correct references and small helpers for the flash tests."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 
 from csdemu.flash.namespace import FlashNamespace
@@ -123,3 +129,17 @@ class DictFTL:
         for x, (c, b) in self.last_write.items():
             if c > self.durable_trim.get(x, -1):
                 self.data[x] = b
+
+
+@contextmanager
+def scratch_dir():
+    """A temporary data dir, on tmpfs when there is one: the flash tests
+    fsync a lot, and on a busy disk each fsync can take many milliseconds.
+    (Durability against kill -9 does not need the disk: the tests simulate
+    crashes in-process.)"""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    d = tempfile.mkdtemp(prefix="csdemu-flash-test-", dir=base)
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

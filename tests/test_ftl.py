@@ -1,18 +1,25 @@
 """The block FTL through FlashNamespace, checked against a dict model."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csdemu.flash import FlashNamespace
 from csdemu.flash.lines import FULL
 from csdemu.namespace import Request
-from tests.naive_ftl import DictFTL, Host, pattern, profile, rw_cmd, tiny_profile
+from tests.naive_ftl import scratch_dir, DictFTL, Host, pattern, profile, rw_cmd, tiny_profile
 from nvme_cmds.logs import FLASH_LOG
 from nvme_cmds.opcodes import NvmOpcode
 from nvme_cmds.status import Status
 
 W, R = NvmOpcode.WRITE, NvmOpcode.READ
+
+
+@pytest.fixture
+def tmp_path():
+    """Data dirs on tmpfs when available (see naive_ftl.scratch_dir)."""
+    with scratch_dir() as d:
+        yield d
 
 
 def blob(lba, n, version, lba_size=4096):
@@ -40,10 +47,14 @@ ops = st.lists(st.one_of(
 ), min_size=20, max_size=90)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None)
 @given(seq=ops, policy=st.sampled_from(["greedy", "cost-benefit"]))
-def test_ftl_matches_dict_model(tmp_path_factory, seq, policy):
-    d = tmp_path_factory.mktemp("ftl")
+def test_ftl_matches_dict_model(seq, policy):
+    with scratch_dir() as d:
+        _run_model(d, seq, policy)
+
+
+def _run_model(d, seq, policy):
     prof = tiny_profile(gc__policy=policy)
     ns = FlashNamespace(1, prof, d, sync_before_erase=False)
     host, model = Host(ns), DictFTL(ns.nlbas, ns.lba_size)

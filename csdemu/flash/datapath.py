@@ -9,6 +9,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from csdemu.flash.timing import _run
+
 
 @numba.njit(cache=True, nogil=True)
 def is_run(ppns) -> bool:
@@ -74,7 +76,102 @@ def program_ops(ppns, S, C, L, flash_page_bytes, ch_out, lun_out, nb_out, page_o
     return nops
 
 
-def scratch(n: int):
-    """Preallocated op arrays for up to n pages."""
-    return (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
-            np.empty(n, np.int64))
+def scratch(n: int) -> np.ndarray:
+    """Preallocated op rows for up to n pages: ch, lun, nbytes, page_op, done, start."""
+    return np.empty((6, n), np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def read_cmd(ppns, geo, start, floor, st, iv, prm, scr):
+    """A whole host read in one call: if every page is mapped, charge NAND
+    reads plus the PCIe transfer of each page and return (last arrival at
+    the host, pages form one contiguous run). Returns (-1, False) at once if
+    some page is unmapped (the caller takes the general path).
+    geo = [S, channels, ways, page_bytes]; scr = scratch(n)."""
+    n = ppns.shape[0]
+    run = True
+    for i in range(n):
+        if ppns[i] < 0:
+            return -1, False
+        if i > 0 and ppns[i] != ppns[i - 1] + 1:
+            run = False
+    C, L = geo[1], geo[2]
+    k = read_ops(ppns, geo[0], C, L, geo[3], scr[0], scr[1], scr[2], scr[3])
+    scr[5, 0] = start
+    _run(0, scr[0, :k], scr[1, :k], scr[2, :k], scr[5, :1], True, floor, st, iv, C, L, prm,
+         scr[4, :k])
+    mx = start
+    for j in range(k):
+        if scr[4, j] > mx:
+            mx = scr[4, j]
+    return mx, run
+
+
+@numba.njit(cache=True, nogil=True)
+def program_meta(ppns, geo, wp, bad, oob, lpns, seq0, crcs, stream):
+    """NAND bookkeeping of one program batch: check that every page is above
+    its block's write pointer and not in a bad block, then write the OOB
+    records (oob is the (pages, 3) int64 view of nand.oob: lpn, seq,
+    crc | stream << 32 | present << 48) and advance the write pointers.
+    geo = [S, blocks_per_line, pages_per_line]. Returns -1, or the index of
+    the first offending page * 2 (+1 if the block is bad)."""
+    S, bpl, ppl = geo[0], geo[1], geo[2]
+    n = ppns.shape[0]
+    for i in range(n):
+        p = ppns[i]
+        pos = p % ppl
+        blk = (p // ppl) * bpl + (p // S) % bpl
+        pib = (pos // (S * bpl)) * S + pos % S
+        if bad[blk] != 0:
+            return 2 * i + 1
+        if pib < wp[blk]:
+            return 2 * i
+        for j in range(i):                     # the same page twice in one batch
+            if ppns[j] == p:
+                return 2 * i
+    for i in range(n):
+        p = ppns[i]
+        pos = p % ppl
+        blk = (p // ppl) * bpl + (p // S) % bpl
+        pib = (pos // (S * bpl)) * S + pos % S
+        oob[p, 0] = lpns[i]
+        oob[p, 1] = seq0 + i
+        oob[p, 2] = crcs[i] | (stream << 32) | (1 << 48)
+        if pib + 1 > wp[blk]:
+            wp[blk] = pib + 1
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def remap(l2p, lpn0, ppns, valid, vpc, ppl):
+    """Point lpn0.. at ppns: invalidate the old pages, validate the new ones,
+    keep the per-line valid counts."""
+    for i in range(ppns.shape[0]):
+        old = l2p[lpn0 + i]
+        if old >= 0:
+            valid[old] = False
+            vpc[old // ppl] -= 1
+        p = ppns[i]
+        l2p[lpn0 + i] = p
+        valid[p] = True
+        vpc[p // ppl] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def program_cmd(ppns, geo, start, floor, st, iv, prm, scr, rel):
+    """Charge the programs of a batch (one per completed flash page) and
+    write each page's write-buffer release time into rel; returns the last
+    program end. geo = [S, channels, ways, flash_page_bytes]."""
+    n = ppns.shape[0]
+    k = program_ops(ppns, geo[0], geo[1], geo[2], geo[3], scr[0], scr[1], scr[2], scr[3])
+    scr[5, 0] = start
+    _run(1, scr[0, :k], scr[1, :k], scr[2, :k], scr[5, :1], False, floor, st, iv, geo[1],
+         geo[2], prm, scr[4, :k])
+    mx = start
+    for i in range(n):
+        o = scr[3, i]
+        r = scr[4, o] if o >= 0 else start
+        rel[i] = r
+        if r > mx:
+            mx = r
+    return mx

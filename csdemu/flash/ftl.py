@@ -23,7 +23,7 @@ from csdemu.flash.geometry import Geometry
 from csdemu.flash.lines import STREAM_GC, STREAM_HOST, LineManager
 from csdemu.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, OOB_DTYPE, NandArray
 from csdemu.flash.recovery import rebuild
-from csdemu.flash.timing import Clocks, NandTiming, Op, advance_batch, pcie_transfer
+from csdemu.flash.timing import Clocks, NandTiming, Op, _pcie, advance_batch
 
 COUNTERS = ("host_pages_written", "host_pages_read", "nand_pages_written", "nand_pages_read",
             "gc_runs", "gc_pages_copied", "erases", "read_failures", "program_failures",
@@ -54,6 +54,9 @@ class BlockFTL:
         self.prm = self.timing.packed()
         self.clocks = Clocks.create(g.channels, g.ways)
         self.floor = 0          # no operation will start before this (latest arrival)
+        self._geo = np.array([g.S, g.channels, g.ways, g.page_bytes], np.int64)
+        self._pgeo = np.array([g.S, g.channels, g.ways, g.flash_page_bytes], np.int64)
+        self._link = (g.channels, g.ways, self.timing.pcie_mbps, self.timing.pcie_latency_ns)
         self.faults = FaultInjector.from_profile(profile)
         self.gcp = gcmod.GcPolicy(profile, g.lines)
         self.journal = TrimJournal(data_dir)
@@ -62,7 +65,8 @@ class BlockFTL:
         self.wb_head = 0
         self.ckpt_every = checkpoint_every_pages or max(self.nlpns // 4, 1024)
         self._since_ckpt = 0
-        self._ops = dp.scratch(64)
+        self._bg_next = 0
+        self._scr = dp.scratch(64)
         if create:
             self.l2p = np.full(self.nlpns, -1, np.int64)
             self.seq = 1
@@ -77,33 +81,27 @@ class BlockFTL:
 
     # ------------------------------------------------------------------ timing
     def _scratch(self, n):
-        if self._ops[0].shape[0] < n:
-            self._ops = dp.scratch(max(n, 2 * self._ops[0].shape[0]))
-        return self._ops
+        if self._scr.shape[1] < n:
+            self._scr = dp.scratch(max(n, 2 * self._scr.shape[1]))
+        return self._scr
 
     def charge_reads(self, ppns: np.ndarray, start: int, *, pcie: bool) -> np.ndarray:
         """Model reading `ppns` (in order) from `start`; per-op done times."""
         g = self.geom
-        ch, lun, nb, page_op = self._scratch(ppns.shape[0])
+        ch, lun, nb, page_op = self._scratch(ppns.shape[0])[:4]
         k = dp.read_ops(ppns, g.S, g.channels, g.ways, self.pb, ch, lun, nb, page_op)
         self.counters["nand_pages_read"] += int(ppns.shape[0])
         return advance_batch(Op.READ, ch[:k], lun[:k], start, nb[:k], self.clocks, self.prm,
                              pcie=pcie, floor_ns=self.floor)
 
-    def charge_programs(self, ppns: np.ndarray, start: int) -> np.ndarray:
-        """Model programming `ppns` from `start`; per-page buffer release times."""
-        g = self.geom
+    def charge_programs(self, ppns: np.ndarray, start: int):
+        """Model programming `ppns` from `start` -> (per-page write-buffer
+        release times, last program end)."""
         n = ppns.shape[0]
-        ch, lun, nb, page_op = self._scratch(n)
-        k = dp.program_ops(ppns, g.S, g.channels, g.ways, g.flash_page_bytes, ch, lun, nb, page_op)
-        done = advance_batch(Op.PROGRAM, ch[:k], lun[:k], start, nb[:k], self.clocks, self.prm,
-                             floor_ns=self.floor)
-        if k == n:
-            return done
-        rel = np.full(n, start, np.int64)
-        m = page_op[:n] >= 0
-        rel[m] = done[page_op[:n][m]]
-        return rel
+        rel = np.empty(n, np.int64)
+        mx = dp.program_cmd(ppns, self._pgeo, start, self.floor, self.clocks.state,
+                            self.clocks.iv, self.prm, self._scratch(n), rel)
+        return rel, int(mx)
 
     def erase_line(self, line: int, t: int) -> int:
         """Erase a line (after its valid pages moved); return the end time."""
@@ -127,7 +125,9 @@ class BlockFTL:
         return end
 
     def pcie(self, start: int, nbytes: int) -> int:
-        return pcie_transfer(start, nbytes, self.clocks, self.prm, floor_ns=self.floor)
+        """Move nbytes over the host link no earlier than start; return arrival."""
+        return int(_pcie(int(start), int(nbytes), self.floor, self.clocks.state, self.clocks.iv,
+                         *self._link))
 
     # ------------------------------------------------------------------ placement
     def _program(self, stream, ppns, lpns, pages):
@@ -146,11 +146,11 @@ class BlockFTL:
         ppns = self.lines.allocate(stream, n, reserve=reserve, seq=self.seq)
         if ppns is None:
             return None, start, None
-        rel = self.charge_programs(ppns, start)
-        fail = self.faults.check("program", n)
+        rel, t_end = self.charge_programs(ppns, start)
+        fail = self.faults.check("program", n) if self.faults.active else None
         if fail is None:
             self._program(stream, ppns, lpns, pages)
-            return ppns, int(rel.max()), rel
+            return ppns, t_end, rel
         out, out_rel = ppns.copy(), rel.copy()
         todo = np.arange(n)
         while True:
@@ -164,28 +164,36 @@ class BlockFTL:
             ppns = self.lines.allocate(stream, todo.size, reserve=0, seq=self.seq)
             if ppns is None:
                 return None, start, None
-            rel = self.charge_programs(ppns, start)
+            rel, t = self.charge_programs(ppns, start)
+            t_end = max(t_end, t)
             out[todo], out_rel[todo] = ppns, rel
             fail = self.faults.check("program", todo.size)
             if fail is None:
                 self._program(stream, ppns, lpns[todo], pages[todo])
-                return out, int(out_rel.max()), out_rel
+                return out, t_end, out_rel
 
     # ------------------------------------------------------------------ GC
     def gc_if_needed(self, now: int) -> int:
-        """Run background / foreground GC as the thresholds say; return end time."""
+        """Run background / foreground GC as the thresholds say; return end time.
+        Background GC looks for a victim at most once per 1/16 line of writes."""
         lm, gp = self.lines, self.gcp
         t = now
-        if lm.free_count <= gp.bg_free_lines:
-            force = lm.free_count <= gp.fg_free_lines
-            while True:
-                v = gcmod.select_victim(lm, gp.policy if force else gp.policy, force=force,
-                                        max_valid_frac=gp.bg_max_valid_frac, now_seq=self.seq)
-                if v is None:
-                    break
-                t = max(t, gcmod.collect(self, v, now))
-                if not force or lm.free_count > gp.fg_free_lines:
-                    break
+        free = lm.free_count
+        if free > gp.bg_free_lines:
+            return t
+        force = free <= gp.fg_free_lines
+        if not force:
+            if self.seq < self._bg_next:
+                return t
+            self._bg_next = self.seq + max(1, lm.ppl // 16)
+        while True:
+            v = gcmod.select_victim(lm, gp.policy, force=force,
+                                    max_valid_frac=gp.bg_max_valid_frac, now_seq=self.seq)
+            if v is None:
+                break
+            t = max(t, gcmod.collect(self, v, now))
+            if not force or lm.free_count > gp.fg_free_lines:
+                break
         return t
 
     def reclaim_empty(self, now: int) -> int:
@@ -213,14 +221,11 @@ class BlockFTL:
             t = max(t, int(self.wb[slots].max()))
         t_x = self.pcie(t, n * self.pb)
         self.gc_if_needed(t_x)
-        lpns = np.arange(lpn0, lpn0 + n, dtype=np.int64)
-        ppns, t_prog, rel = self.place(STREAM_HOST, lpns, pages, t_x)
+        ppns, t_prog, rel = self.place(STREAM_HOST, np.arange(lpn0, lpn0 + n, dtype=np.int64),
+                                       pages, t_x)
         if ppns is None:
             return False, t_x
-        old = self.l2p[lpn0:lpn0 + n]
-        self.lines.invalidate(old[old >= 0])
-        self.l2p[lpn0:lpn0 + n] = ppns
-        self.lines.mark_valid(ppns)
+        dp.remap(self.l2p, lpn0, ppns, self.lines.valid, self.lines.vpc, self.geom.pages_per_line)
         self.counters["host_pages_written"] += n
         self._since_ckpt += n
         if slots is not None:
@@ -234,20 +239,22 @@ class BlockFTL:
         `data` may be a zero-copy view of the NAND file."""
         ppns = self.l2p[lpn0:lpn0 + n]
         self.counters["host_pages_read"] += n
-        if n and ppns.min() >= 0:                      # fast path: all mapped
-            if self.faults.active and self.read_fault(n):
-                return False, None, int(self.charge_reads(ppns, t0, pcie=True).max())
-            done = int(self.charge_reads(ppns, t0, pcie=True).max())
-            p0 = int(ppns[0])
-            if dp.is_run(ppns):
+        if self.faults.active:
+            m = ppns >= 0
+            if m.any() and self.read_fault(int(m.sum())):
+                return False, None, int(self.charge_reads(ppns[m], t0, pcie=True).max())
+        done, run = dp.read_cmd(ppns, self._geo, t0, self.floor, self.clocks.state,
+                                self.clocks.iv, self.prm, self._scratch(n))
+        if done >= 0:                                  # fast path: all mapped
+            self.counters["nand_pages_read"] += n
+            if run:
+                p0 = int(ppns[0])
                 return True, self.nand.data[p0:p0 + n], done
             return True, self.nand.data[ppns], done
         m = ppns >= 0
         mp = ppns[m]
         done = t0
         if mp.size:
-            if self.faults.active and self.read_fault(mp.size):
-                return False, None, int(self.charge_reads(mp, t0, pcie=True).max())
             done = int(self.charge_reads(mp, t0, pcie=True).max())
         done = max(done, self.pcie(t0, int((~m).sum()) * self.pb))
         out = np.zeros((n, self.pb), np.uint8)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csdemu.flash.datapath import is_run, program_meta
 from csdemu.flash.geometry import Geometry
 
 OOB_DTYPE = np.dtype([("lpn", "<i8"),       # logical page (or a stream's key)
@@ -89,6 +90,8 @@ class NandArray:
             raise
         self.data = np.frombuffer(self._mms[0], np.uint8).reshape(g.total_pages, g.page_bytes)
         self.oob = np.frombuffer(self._mms[1], OOB_DTYPE)
+        self._oob64 = np.frombuffer(self._mms[1], np.int64).reshape(g.total_pages, 3)
+        self._geo = np.array([g.S, g.blocks_per_line, g.pages_per_line], np.int64)
         self.blocks = np.frombuffer(self._mms[2], BLOCK_DTYPE)
         # write pointer of every block (next programmable page-in-block), rebuilt
         # from the OOB records so it survives restarts
@@ -102,36 +105,35 @@ class NandArray:
 
     # -- program / read -------------------------------------------------------
     def program(self, ppns: np.ndarray, pages: np.ndarray, lpns, seqs, stream: int) -> None:
-        """Program whole pages: ``pages`` is (n, page_bytes) uint8, ppns distinct."""
-        g = self.geom
+        """Program whole pages: ``pages`` is (n, page_bytes) uint8, ppns distinct,
+        ``seqs`` consecutive (only its first value is used)."""
         n = ppns.shape[0]
         if n == 0:
             return
-        blk = g.block_of(ppns)
-        pib = g.page_in_block(ppns).astype(np.int32)
-        if (pib < self.wp[blk]).any():
-            bad = ppns[pib < self.wp[blk]][0]
-            raise NandError(f"program of PPN {int(bad)}: page already programmed (erase first)")
-        if self.blocks["bad"][blk].any():
-            raise NandError(f"program of PPN {int(ppns[self.blocks['bad'][blk] != 0][0])}: bad block")
-        p0 = int(ppns[0])
-        contiguous = n == 1 or (int(ppns[-1]) - p0 == n - 1 and bool((np.diff(ppns) == 1).all()))
-        if contiguous:
-            self.data[p0:p0 + n] = pages
-        else:
-            self.data[ppns] = pages
-        rec = np.empty(n, OOB_DTYPE)
-        rec["lpn"] = lpns
-        rec["seq"] = seqs
         crc = zlib.crc32
-        rec["crc"] = [crc(pages[i]) for i in range(n)]
-        rec["stream"] = stream
-        rec["flags"] = OOB_PRESENT
+        crcs = np.fromiter((crc(pages[i]) for i in range(n)), np.int64, n)
+        lp = lpns if isinstance(lpns, np.ndarray) else np.asarray(lpns, np.int64)
+        err = program_meta(ppns, self._geo, self.wp, self.blocks["bad"], self._oob64,
+                           lp.astype(np.int64, copy=False), int(np.asarray(seqs).flat[0]),
+                           crcs, int(stream))
+        if err >= 0:
+            p = int(ppns[err // 2])
+            raise NandError(f"program of PPN {p}: " + ("bad block" if err % 2 else
+                                                         "page already programmed (erase first)"))
+        p0 = int(ppns[0])
+        contiguous = n == 1 or (int(ppns[-1]) - p0 == n - 1 and is_run(ppns))
+        # pwrite, not stores through the mapping: one syscall per run instead
+        # of a page fault per fresh page. Both use the same page cache, so
+        # the mapping sees the data at once.
+        fd, pb = self._fds[0], self.page_bytes
         if contiguous:
-            self.oob[p0:p0 + n] = rec
+            os.pwrite(fd, pages if pages.flags.c_contiguous else np.ascontiguousarray(pages), p0 * pb)
         else:
-            self.oob[ppns] = rec
-        np.maximum.at(self.wp, blk, pib + 1)
+            brk = np.flatnonzero(np.diff(ppns) != 1) + 1
+            lo = 0
+            for hi in brk.tolist() + [n]:
+                os.pwrite(fd, np.ascontiguousarray(pages[lo:hi]), int(ppns[lo]) * pb)
+                lo = hi
         self.pages_programmed += n
 
     def view(self, ppn0: int, n: int) -> np.ndarray:
@@ -214,7 +216,7 @@ class NandArray:
         return int(ppn) * self.page_bytes
 
     def close(self) -> None:
-        self.data = self.oob = self.blocks = None
+        self.data = self.oob = self.blocks = self._oob64 = None
         for mm in self._mms:
             try:
                 mm.close()

@@ -84,32 +84,47 @@ class Clocks:
 
     LUNs are FIFO: ``lun_avail[ch, lun]`` is when the die is next free.
     Buses (each channel, and the PCIe link) keep a sorted list of future busy
-    intervals so a transfer can use an idle gap before a later-booked one
-    (NVMeVirt's channel model does this with time-slot credits): a read that
-    waits 2 ms behind an erase does not hold up the bus or the link for the
-    other LUNs. ``ch_avail`` / ``pcie_avail`` are the end of the last booked
-    transfer. Intervals ending before the ``floor_ns`` a caller passes (the
-    arrival time of the current command, which only grows) are forgotten; if
-    a bus runs out of slots its two earliest intervals are merged, which only
-    ever makes the model more conservative.
+    intervals so a transfer can use an idle gap before a transfer booked
+    earlier but due later (NVMeVirt's channel model does this with time-slot
+    credits): a read that waits 2 ms behind an erase does not hold up the bus
+    or the link for the other LUNs. ``ch_avail`` / ``pcie_avail`` are the end
+    of the last booked transfer. Intervals ending before the ``floor_ns`` a
+    caller passes (the arrival time of the current command, which only grows)
+    are forgotten; if a bus runs out of slots its two earliest intervals are
+    merged, which only ever makes the model more conservative.
+
+    All counters live in one int64 buffer (`state`) and all intervals in one
+    (`iv`), so a compiled kernel takes two arrays; the named fields are views.
     """
+    channels: int
+    ways: int
+    state: np.ndarray         # int64 buffer behind the views below
+    iv: np.ndarray            # int64 [2, channels + 1, BUS_SLOTS]: starts, ends; row C = PCIe
     lun_avail: np.ndarray     # int64 [channels, ways]
-    ch_avail: np.ndarray      # int64 [channels]
-    pcie_avail: np.ndarray    # int64 [1]
-    ch_busy: np.ndarray       # int64 [channels]: ns spent transferring
     lun_busy: np.ndarray      # int64 [channels, ways]: ns spent in tR/tPROG/tBERS
+    ch_avail: np.ndarray      # int64 [channels]
+    ch_busy: np.ndarray       # int64 [channels]: ns spent transferring
+    pcie_avail: np.ndarray    # int64 [1]
     pcie_busy: np.ndarray     # int64 [1]
-    iv_start: np.ndarray      # int64 [channels + 1, BUS_SLOTS]; row `channels` = PCIe
-    iv_end: np.ndarray        # int64 [channels + 1, BUS_SLOTS]
-    iv_n: np.ndarray          # int64 [channels + 1]
+    iv_n: np.ndarray          # int64 [channels + 1]: intervals in use per bus
 
     @classmethod
     def create(cls, channels: int, ways: int) -> "Clocks":
-        z = np.zeros
-        return cls(z((channels, ways), np.int64), z(channels, np.int64), z(1, np.int64),
-                   z(channels, np.int64), z((channels, ways), np.int64), z(1, np.int64),
-                   z((channels + 1, BUS_SLOTS), np.int64), z((channels + 1, BUS_SLOTS), np.int64),
-                   z(channels + 1, np.int64))
+        C, L = channels, ways
+        st = np.zeros(2 * C * L + 2 * C + 2 + C + 1, np.int64)
+        o = 2 * C * L
+        return cls(C, L, st, np.zeros((2, C + 1, BUS_SLOTS), np.int64),
+                   st[:C * L].reshape(C, L), st[C * L:o].reshape(C, L),
+                   st[o:o + C], st[o + C:o + 2 * C], st[o + 2 * C:o + 2 * C + 1],
+                   st[o + 2 * C + 1:o + 2 * C + 2], st[o + 2 * C + 2:])
+
+    @property
+    def iv_start(self) -> np.ndarray:
+        return self.iv[0]
+
+    @property
+    def iv_end(self) -> np.ndarray:
+        return self.iv[1]
 
     def next_idle_ns(self) -> int:
         """When every LUN, channel and the link are idle (NVMeVirt ssd_next_idle_time)."""
@@ -138,116 +153,125 @@ def _xfer(nbytes, mbps):
 
 
 @numba.njit(cache=True, nogil=True)
-def _book(ivs, ive, ivn, b, ready, dur, floor):
-    """Earliest start >= ready of a `dur`-long transfer on bus b; books it."""
-    n = ivn[b]
+def _book(iv, st, nb_off, b, ready, dur, floor):
+    """Earliest start >= ready of a `dur`-long transfer on bus b; books it.
+    iv[0, b] / iv[1, b] hold the sorted, disjoint busy intervals of bus b and
+    st[nb_off + b] how many there are."""
+    ivs = iv[0, b]
+    ive = iv[1, b]
+    n = st[nb_off + b]
     k = 0
-    while k < n and ive[b, k] <= floor:
+    while k < n and ive[k] <= floor:
         k += 1
     if k:
         for j in range(n - k):
-            ivs[b, j] = ivs[b, j + k]
-            ive[b, j] = ive[b, j + k]
+            ivs[j] = ivs[j + k]
+            ive[j] = ive[j + k]
         n -= k
-    if n == ivs.shape[1]:                            # full: merge the two earliest
-        ive[b, 0] = ive[b, 1]
+    if n == ivs.shape[0]:                            # full: merge the two earliest
+        ive[0] = ive[1]
         for j in range(1, n - 1):
-            ivs[b, j] = ivs[b, j + 1]
-            ive[b, j] = ive[b, j + 1]
+            ivs[j] = ivs[j + 1]
+            ive[j] = ive[j + 1]
         n -= 1
     if dur <= 0:
-        ivn[b] = n
+        st[nb_off + b] = n
         return ready
     t = ready
     i = 0
     while i < n:
-        if ive[b, i] <= t:
+        if ive[i] <= t:
             i += 1
-        elif ivs[b, i] >= t + dur:
+        elif ivs[i] >= t + dur:
             break
         else:
-            t = ive[b, i]
+            t = ive[i]
             i += 1
     e = t + dur
-    if i > 0 and ive[b, i - 1] == t:                 # extend the previous interval
-        ive[b, i - 1] = e
-        if i < n and ivs[b, i] == e:                 # ... and fuse with the next
-            ive[b, i - 1] = ive[b, i]
+    if i > 0 and ive[i - 1] == t:                    # extend the previous interval
+        ive[i - 1] = e
+        if i < n and ivs[i] == e:                    # ... and fuse with the next
+            ive[i - 1] = ive[i]
             for j in range(i, n - 1):
-                ivs[b, j] = ivs[b, j + 1]
-                ive[b, j] = ive[b, j + 1]
+                ivs[j] = ivs[j + 1]
+                ive[j] = ive[j + 1]
             n -= 1
-    elif i < n and ivs[b, i] == e:                   # extend the next interval back
-        ivs[b, i] = t
+    elif i < n and ivs[i] == e:                      # extend the next interval back
+        ivs[i] = t
     else:                                            # insert a new interval at i
         for j in range(n, i, -1):
-            ivs[b, j] = ivs[b, j - 1]
-            ive[b, j] = ive[b, j - 1]
-        ivs[b, i] = t
-        ive[b, i] = e
+            ivs[j] = ivs[j - 1]
+            ive[j] = ive[j - 1]
+        ivs[i] = t
+        ive[i] = e
         n += 1
-    ivn[b] = n
+    st[nb_off + b] = n
     return t
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(op, ch, lun, nbytes, start, do_pcie, floor, lun_avail, ch_avail, pcie_avail,
-         ch_busy, lun_busy, pcie_busy, ivs, ive, ivn, prm, out):
+def _run(op, ch, lun, nbytes, start, do_pcie, floor, st, iv, C, L, prm, out):
+    """Charge ops in order on the state buffer `st` (layout: Clocks.create)."""
     tR, tR4k, tPROG, tBERS = prm[0], prm[1], prm[2], prm[3]
     ch_mbps, ch_ovh, pcie_mbps, pcie_lat = prm[4], prm[5], prm[6], prm[7]
-    link = ivn.shape[0] - 1
+    o_lb = C * L                  # lun_busy
+    o_ca = 2 * C * L              # ch_avail
+    o_cb = o_ca + C               # ch_busy
+    o_pa = o_cb + C               # pcie_avail
+    o_pb = o_pa + 1               # pcie_busy
+    o_n = o_pb + 1                # interval counts
     n = ch.shape[0]
     for i in range(n):
         c = ch[i]
-        w = lun[i]
+        li = c * L + lun[i]
         nb = nbytes[i] if nbytes.shape[0] > 1 else nbytes[0]
         t0 = start[i] if start.shape[0] > 1 else start[0]
-        la = lun_avail[c, w]
+        la = st[li]
         s = t0 if t0 > la else la
         if op == 0:                                  # READ: array, then bus
             r = tR4k if nb <= 4096 else tR
-            sensed = s + r
             d = _xfer(nb, ch_mbps) + ch_ovh
-            xs = _book(ivs, ive, ivn, c, sensed, d, floor)
+            xs = _book(iv, st, o_n, c, s + r, d, floor)
             xe = xs + d
-            if xe > ch_avail[c]:
-                ch_avail[c] = xe
-            ch_busy[c] += d
-            lun_avail[c, w] = xe                     # die held until its data left
-            lun_busy[c, w] += r
+            if xe > st[o_ca + c]:
+                st[o_ca + c] = xe
+            st[o_cb + c] += d
+            st[li] = xe                              # die held until its data left
+            st[o_lb + li] += r
             done = xe
             if do_pcie:
                 pd = _xfer(nb, pcie_mbps)
-                ps = _book(ivs, ive, ivn, link, xe, pd, floor)
-                if ps + pd > pcie_avail[0]:
-                    pcie_avail[0] = ps + pd
-                pcie_busy[0] += pd
+                ps = _book(iv, st, o_n, C, xe, pd, floor)
+                if ps + pd > st[o_pa]:
+                    st[o_pa] = ps + pd
+                st[o_pb] += pd
                 done = ps + pd + pcie_lat
         elif op == 1:                                # PROGRAM: bus, then array
             d = _xfer(nb, ch_mbps) + ch_ovh
-            xs = _book(ivs, ive, ivn, c, s, d, floor)
+            xs = _book(iv, st, o_n, c, s, d, floor)
             xe = xs + d
-            if xe > ch_avail[c]:
-                ch_avail[c] = xe
-            ch_busy[c] += d
+            if xe > st[o_ca + c]:
+                st[o_ca + c] = xe
+            st[o_cb + c] += d
             done = xe + tPROG
-            lun_avail[c, w] = done
-            lun_busy[c, w] += tPROG
+            st[li] = done
+            st[o_lb + li] += tPROG
         else:                                        # ERASE: array only
             done = s + tBERS
-            lun_avail[c, w] = done
-            lun_busy[c, w] += tBERS
+            st[li] = done
+            st[o_lb + li] += tBERS
         out[i] = done
     return 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _pcie(start, nbytes, floor, pcie_avail, pcie_busy, ivs, ive, ivn, mbps, lat):
+def _pcie(start, nbytes, floor, st, iv, C, L, mbps, lat):
+    o_pa = 2 * C * L + 2 * C
     d = _xfer(nbytes, mbps)
-    s = _book(ivs, ive, ivn, ivn.shape[0] - 1, start, d, floor)
-    if s + d > pcie_avail[0]:
-        pcie_avail[0] = s + d
-    pcie_busy[0] += d
+    s = _book(iv, st, o_pa + 2, C, start, d, floor)
+    if s + d > st[o_pa]:
+        st[o_pa] = s + d
+    st[o_pa + 1] += d
     return s + d + lat
 
 
@@ -275,9 +299,7 @@ def advance_batch(op: Op, ch, lun, start_ns, nbytes, clocks: Clocks, timing,
         out = np.empty(ch.shape[0], np.int64)
     prm = timing if isinstance(timing, np.ndarray) else timing.packed()
     _run(int(op), ch, lun, _as_i64(nbytes), _as_i64(start_ns), bool(pcie), int(floor_ns),
-         clocks.lun_avail, clocks.ch_avail, clocks.pcie_avail, clocks.ch_busy,
-         clocks.lun_busy, clocks.pcie_busy, clocks.iv_start, clocks.iv_end, clocks.iv_n,
-         prm, out)
+         clocks.state, clocks.iv, clocks.channels, clocks.ways, prm, out)
     return out
 
 
@@ -294,5 +316,5 @@ def pcie_transfer(start_ns: int, nbytes: int, clocks: Clocks, timing, *, floor_n
         mbps, lat = int(timing[6]), int(timing[7])
     else:
         mbps, lat = timing.pcie_mbps, timing.pcie_latency_ns
-    return int(_pcie(int(start_ns), int(nbytes), int(floor_ns), clocks.pcie_avail,
-                     clocks.pcie_busy, clocks.iv_start, clocks.iv_end, clocks.iv_n, mbps, lat))
+    return int(_pcie(int(start_ns), int(nbytes), int(floor_ns), clocks.state, clocks.iv,
+                     clocks.channels, clocks.ways, mbps, lat))
