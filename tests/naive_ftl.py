@@ -122,13 +122,33 @@ class DictFTL:
         z = bytes(self.lba_size)
         return b"".join(self.data.get(x, z) for x in range(lba, lba + n))
 
-    def crash(self):
-        """State after a crash: newest write unless a durable trim is newer."""
+    def crash(self) -> dict[int, set[bytes]]:
+        """State after a crash: each LBA reads its newest write unless a
+        durable deallocation is newer. An LBA whose newest deallocation was
+        not flushed may read either way (the FTL journals deallocations early
+        when GC erases the pages they freed): returns {lba: allowed values}."""
+        z = bytes(self.lba_size)
+        either = {}
+        for x, c in self.pending_trim.items():
+            if c > self.durable_trim.get(x, -1):
+                w = self.last_write.get(x)
+                if w is not None and w[0] < c:
+                    either[x] = {w[1], z}
         self.pending_trim.clear()
         self.data = {}
         for x, (c, b) in self.last_write.items():
             if c > self.durable_trim.get(x, -1):
                 self.data[x] = b
+        return either
+
+    def settle(self, lba: int, value: bytes) -> None:
+        """Adopt the value the device chose for an ambiguous LBA."""
+        z = bytes(self.lba_size)
+        if value == z:
+            self.data.pop(lba, None)
+            self.durable_trim[lba] = self.clock
+        else:
+            self.data[lba] = value
 
 
 @contextmanager

@@ -44,10 +44,11 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("r"), st.integers(0, 10_000), st.integers(1, 16)),
     st.tuples(st.just("f"), st.just(0), st.just(0)),
     st.tuples(st.just("reopen"), st.just(0), st.just(0)),
+    st.tuples(st.just("crash"), st.just(0), st.just(0)),
 ), min_size=20, max_size=90)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(seq=ops, policy=st.sampled_from(["greedy", "cost-benefit"]))
 def test_ftl_matches_dict_model(seq, policy):
     with scratch_dir() as d:
@@ -83,11 +84,20 @@ def _run_model(d, seq, policy):
         elif op == "f":
             host.flush()
             model.flush()
-        else:
+        elif op == "reopen":
             ns.close()
             model.flush()                    # a clean close is a flush
             ns = FlashNamespace(1, prof, d, sync_before_erase=False)
             host.ns = ns
+        else:                                # kill -9: drop everything in memory
+            ns.ftl.nand.close()
+            either = model.crash()
+            ns = FlashNamespace(1, prof, d, sync_before_erase=False)
+            host.ns = ns
+            for x, allowed in either.items():
+                got = bytes(host.read(x, 1).data)
+                assert got in allowed, f"LBA {x}: an older version came back after a crash"
+                model.settle(x, got)
     check_all(host, model)
     s = ns.stats()
     assert s["valid_pages"] == s["mapped_lpns"] == len(model.data)
@@ -325,3 +335,35 @@ def test_streams_reclaim_whole_lines(tmp_path):
     assert all(ftl.lines.state[x] != FULL for x in lines2)
     assert ftl.lines.valid[p3].all()
     ns.close()
+
+
+def test_write_cache_off_means_write_through(ns):
+    host = Host(ns)
+    host.now = 1_000_000
+    ns.set_write_cache(False)
+    r = host.write(0, blob(0, 4, 0))
+    assert r.done_ns - 1_000_000 > ns.profile.timing.tPROG_ns
+    ns.set_write_cache(True)
+    host.now = r.done_ns + 10_000_000
+    r2 = host.write(8, blob(8, 4, 0))
+    assert r2.done_ns - host.now < ns.profile.timing.tPROG_ns
+
+
+def test_stats_are_json(ns):
+    import json
+    Host(ns).write(0, blob(0, 4, 0))
+    s = json.loads(json.dumps(ns.stats()))
+    assert s["host_pages_written"] == 4 and s["waf"] == 1.0
+    assert len(s["channel_busy_ns"]) == ns.profile.geometry.channels
+
+
+def test_bench_runs(tmp_path):
+    from csdemu.flash.bench import run_flash_bench
+    out = run_flash_bench("instinfer", tmp_path, seq_bytes=2 << 20, rand_ios=300, qd=8,
+                          waf_overwrite=0.5, overrides={"geometry.channels": 4, "geometry.ways": 2,
+                                                        "geometry.blocks_per_plane": 16,
+                                                        "geometry.pages_per_block": 32})
+    for k in ("seq_write", "seq_read", "rand_write_4k", "rand_read_4k"):
+        assert out[k]["wall_mbps"] > 0 and out[k]["modeled_mbps"] > 0
+    assert out["realtime_factor_seq_read"] > 0
+    assert out["waf_random_overwrite_90pct"]["waf"] >= 1.0

@@ -21,17 +21,13 @@ from csdemu.flash.checkpoint import TrimJournal, load_checkpoint, mark_unclean, 
 from csdemu.flash.faults import FaultInjector
 from csdemu.flash.geometry import Geometry
 from csdemu.flash.lines import STREAM_GC, STREAM_HOST, LineManager
-from csdemu.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, OOB_DTYPE, NandArray
+from csdemu.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, NandArray
 from csdemu.flash.recovery import rebuild
 from csdemu.flash.timing import Clocks, NandTiming, Op, _pcie, advance_batch
 
 COUNTERS = ("host_pages_written", "host_pages_read", "nand_pages_written", "nand_pages_read",
             "gc_runs", "gc_pages_copied", "erases", "read_failures", "program_failures",
             "erase_failures", "media_errors", "pages_deallocated", "checkpoints")
-
-
-class NoSpace(Exception):
-    pass
 
 
 class BlockFTL:
@@ -60,6 +56,8 @@ class BlockFTL:
         self.faults = FaultInjector.from_profile(profile)
         self.gcp = gcmod.GcPolicy(profile, g.lines)
         self.journal = TrimJournal(data_dir)
+        if create:
+            self.journal.truncate()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.wb = np.zeros(der.write_buffer_pages, np.int64)   # release time per buffer slot
         self.wb_head = 0
@@ -106,6 +104,11 @@ class BlockFTL:
     def erase_line(self, line: int, t: int) -> int:
         """Erase a line (after its valid pages moved); return the end time."""
         g, nand = self.geom, self.nand
+        if self.journal.pending:
+            # A page may be invalid only because of a deallocation that is not
+            # journaled yet; once the page is erased, a crash would otherwise
+            # let recovery fall back to an even older version of that LBA.
+            self.journal.commit(sync=self.sync_before_erase)
         blks = g.line_blocks(line)
         good = blks[nand.bad[blks] == 0]
         fail = self.faults.check("erase", good.size)
@@ -353,4 +356,4 @@ class BlockFTL:
         return c
 
 
-__all__ = ["BlockFTL", "OOB_DTYPE", "NoSpace"]
+__all__ = ["BlockFTL", "COUNTERS"]

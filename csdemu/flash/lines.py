@@ -8,6 +8,7 @@ allocates from it through a cursor) or FULL::
       FREE --open(stream)--> OPEN --cursor reaches the end--> FULL
         ^                                                      |
         +------------------- erase (GC or reclaim) ------------+
+      (a line none of whose blocks is good any more is RETIRED for good)
 
 Streams separate data with different lifetimes into different erase blocks.
 Stream 0 is host writes to the block namespace, stream 1 is GC relocation,
@@ -29,7 +30,7 @@ import numpy as np
 
 from csdemu.flash.geometry import Geometry
 
-FREE, OPEN, FULL = 0, 1, 2
+FREE, OPEN, FULL, RETIRED = 0, 1, 2, 3
 STREAM_HOST, STREAM_GC = 0, 1
 FIRST_USER_STREAM = 2
 
@@ -135,7 +136,8 @@ class LineManager:
             self.stream[line] = stream
             if self.good_pages[line] > 0:
                 break
-            self.state[line] = FULL         # nothing usable: all its blocks are bad
+            self.state[line] = RETIRED      # nothing usable: all its blocks are bad
+            self.stream[line] = -1
         cur = [line, 0]
         self.cursor[stream] = cur
         return cur
@@ -173,13 +175,16 @@ class LineManager:
         return lo + np.flatnonzero(self.valid[lo:lo + self.ppl])
 
     def release(self, line: int) -> None:
-        """After erase: the line is FREE again."""
+        """After erase: the line is FREE again (RETIRED if no block of it is good)."""
         lo = line * self.ppl
         self.valid[lo:lo + self.ppl] = False
         self.vpc[line] = 0
-        self.state[line] = FREE
         self.stream[line] = -1
-        self.free.append(line)
+        if self.good_pages[line] > 0:
+            self.state[line] = FREE
+            self.free.append(line)
+        else:
+            self.state[line] = RETIRED
 
     def stream_lines(self, stream: int) -> np.ndarray:
         return np.flatnonzero((self.stream == stream) & (self.state != FREE))
@@ -206,7 +211,10 @@ class LineManager:
         for line in range(g.lines):
             row = present[line]
             if not row.any():
-                self.free.append(line)
+                if self.good_pages[line] > 0:
+                    self.free.append(line)
+                else:
+                    self.state[line] = RETIRED
                 continue
             last = int(np.flatnonzero(row)[-1])
             self.stream[line] = int(streams[line, last])

@@ -97,6 +97,7 @@ class FlashNamespace:
         t = self.profile.timing
         self._fw = (t.fw_read_ns, t.fw_read_4k_ns, t.fw_write_ns, t.fw_write_per_4k_ns, t.fw_other_ns)
         self.host = dict.fromkeys(("read_cmds", "write_cmds", "bytes_read", "bytes_written"), 0)
+        self.write_cache = True       # Volatile Write Cache feature (06h); off = every write FUA
         self._handlers = {NvmOpcode.READ: self._read, NvmOpcode.WRITE: self._write,
                           NvmOpcode.FLUSH: self._flush, NvmOpcode.WRITE_ZEROES: self._write_zeroes,
                           NvmOpcode.DATASET_MANAGEMENT: self._dsm}
@@ -162,6 +163,7 @@ class FlashNamespace:
         if r is None:
             return Result(st, req.arrival_ns)
         slba, nlb, fua = r
+        fua = fua or not self.write_cache
         nbytes = nlb * self.lba_size
         if req.data is None or _nbytes(req.data) != nbytes:
             return Result(Status.INVALID_FIELD, req.arrival_ns)
@@ -224,7 +226,8 @@ class FlashNamespace:
             return Result(st, req.arrival_ns)
         slba, nlb, fua = r
         self.host["write_cmds"] += 1
-        return Result(Status.SUCCESS, self._zero(slba, nlb, req.arrival_ns + self._fw[4], fua))
+        return Result(Status.SUCCESS, self._zero(slba, nlb, req.arrival_ns + self._fw[4],
+                                                 fua or not self.write_cache))
 
     def _dsm(self, req: Request) -> Result:
         c = req.cdw
@@ -251,6 +254,11 @@ class FlashNamespace:
         erase_fail_ppm, read_fail_every, program_fail_every, seed)."""
         self.ftl.faults.configure(**kw)
         return self.ftl.faults.config()
+
+    def set_write_cache(self, enabled: bool) -> None:
+        """Volatile Write Cache (feature 06h): when off, writes complete only
+        after their NAND programs and deallocations are journaled at once."""
+        self.write_cache = bool(enabled)
 
     def stats(self) -> dict:
         s = self.ftl.stats()

@@ -53,7 +53,7 @@ class NandError(RuntimeError):
 
 
 def _map_file(path: Path, nbytes: int, create: bool):
-    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
     fd = os.open(path, flags, 0o600)
     try:
         if create:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from csdemu.flash.lines import STREAM_GC, STREAM_HOST
+from csdemu.flash.lines import STREAM_GC
 from csdemu.flash.nand import OOB_PRESENT, NandArray
 
 

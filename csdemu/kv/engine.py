@@ -8,6 +8,7 @@ the modeled time. SparF: only the pages the kernel's filters pass are read.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from csdemu.kv.timing import AttendWork, EngineClock, EngineRates, attend_time, dense_work, sparf_work
@@ -40,6 +41,12 @@ class EngineStats:
         return rec.tobytes()
 
 
+# Below this many pages a layer's attention runs on one thread: a parallel
+# region's fork/join costs more than it saves, and on a 2-core machine the
+# client spinning on its completion queue holds the other core anyway.
+PARALLEL_MIN_PAGES = 512
+
+
 class Engine:
     """One per drive: the engine clock and statistics are shared by all KV namespaces."""
 
@@ -51,12 +58,14 @@ class Engine:
         self.nch = self.geom.channels
         self.stats = EngineStats(self.nch)
         self.counters = new_counters(self.nch)
+        self.max_threads = numba.config.NUMBA_NUM_THREADS
 
     def attend(self, store, seqs, layer, q, out, now, sparse=None) -> int:
         """Attention of q [B, Hq, D] over each sequence's layer into out; -> done_ns."""
         s = store.shape
         k_tab, v_tab, lens, ppns = store.token_tables(seqs, layer)
         G = k_tab.shape[2]
+        numba.set_num_threads(1 if k_tab.size < PARALLEL_MIN_PAGES else self.max_threads)
         group_channel = np.broadcast_to(np.arange(G, dtype=np.int32) % self.nch, (len(seqs), G))
         cnt = self.counters
         if sparse is None:
