@@ -30,6 +30,9 @@ from nvme_cmds.opcodes import AdminOpcode, NvmOpcode, VendorAdminOpcode, VendorI
 from nvme_cmds.spec import FLAGS_PSDT_SHIFT
 
 SPIN_NS = 200_000        # busy-poll this long before blocking on the interrupt fd
+# Generous: the first attend of a kernel variant may JIT-compile it (tens of
+# seconds on a loaded 2-core machine) before the command completes.
+COMMAND_TIMEOUT_S = 600.0
 SGL_FLAGS = 1 << FLAGS_PSDT_SHIFT
 
 
@@ -106,7 +109,7 @@ class Queue:
             self.outstanding -= len(out)
         return out
 
-    def wait_raw(self, count: int = 1, timeout: float | None = 30.0) -> list[tuple]:
+    def wait_raw(self, count: int = 1, timeout: float | None = COMMAND_TIMEOUT_S) -> list[tuple]:
         """Reap until at least `count` completions arrived (spin, then block)."""
         out = self.reap_raw()
         if len(out) >= count:
@@ -142,7 +145,7 @@ class Queue:
     def reap(self, limit: int = 1 << 30) -> list[Completion]:
         return [Completion(*e) for e in self.reap_raw(limit)]
 
-    def wait(self, count: int = 1, timeout: float | None = 30.0) -> list[Completion]:
+    def wait(self, count: int = 1, timeout: float | None = COMMAND_TIMEOUT_S) -> list[Completion]:
         return [Completion(*e) for e in self.wait_raw(count, timeout)]
 
     def execute(self, opc, **kw) -> Completion:

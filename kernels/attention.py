@@ -246,7 +246,7 @@ def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
 def sparf_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
                     kd_pool, kd_dram_pool, kd_pages, dim_channel, v_mean,
                     nchannels, out, *, r, k, window, kv_dtype, scale=None,
-                    counters=None, alpha_out=None):
+                    counters=None, alpha_out=None, touched=None):
     """SparF decode attention (InstInfer Algorithm 1, SparQ-style).
 
     Token-indexed arguments as in :func:`dense_attention`, plus:
@@ -261,6 +261,8 @@ def sparf_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     r : dims kept per q head (1..D); k : tokens kept by top-k (>= 0);
     window : newest tokens always kept (>= 0)
     alpha_out : optional float32 [B, Hq], receives the approximate mass alpha
+    touched : optional (bool [B, Hkv, Gmax], bool [B, Hkv, D // Dp]): set where a
+        token group's K/V pages, or a dim block's pages, were read (else False)
 
     ``out = alpha * softmax(q.K[sel]^T * scale) V[sel] + (1 - alpha) * v_mean``
     where sel = the newest ``window`` tokens + the top-``k`` of the others by
@@ -308,9 +310,18 @@ def sparf_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     elif (not isinstance(alpha_out, np.ndarray) or alpha_out.dtype != np.float32
           or alpha_out.shape != (B, Hq) or not alpha_out.flags.c_contiguous):
         raise ValueError("alpha_out must be float32 [B, Hq]")
+    if touched is None:
+        touched = (np.zeros((B, Hkv, k_pages.shape[2]), np.bool_),
+                   np.zeros((B, Hkv, NDB), np.bool_))
+    t_tok, t_db = touched
+    if (t_tok.dtype != np.bool_ or t_tok.shape != (B, Hkv, k_pages.shape[2])
+            or t_db.dtype != np.bool_ or t_db.shape != (B, Hkv, NDB)):
+        raise ValueError("touched must be (bool [B, Hkv, Gmax], bool [B, Hkv, D // Dp])")
+    t_tok[...] = False
+    t_db[...] = False
     if B:
         sparf_kernel(q, pool, dram_pool, code, k_pages, v_pages, seq_lens,
                      group_channel, kd_pool, kd_dram_pool, kd_pages, dim_channel,
                      v_mean, nchannels, r, k, window, np.float32(scale), out,
-                     alpha_out, counters, _nthreads())
+                     alpha_out, counters, _nthreads(), t_tok, t_db)
     return counters

@@ -68,7 +68,8 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                 kd_pool, kd_dram, kd_pages, dim_channel, v_mean, r, k, window,
                 scale, out, alpha_out, ctr, b, kvh, G,
                 dims, qr, qs, absq, rowneed, dbneed, shat, sel, nsel, alpha,
-                es, lsum, need, ptr, rowdone, kbuf, vbuf, dbuf, obuf):
+                es, lsum, need, ptr, rowdone, kbuf, vbuf, dbuf, obuf,
+                touched_tok, touched_db):
     D = q.shape[2]
     T = kbuf.shape[0]
     Dp = dbuf.shape[0]
@@ -112,6 +113,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
         for i in range(Dp):
             if rowneed[db, i]:
                 dbneed[db] = True
+        touched_db[b, kvh, db] = dbneed[db]
 
     # (b) approximate scores from the channel-indexed K pages
     for j in range(G):
@@ -185,6 +187,8 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
     for j in range(G):
         for i in range(nsel[j]):
             need[sel[j, i] // T] = True
+    for gi in range(ng):
+        touched_tok[b, kvh, gi] = need[gi]
     page_bytes = T * D * itemsize
     for j in range(G):
         ptr[j] = 0
@@ -271,9 +275,12 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
 @njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
 def sparf_kernel(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                  kd_pool, kd_dram, kd_pages, dim_channel, v_mean, nchannels,
-                 r, k, window, scale, out, alpha_out, counters, nthreads):
+                 r, k, window, scale, out, alpha_out, counters, nthreads,
+                 touched_tok, touched_db):
     """All (sequence, kv head) units; writes ``out``, ``alpha_out``, adds
-    into ``counters`` [nchannels, NCTR]."""
+    into ``counters`` [nchannels, NCTR], and marks which token groups
+    (``touched_tok`` [B, Hkv, Gmax]) and dim blocks (``touched_db``
+    [B, Hkv, D/Dp]) were read, so a timing model can charge exact pages."""
     B = q.shape[0]
     Hq = q.shape[1]
     D = q.shape[2]
@@ -317,6 +324,6 @@ def sparf_kernel(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                         u // Hkv, u % Hkv, G,
                         dims, qr, qs, absq, rowneed, dbneed, shat, sel, nsel,
                         alpha, es, lsum, need, ptr, rowdone, kbuf, vbuf, dbuf,
-                        obuf)
+                        obuf, touched_tok, touched_db)
     for t in range(nth):
         counters += tctr[t]

@@ -201,3 +201,30 @@ def test_real_kill_9(tmp_path):
     exp[32 * 4096:40 * 4096] = b"".join(pattern(32 + i, 2) for i in range(8))
     assert got == bytes(exp)
     ns.close()
+
+
+def test_gc_erase_after_unflushed_trim_never_resurrects_older_data(tmp_path):
+    """v1 checkpointed, v2 flushed, then an unflushed trim and GC erases v2's
+    line: after a crash the LBA must read v2 or zeros, never v1."""
+    from csdemu.flash import gc as gcmod
+    ns = FlashNamespace(1, profile(), tmp_path, checkpoint_every_pages=1 << 30)
+    ftl, host = ns.ftl, Host(ns)
+    ppl = ftl.geom.pages_per_line
+    X = 7
+    host.write(X, blob(X, 1, 1))
+    ftl.checkpoint(clean=False)                       # checkpoint maps X -> v1's page
+    line_v1 = int(ftl.l2p[X]) // ppl
+    pos = int(ftl.l2p[X]) % ppl + 1                   # finish v1's line with other data
+    host.write(100, blob(100, ppl - pos, 0))
+    host.write(X, blob(X, 1, 2))
+    line_v2 = int(ftl.l2p[X]) // ppl
+    assert line_v2 != line_v1
+    host.flush()                                      # v2 durable, no new checkpoint
+    host.trim([(X, 1)])                               # not flushed
+    gcmod.collect(ftl, line_v2, host.now)             # erases v2's page
+    assert int(ftl.lines.state[line_v1]) != 0         # v1's page is still there
+    crash(ns)
+    ns = reopen(tmp_path)
+    got = bytes(Host(ns).read(X, 1).data)
+    assert got in (blob(X, 1, 2), bytes(4096))
+    ns.close()

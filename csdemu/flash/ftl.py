@@ -64,6 +64,7 @@ class BlockFTL:
         self.ckpt_every = checkpoint_every_pages or max(self.nlpns // 4, 1024)
         self._since_ckpt = 0
         self._bg_next = 0
+        self._dirty = False     # programs since the last msync
         self._scr = dp.scratch(64)
         if create:
             self.l2p = np.full(self.nlpns, -1, np.int64)
@@ -109,6 +110,11 @@ class BlockFTL:
             # journaled yet; once the page is erased, a crash would otherwise
             # let recovery fall back to an even older version of that LBA.
             self.journal.commit(sync=self.sync_before_erase)
+        if self.sync_before_erase and self._dirty:
+            # Likewise the newer versions (and GC copies) of what this line
+            # holds must be durable before it goes: a host crash must not tear
+            # them while the older version is already erased.
+            self.sync()
         blks = g.line_blocks(line)
         good = blks[nand.bad[blks] == 0]
         fail = self.faults.check("erase", good.size)
@@ -133,7 +139,12 @@ class BlockFTL:
                          *self._link))
 
     # ------------------------------------------------------------------ placement
+    def sync(self) -> None:
+        self.nand.sync()
+        self._dirty = False
+
     def _program(self, stream, ppns, lpns, pages):
+        self._dirty = True
         k = ppns.shape[0]
         seqs = np.arange(self.seq, self.seq + k, dtype=np.uint64)
         self.seq += k
@@ -286,14 +297,14 @@ class BlockFTL:
     def flush(self, now: int) -> int:
         """Make everything written so far durable; return the modeled end time."""
         self.journal.commit(sync=True)
-        self.nand.sync()
+        self.sync()
         if self._since_ckpt >= self.ckpt_every or len(self.journal.pending) > 4096:
             self.checkpoint(clean=False)
         wb_last = int(self.wb.max()) if self.wb.size else 0
         return max(now, self.clocks.next_idle_ns(), wb_last)
 
     def checkpoint(self, clean: bool) -> None:
-        self.nand.sync()
+        self.sync()
         save_checkpoint(self.dir, self.l2p, self.seq - 1, clean)
         self.journal.pending.clear()
         self.journal.truncate()

@@ -74,8 +74,6 @@ def collect(ftl, line: int, now_ns: int) -> int:
         lm.mark_valid(new)
         ftl.counters["gc_pages_copied"] += int(ppns.size)
         t = max(t, t_prog)
-        if ftl.sync_before_erase:
-            nand.sync()                 # the copies are durable before the originals go
-    t = ftl.erase_line(line, t)
+    t = ftl.erase_line(line, t)         # syncs the copies first (sync_before_erase)
     ftl.counters["gc_runs"] += 1
     return t

@@ -63,38 +63,37 @@ class Engine:
     def attend(self, store, seqs, layer, q, out, now, sparse=None) -> int:
         """Attention of q [B, Hq, D] over each sequence's layer into out; -> done_ns."""
         s = store.shape
-        k_tab, v_tab, lens, ppns = store.token_tables(seqs, layer)
-        G = k_tab.shape[2]
+        k_tab, v_tab, lens = store.token_tables(seqs, layer)
+        B, H, G = k_tab.shape
         numba.set_num_threads(1 if k_tab.size < PARALLEL_MIN_PAGES else self.max_threads)
-        group_channel = np.broadcast_to(np.arange(G, dtype=np.int32) % self.nch, (len(seqs), G))
+        group_channel = np.broadcast_to(np.arange(G, dtype=np.int32) % self.nch, (B, G))
+        groups = (lens.astype(np.int64) + s.tokens_per_page - 1) // s.tokens_per_page
+        read = np.arange(G)[None, None, :] < groups[:, None, None]       # [B, 1, G]
         cnt = self.counters
         if sparse is None:
             dense_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
                             self.nch, out, kv_dtype=s.kernel_dtype(), counters=cnt)
             work = dense_work(lens, s.q_heads, s.head_dim)
-            read = ppns
+            ppns = flash_pages(k_tab, v_tab, np.broadcast_to(read, k_tab.shape))
         else:
             r, k, window = sparse
             kd_tab = store.dim_tables(seqs, layer)
             TB = kd_tab.shape[3]
             dim_channel = np.broadcast_to((np.arange(TB, dtype=np.int32) % self.nch)[None, None, :],
-                                          (len(seqs), s.dim_blocks, TB))
+                                          (B, s.dim_blocks, TB))
+            touched = (np.empty((B, H, G), np.bool_), np.empty((B, H, s.dim_blocks), np.bool_))
             sparf_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
                             store.kd_pool, store.kd_dram.pages, kd_tab, dim_channel,
                             store.v_mean(seqs, layer), self.nch, out, r=r, k=k, window=window,
-                            kv_dtype=s.kernel_dtype(), counters=cnt)
+                            kv_dtype=s.kernel_dtype(), counters=cnt, touched=touched)
             work = sparf_work(lens, s.q_heads, s.head_dim, r, k, window)
-            read = self._sparf_pages(ppns, cnt)
+            blocks = (lens.astype(np.int64) + s.tokens_per_dim_page - 1) // s.tokens_per_dim_page
+            kd_read = (touched[1][:, :, :, None]
+                       & (np.arange(TB)[None, None, None, :] < blocks[:, None, None, None]))
+            ppns = np.concatenate([flash_pages(k_tab, v_tab, touched[0] & read),
+                                   kd_tab[kd_read & (kd_tab >= 0)]])
             self.stats.c["sparf_attends"] += 1
-        return self._charge(read, work, cnt, now, s.page_bytes)
-
-    def _sparf_pages(self, ppns, cnt):
-        """Pages the SparF filters passed, per channel, taken from the layer's
-        flash pages in order (the kernel reports counts, not page ids)."""
-        need = int(cnt[:, C.K_READ].sum() + cnt[:, C.V_READ].sum() + cnt[:, C.KD_READ].sum())
-        if need <= ppns.size:
-            return ppns[:need]
-        return np.resize(ppns, need) if ppns.size else ppns
+        return self._charge(ppns, work, cnt, now, s.page_bytes)
 
     def _charge(self, ppns, work: AttendWork, cnt, now, page_bytes) -> int:
         g = self.geom
@@ -119,6 +118,14 @@ class Engine:
             st.channel_bytes += per * page_bytes
         self.ftl.counters["nand_pages_read"] += int(ppns.size)
         return t.done_ns
+
+
+def flash_pages(k_tab, v_tab, mask):
+    """PPNs an attend reads, in the order they are charged: per sequence, per
+    kv head, its K pages in token order, then its V pages (DRAM refs dropped)."""
+    both = np.stack([k_tab, v_tab], axis=2)                # [B, H, 2, G]
+    m = np.stack([mask, mask], axis=2) & (both >= 0)
+    return both[m]
 
 
 class MediaReadError(Exception):

@@ -123,23 +123,21 @@ class KVStore:
 
     # ------------------------------------------------------------ tables for the engine
     def token_tables(self, seqs: list[Sequence], layer: int):
-        """-> (k_pages, v_pages [B, H, G] refs, seq_lens [B], flash ppns read)."""
+        """-> (k_pages, v_pages [B, H, G] refs, seq_lens [B]); refs past a
+        sequence's last group are 0 and must be masked by its length."""
         s = self.shape
         T = s.tokens_per_page
         lens = np.array([q.length[layer] for q in seqs], np.int64)
         G = int(max(1, ((lens + T - 1) // T).max())) if len(seqs) else 1
         tabs = np.zeros((2, len(seqs), s.kv_heads, G), np.int64)
-        flash = []
         for b, q in enumerate(seqs):
             L = int(lens[b])
             nfull = L // T
             for kind in (K, V):
                 tabs[kind, b, :, :nfull] = q.pages[kind][layer, :, :nfull]
-                flash.append(q.pages[kind][layer, :, :nfull].reshape(-1))
                 if L % T:
                     tabs[kind, b, :, nfull] = -(q.tail[kind, layer] + 1)
-        ppns = np.concatenate(flash) if flash else np.zeros(0, np.int64)
-        return tabs[K], tabs[V], lens.astype(np.int32), ppns
+        return tabs[K], tabs[V], lens.astype(np.int32)
 
     def dim_tables(self, seqs: list[Sequence], layer: int):
         """-> kd_pages [B, H, NDB, TB] refs for the channel-indexed K copy."""

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""fio benchmark: csdemu through nbdkit against nbdkit serving a plain bytearray.
+
+    .venv/bin/python tools/bench_fio.py [--seconds 10] [--rounds 2]
+
+`run_fio_bench()` returns one flat dict:
+- 4 KiB random read at QD8 (tools/fio/randread.fio) through nbdkit into
+  csdemu, and the same fio job against nbdkit's Python plugin serving a
+  bytearray of the same size (tools/fio/bytearray_plugin.py), measured in
+  the same run, rounds interleaved (A B A B) and the best round of each kept;
+  the ratio csdemu / bytearray (target >= 1.0: the csdemu path includes the
+  FTL and a second process, so this measures transport overhead);
+- 4 KiB random write at QD8 over 90 % of the namespace once it has been
+  filled to 90 % (tools/fio/randwrite.fio), with the drive's WAF, GC runs
+  and pages copied during that run (vendor log C0h deltas).
+The drive is the instinfer profile cut to 2 ways x 16 lines (128 MiB raw,
+104 MiB user) so 90 % fill and GC come within seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FIO_DIR = os.path.join(HERE, "fio")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, FIO_DIR)
+
+BENCH_SET = ["geometry.ways=2", "geometry.blocks_per_plane=16"]
+TARGET_RATIO = 1.0
+
+
+def _iops(data: dict, kind: str) -> float:
+    return float(sum(j[kind]["iops"] for j in data["jobs"]))
+
+
+def _clat_us(data: dict, kind: str, p: str) -> float:
+    j = data["jobs"][0][kind]["clat_ns"].get("percentile", {})
+    return round(j.get(p, 0) / 1000.0, 1)
+
+
+def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None) -> dict:
+    import run_fio
+    from csdemu.cli_bench import machine
+    from csdemu.cli_nbd import NbdServer
+    from csdemu.spawn import DaemonProcess
+    from csdemu.stress import counter_deltas, device_counters
+
+    def say(msg):
+        if echo:
+            echo(msg)
+
+    tmp = tempfile.mkdtemp(prefix="csdemu-bench-fio-")
+    out = {}
+    extra = [a for s in BENCH_SET for a in ("--set", s)]
+
+    def fio(name, uri):
+        rc, data, err = run_fio.run_fio(os.path.join(FIO_DIR, f"{name}.fio"), uri,
+                                        os.path.join(tmp, f"{name}.json"), seconds)
+        if rc or data is None or any(j.get("error") for j in data["jobs"]):
+            raise RuntimeError(f"fio {name}.fio failed ({rc}): {err[-500:]}")
+        return data
+
+    with DaemonProcess(extra_args=extra) as d:
+        with NbdServer(d.socket_path) as srv:
+            size = None
+            say("fill: seq.fio (90 % of the namespace)")
+            fio("seq", srv.uri)
+            from csdemu.client import Device
+            with Device(d.socket_path, arena_bytes=1 << 20, io_depth=4) as dev:
+                ns = dev.identify_ns(1)
+                size = ns["nsze"] << ns["lbaf0_lbads"]
+            base = NbdServer(None, plugin=os.path.join(FIO_DIR, "bytearray_plugin.py"),
+                             extra=[f"size={size}"])
+            best_c = best_b = None
+            with base:
+                for r in range(rounds):
+                    say(f"round {r + 1}: randread.fio against csdemu")
+                    c = fio("randread", srv.uri)
+                    say(f"round {r + 1}: randread.fio against the bytearray plugin")
+                    b = fio("randread", base.uri)
+                    if best_c is None or _iops(c, "read") > _iops(best_c, "read"):
+                        best_c = c
+                    if best_b is None or _iops(b, "read") > _iops(best_b, "read"):
+                        best_b = b
+            ci, bi = _iops(best_c, "read"), _iops(best_b, "read")
+            out.update({
+                "randread_4k_qd8_iops_csdemu": round(ci, 1),
+                "randread_4k_qd8_iops_bytearray": round(bi, 1),
+                "randread_ratio_csdemu_over_bytearray": round(ci / bi, 4) if bi else None,
+                "randread_ratio_target": TARGET_RATIO,
+                "randread_p50_us_csdemu": _clat_us(best_c, "read", "50.000000"),
+                "randread_p50_us_bytearray": _clat_us(best_b, "read", "50.000000"),
+            })
+            say("randwrite.fio at 90 % fill")
+            before = device_counters(d.socket_path)
+            w = fio("randwrite", srv.uri)
+            delta = counter_deltas(before, device_counters(d.socket_path))["flash"]
+            out.update({
+                "randwrite_4k_qd8_iops_90pct_fill": round(_iops(w, "write"), 1),
+                "randwrite_p99_us": _clat_us(w, "write", "99.000000"),
+                "randwrite_waf_90pct_fill": round(delta["waf"], 3) if delta["waf"] else None,
+                "randwrite_gc_runs": delta["gc_runs"],
+                "randwrite_gc_pages_copied": delta["gc_pages_copied"],
+                "namespace_bytes": size,
+                "seconds_per_job": seconds,
+                "rounds": rounds,
+                "geometry": "instinfer, " + ", ".join(BENCH_SET),
+            })
+    out["machine"] = machine()
+    return out
+
+
+def main():
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="seconds per fio job")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the read comparison")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    a = ap.parse_args()
+    res = run_fio_bench(a.seconds, a.rounds, echo=lambda m: print("+", m, file=sys.stderr))
+    text = json.dumps(res, indent=2)
+    if a.out:
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
