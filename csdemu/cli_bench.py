@@ -24,14 +24,17 @@ def machine() -> dict:
             "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def write_json(result: dict, out: str) -> None:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        f.write(json.dumps(result, indent=2) + "\n")
+
+
 def emit(result: dict, out: str | None, as_json: bool) -> None:
-    text = json.dumps(result, indent=2)
     if out:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as f:
-            f.write(text + "\n")
+        write_json(result, out)
     if as_json:
-        click.echo(text)
+        click.echo(json.dumps(result, indent=2))
     else:
         for k, v in result.items():
             if k != "machine":
@@ -56,5 +59,26 @@ def qpair(socket_path, seconds, qd, samples, as_json, out):
     from csdemu.spawn import daemon_for
     with daemon_for(socket_path) as path:
         result = run_qpair_bench(path, seconds=seconds, qd=qd, samples=samples)
+    result["machine"] = machine()
+    emit(result, out, as_json)
+
+
+@bench.command("generate")
+@SOCKET_OPT
+@click.option("--batch", default=8, show_default=True)
+@click.option("--context", default=2048, show_default=True)
+@click.option("--steps", default=16, show_default=True, help="decode steps timed (after one warm-up)")
+@click.option("--profile", default=None, metavar="NAME")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def generate_bench(socket_path, batch, context, steps, profile, as_json, out):
+    """SmolLM2 decode tokens/s: attention on the drive vs in-process sdpa."""
+    from csdemu.client import connect
+    from csdemu.hf.bench import run_generate_bench
+    from csdemu.hf.weights import load_smollm2
+    from csdemu.spawn import daemon_for
+    model, tok = load_smollm2()
+    with daemon_for(socket_path, profile) as path, connect(path) as dev:
+        result = run_generate_bench(dev, model, tok, batch, context, steps)
     result["machine"] = machine()
     emit(result, out, as_json)

@@ -49,3 +49,54 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
                f"{res['device_ns_per_token'] / 1e6:.3f} ms per token")
     click.echo(f"KV pages read: {res['pages_read_flash']} from flash, {res['pages_read_dram']} from DRAM buffers")
     click.echo("bytes read per channel: " + ", ".join(f"{b / 2**20:.2f} MiB" for b in res["bytes_read_per_channel"]))
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+@main.command("eval-sparse")
+@click.option("--contexts", default="1024,2048,4096", show_default=True, help="context lengths")
+@click.option("--ratios", default="1/2,1/4,1/8", show_default=True, help="SparF ratios")
+@click.option("--eval-tokens", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="teacher-forced tokens scored per row")
+@click.option("--batch", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="text windows evaluated side by side")
+@click.option("--profile", default=None, metavar="NAME")
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE", help="also write the JSON here")
+def eval_sparse(contexts, ratios, eval_tokens, batch, profile, socket_path, as_json, out):
+    """Perplexity and top-1 agreement of SparF vs dense, attention on the drive."""
+    from csdemu.cli_bench import machine, write_json
+    from csdemu.client import connect
+    from csdemu.hf.eval_sparse import evaluate
+    from csdemu.hf.generate import parse_ratio
+    from csdemu.hf.weights import load_smollm2
+    from csdemu.spawn import daemon_for
+    ctx = _int_list(contexts)
+    try:
+        rts = [parse_ratio(r) for r in ratios.split(",") if r]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ratios") from None
+    model, tok = load_smollm2()
+    if not as_json:
+        click.echo(f"{'context':>8} {'mode':>11} {'perplexity':>11} {'top-1 agree':>12} {'device ms/step':>15}")
+
+    def show(row):
+        if not as_json:
+            click.echo(f"{row['context']:>8} {row['mode']:>11} {row['perplexity']:>11.3f} "
+                       f"{row['top1_agreement']:>12.3f} {row['device_ms_per_step']:>15.3f}")
+    with daemon_for(socket_path, profile) as path, connect(path) as dev:
+        try:
+            res = evaluate(dev, model, tok, ctx, rts, eval_tokens, batch, progress=show)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    res["machine"] = machine()
+    if out:
+        write_json(res, out)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))

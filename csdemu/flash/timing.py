@@ -7,9 +7,9 @@ per resource, the virtual time at which that resource is next free (NVMeVirt's
 The step order follows NVMeVirt's ``ssd_advance_nand()``:
 
     READ     LUN:  [start = max(t, lun_free)] --tR--> sensed
-             bus:  [max(sensed, ch_free)] --xfer--> done    (LUN held until done)
-             then, if `pcie`, the link: [max(done, pcie_free)] --link xfer-->
-    PROGRAM  bus:  [max(t, lun_free, ch_free)] --xfer--> loaded
+             bus:  first idle gap >= sensed --xfer--> done   (LUN held until done)
+             then, if `pcie`, the link: first idle gap >= done --link xfer-->
+    PROGRAM  bus:  first idle gap >= max(t, lun_free) --xfer--> loaded
              LUN:  loaded --tPROG--> done
     ERASE    LUN:  [max(t, lun_free)] --tBERS--> done
 

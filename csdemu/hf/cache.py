@@ -7,6 +7,8 @@ stored on the drive, so decode attention there needs no mask.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -27,9 +29,18 @@ class DriveState:
         self.out = {}
         self.device_ns = 0                # summed modeled device time of attends
         self.attends = 0
+        self.append_wall_ns = 0           # host wall time spent in appends / attends
+        self.attend_wall_ns = 0
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [batch, kv_heads, q_len, head_dim] -> drive."""
+        t0 = time.perf_counter_ns()
+        try:
+            self._append(layer, k, v)
+        finally:
+            self.append_wall_ns += time.perf_counter_ns() - t0
+
+    def _append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         kn = k.detach().transpose(1, 2).contiguous().numpy()      # [B, q, H, D]
         vn = v.detach().transpose(1, 2).contiguous().numpy()
         q_len = kn.shape[1]
@@ -58,7 +69,9 @@ class DriveState:
         out = self.out.get(q.shape)
         if out is None:
             out = self.out[q.shape] = np.empty(q.shape, np.float32)
+        t0 = time.perf_counter_ns()
         self.kv.attend(layer, self.seq_ids, q, sparse=self.sparse_for(q.shape[2]), out=out)
+        self.attend_wall_ns += time.perf_counter_ns() - t0
         self.device_ns += self.kv.last.device_ns
         self.attends += 1
         return out

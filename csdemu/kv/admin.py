@@ -17,7 +17,7 @@ FIRST_KV_NSID = 2
 MAX_NSID = 1024
 DEFAULT_MAX_SEQS = 256
 MAX_SEQS = 4096
-DEFAULT_DIMS_PER_PAGE = 8
+DEFAULT_DIMS_PER_PAGE = 1      # one head dim per page: SparF reads only the r dims it picked
 FIRST_STREAM = 2          # streams 0 and 1 belong to the block FTL
 
 

@@ -8,6 +8,8 @@ the modeled time. SparF: only the pages the kernel's filters pass are read.
 """
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 
@@ -20,7 +22,8 @@ from nvme_cmds.logs import ENGINE_LOG, MAX_CHANNELS
 class EngineStats:
     FIELDS = ("attends", "sparf_attends", "appends", "tokens_appended", "pages_programmed",
               "reclaims", "pages_read_flash", "pages_read_dram", "pages_skipped",
-              "bytes_read_flash", "pcie_in_ns", "flash_ns", "compute_ns", "pcie_out_ns", "device_ns")
+              "bytes_read_flash", "pcie_in_ns", "flash_ns", "compute_ns", "pcie_out_ns", "device_ns",
+              "kernel_wall_ns")
 
     def __init__(self, nchannels: int):
         self.c = dict.fromkeys(self.FIELDS, 0)
@@ -70,6 +73,7 @@ class Engine:
         groups = (lens.astype(np.int64) + s.tokens_per_page - 1) // s.tokens_per_page
         read = np.arange(G)[None, None, :] < groups[:, None, None]       # [B, 1, G]
         cnt = self.counters
+        t0 = time.perf_counter_ns()
         if sparse is None:
             dense_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
                             self.nch, out, kv_dtype=s.kernel_dtype(), counters=cnt)
@@ -93,6 +97,7 @@ class Engine:
             ppns = np.concatenate([flash_pages(k_tab, v_tab, touched[0] & read),
                                    kd_tab[kd_read & (kd_tab >= 0)]])
             self.stats.c["sparf_attends"] += 1
+        self.stats.c["kernel_wall_ns"] += time.perf_counter_ns() - t0
         return self._charge(ppns, work, cnt, now, s.page_bytes)
 
     def _charge(self, ppns, work: AttendWork, cnt, now, page_bytes) -> int:
