@@ -67,20 +67,44 @@ def test_config_json(tmp_path):
 # ------------------------------------------------------------------ one timing code
 def test_csd_attend_ns_is_attend_time_on_the_stated_layout():
     prof = load_profile("instinfer")
-    lens = [40, 17, 33]
+    lens = [48, 16, 32]
     ns = csd_attend_ns(prof, 4, 2, 128, lens, 2, 16)
-    # the same command built by hand: K then V pages per (sequence, kv head), channel j % C
-    ch = []
+    # The same command built by hand: per sequence (a fresh stream, channel-first),
+    # per kv head K then V pages; the stream was written K head-major, then V.
+    ch, lun = [], []
     for L in lens:
-        for _ in range(2):
-            n = math.ceil(L / 16)
-            ch += list(np.arange(n) % 8) * 2
-    ch = np.array(ch, np.int64)
-    lun = frontier_ways(ch, 8, prof.geometry.ways)
+        g = L // 16
+        for h in range(2):
+            for kind in range(2):
+                pos = kind * 2 * g + h * g + np.arange(g)
+                ch += list(pos % 8)
+                lun += list((pos // 8) % prof.geometry.ways)
     clk = Clocks.create(8, prof.geometry.ways)
-    t = attend_time(0, ch, lun, 4096, dense_work(lens, 4, 128), clk, NandTiming.from_profile(prof),
-                    EngineRates.from_profile(prof), EngineClock())
+    t = attend_time(0, np.array(ch), np.array(lun), 4096, dense_work(lens, 4, 128), clk,
+                    NandTiming.from_profile(prof), EngineRates.from_profile(prof), EngineClock())
     assert ns == t.done_ns > 0
+
+
+def test_live_daemon_attend_time_equals_the_system_model(daemon):
+    """One timing code: a live drive reports exactly what the model computes."""
+    import time
+
+    import csdemu
+    prof = load_profile("instinfer")
+    lens = [64, 128, 32, 96]           # whole page groups: every group is on flash
+    with csdemu.connect(daemon.socket_path) as dev:
+        kv = dev.create_kv_namespace(layers=1, q_heads=4, kv_heads=2, head_dim=128)
+        try:
+            rng = np.random.default_rng(0)
+            for i, L in enumerate(lens):
+                k = rng.standard_normal((1, L, 2, 128))
+                kv.append(0, [i], k, k)
+            time.sleep(0.2)            # let the programs finish: the drive is idle again
+            kv.attend(0, list(range(len(lens))), np.ones((len(lens), 4, 128), np.float32))
+            live = kv.last.device_ns
+        finally:
+            kv.delete()
+    assert live == csd_attend_ns(prof, 4, 2, 128, lens, 2, 16)
 
 
 def test_system_model_layer_time_equals_csd_attend_ns():

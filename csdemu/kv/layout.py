@@ -141,3 +141,16 @@ def split_groups(tail: np.ndarray, tail_len: int, new: np.ndarray, group: int):
 def page_key(layer: int, head: int, kind: int, index: int) -> int:
     """OOB key of a KV page (for inspection; KV namespaces are not recovered)."""
     return (layer << 40) | (head << 32) | (kind << 30) | index
+
+
+def prefill_positions(kv_heads: int, groups: int) -> np.ndarray:
+    """Positions in its own stream of one sequence's freshly prefilled layer
+    (`groups` full groups per kv head), listed in the order an Attend reads
+    them: per kv head, its K groups, then its V groups. KVStore.append
+    programs K pages head-major and then V pages head-major, so K (h, j) is
+    the stream's page h·groups + j and V (h, j) is kv_heads·groups + h·groups + j;
+    the FTL stripes a stream's pages channel first (Geometry.ch_of / lun_of)."""
+    h = np.arange(kv_heads)[:, None, None]
+    kind = np.arange(2)[None, :, None]
+    j = np.arange(groups)[None, None, :]
+    return (kind * kv_heads * groups + h * groups + j).reshape(-1).astype(np.int64)

@@ -2,18 +2,14 @@
 daemon's own timing code (csdemu.kv.timing.attend_time over
 csdemu.flash.timing's clocks).
 
-Page layout assumed (the daemon's KV engine is to match it):
-  * per (sequence, kv head), in sequence order then kv-head order, the
-    ceil(len/T) K pages in token order, then the ceil(len/T) V pages in token
-    order; K page j and V page j (tokens jT..jT+T-1) both sit on channel j % C
-    (channel-first striping along the token axis, starting at channel 0 for
-    every sequence-head). Ways: each channel's write frontier moves round-robin
-    over its W ways, so the i-th page of the command listed on channel c sits
-    on way i % W (counting from 0 per channel, in listing order). Restarting
-    the ways at 0 for every sequence-head too (spread_pages(first=0)) would
-    put every sequence-head's first pages on way 0 and make short sequences
-    LUN-bound on a few dies, which no log-structured FTL does.
-    A page read moves `geometry.page_bytes` over the channel.
+Page layout: the daemon's own. Each sequence writes through its own FTL
+stream, which starts a fresh line; a prefill programs K pages head-major,
+then V pages (csdemu.kv.layout.prefill_positions), and the FTL stripes a
+stream's pages channel first (csdemu.flash.geometry.Geometry.ch_of/lun_of).
+Full groups are on flash; a partial last group sits in device DRAM and costs
+no flash read. An Attend reads, per sequence and kv head, the K pages in token
+order, then the V pages (csdemu.kv.engine.flash_pages). A page read moves
+`geometry.page_bytes` over the channel.
   * q and the output are float32 (4 B per element) over the drive's PCIe link.
   * the drive is idle (fresh clocks) and no firmware time is charged (fw_ns=0).
   * SparF (sparse=...): first the channel-indexed copy of K, one head dim per
@@ -34,7 +30,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from csdemu.flash.geometry import Geometry
 from csdemu.flash.timing import Clocks, NandTiming
+from csdemu.kv.layout import prefill_positions
 from csdemu.kv.timing import (AttendWork, EngineClock, EngineRates, attend_time, dense_work,
                               sparf_work, spread_pages)
 from csdemu.profile import Profile, load_profile
@@ -63,9 +61,9 @@ def sparse_params(sparse, head_dim: int, seq_len: int, tokens_per_page: int):
     return max(1, min(r, head_dim)), max(0, k), max(0, w)
 
 
-def _dense_pattern(n: int, channels: int, ways: int):
-    ch, lun = spread_pages(n, channels, ways)
-    return np.concatenate([ch, ch]), np.concatenate([lun, lun])
+def _dense_pattern(geom: Geometry, kv_heads: int, seq_len: int, T: int):
+    pos = prefill_positions(kv_heads, seq_len // T)
+    return geom.ch_of(pos), geom.lun_of(pos)
 
 
 def _sparse_pattern(seq_len: int, g: int, head_dim: int, dtype_bytes: int, T: int,
@@ -102,26 +100,31 @@ def attend_pages(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, 
         raise ValueError(f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
     grp = q_heads // kv_heads
     lens = [int(x) for x in np.atleast_1d(seq_lens)]
+    geom = Geometry(prof)
     cache: dict[int, tuple] = {}
-    chs = []
+    chs, luns = [], []
     work = AttendWork()
     for L in lens:
         if L not in cache:
             if sparse is None:
-                pat = _dense_pattern(math.ceil(L / tokens_per_page), g.channels, g.ways)
+                ch, lun = _dense_pattern(geom, kv_heads, L, tokens_per_page)
                 wk = dense_work([L], q_heads, head_dim)
             else:
                 r, k, w = sparse_params(sparse, head_dim, L, tokens_per_page)
                 pat = _sparse_pattern(L, grp, head_dim, dtype_bytes, tokens_per_page, g.page_bytes,
                                       g.channels, g.ways, r, k, w)
+                ch = np.tile(pat[0], kv_heads)
+                lun = frontier_ways(ch, g.channels, g.ways)
                 wk = sparf_work([L], q_heads, head_dim, r, k, w)
-            cache[L] = (np.tile(pat[0], kv_heads), wk)
-        c, wk = cache[L]
-        chs.append(c)
+            cache[L] = (ch, lun, wk)
+        ch, lun, wk = cache[L]
+        chs.append(ch)
+        luns.append(lun)
         work += AttendWork(wk.q_bytes, wk.out_bytes, wk.gemv_flops, wk.softmax_flops,
                            wk.filter_bytes)
-    ch = np.concatenate(chs).astype(np.int64) if chs else np.zeros(0, np.int64)
-    return ch, frontier_ways(ch, g.channels, g.ways), work
+    if not chs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), work
+    return np.concatenate(chs).astype(np.int64), np.concatenate(luns).astype(np.int64), work
 
 
 def frontier_ways(ch: np.ndarray, channels: int, ways: int) -> np.ndarray:
