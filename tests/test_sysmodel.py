@@ -145,21 +145,21 @@ def test_deepspeed_best_at_16_and_falls_at_32(paper):
     assert ds[16] / ds[32] > 10
 
 
-@pytest.mark.xfail(strict=False, reason="FlexGen modeled at the 980 PRO's 7 GB/s datasheet read; "
+@pytest.mark.xfail(strict=True, reason="FlexGen modeled at the 980 PRO's 7 GB/s datasheet read; "
                    "InstInfer bounded by 8 x 1.4 GB/s internal: ratio ~1.6, not 6.85 "
                    "(docs/system-model.md, 'Against the paper')")
 def test_dense_instinfer_over_flexgen_at_64(paper):
     assert 6.85 * 0.85 < tps(paper, "instinfer", 64) / tps(paper, "flexgen", 64) < 6.85 * 1.15
 
 
-@pytest.mark.xfail(strict=False, reason="uniform top-k selection touches ~88% of 16-token pages; "
+@pytest.mark.xfail(strict=True, reason="uniform top-k selection touches ~88% of 16-token pages; "
                    "see docs/system-model.md")
 def test_sparf_over_flexgen_and_dense(paper):
     assert 11.1 * 0.85 < best(paper, "instinfer-sparf") / best(paper, "flexgen") < 11.1 * 1.15
     assert 1.7 < tps(paper, "instinfer-sparf", 256) / tps(paper, "instinfer", 256) < 2.5
 
 
-@pytest.mark.xfail(strict=False, reason="ZeRO-Inference modeled at datasheet PCIe/DRAM rates is "
+@pytest.mark.xfail(strict=True, reason="ZeRO-Inference modeled at datasheet PCIe/DRAM rates is "
                    "faster than InstInfer's 11.2 GB/s flash bound; see docs/system-model.md")
 def test_dense_instinfer_best_near_deepspeed_best(paper):
     assert 0.85 < best(paper, "instinfer") / best(paper, "deepspeed") / 1.046 < 1.15
