@@ -82,3 +82,28 @@ def generate_bench(socket_path, batch, context, steps, profile, as_json, out):
         result = run_generate_bench(dev, model, tok, batch, context, steps)
     result["machine"] = machine()
     emit(result, out, as_json)
+
+
+@bench.command("attention")
+@click.option("--repeat", default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def attention_bench(repeat, as_json, out):
+    """Attention kernels vs this machine's streaming bandwidth and FMA roofline."""
+    from kernels.bench import run_kernel_bench
+    result = run_kernel_bench(repeat=repeat)
+    result["kernel_machine"] = result.pop("machine", {})
+    result["machine"] = machine()
+    emit(result, out, as_json)
+
+
+@bench.command("flash")
+@click.option("--profile", default="instinfer", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def flash_bench(profile, as_json, out):
+    """Flash backend: emulator MB/s vs modeled MB/s, WAF at 90 % fill."""
+    from csdemu.flash.bench import run_flash_bench
+    result = run_flash_bench(profile)
+    result["machine"] = machine()
+    emit(result, out, as_json)

@@ -14,6 +14,14 @@ RESULTS = os.path.join(ROOT, "bench", "results")
 BENCHES = [
     # (name, argv after `csdemu`)
     ("qpair", ["bench", "qpair", "--json"]),
+    ("flash", ["bench", "flash", "--json"]),
+    ("attention", ["bench", "attention", "--json"]),
+    ("generate", ["bench", "generate", "--json"]),
+    ("eval_sparse", ["eval-sparse", "--json"]),
+]
+SCRIPTS = [
+    # (name, script under tools/ that writes bench/results/NAME.json itself)
+    ("fio", "tools/bench_fio.py"),
 ]
 
 
@@ -22,6 +30,14 @@ def run(name, argv) -> bool:
     cmd = [sys.executable, "-m", "csdemu", *argv, "--out", out]
     print("+ csdemu", " ".join(argv), flush=True)
     r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return r.returncode == 0
+
+
+def run_script(name, script) -> bool:
+    out = os.path.join(RESULTS, f"{name}.json")
+    print("+", script, flush=True)
+    r = subprocess.run([sys.executable, script, "--out", out], cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
     return r.returncode == 0
 
 
@@ -56,6 +72,7 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     only = sys.argv[1:]
     failed = [n for n, argv in BENCHES if (not only or n in only) and not run(n, argv)]
+    failed += [n for n, script in SCRIPTS if (not only or n in only) and not run_script(n, script)]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write(render())
     if failed:
