@@ -243,9 +243,16 @@ def set_features(ctrl, s, cmd):
         setter = getattr(ns, "set_fault_injection", None)
         if setter is None:
             return _bad(Status.FEATURE_NOT_CHANGEABLE)
-        setter(read_fail_ppm=cmd[10], program_fail_ppm=cmd[11], seed=cmd[12])
-    elif fid == FeatureId.VOLATILE_WRITE_CACHE and value > 1:
-        return _bad(Status.INVALID_FIELD)
+        try:
+            setter(read_fail_ppm=cmd[10], program_fail_ppm=cmd[11], seed=cmd[12])
+        except ValueError:
+            return _bad(Status.INVALID_FIELD)
+    elif fid == FeatureId.VOLATILE_WRITE_CACHE:
+        if value > 1:
+            return _bad(Status.INVALID_FIELD)
+        for ns in ctrl.namespaces.values():
+            if hasattr(ns, "set_write_cache"):
+                ns.set_write_cache(bool(value & 1))
     ctrl.features[fid] = value
     return OK
 
