@@ -79,8 +79,11 @@ def main():
               help="override one profile parameter (repeatable)")
 @click.option("--poll-idle-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="spin this long without work before sleeping")
+@click.option("--engine-threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="threads for the attention kernels (more only pays on an otherwise idle machine)")
 @click.option("--foreground", is_flag=True, help="do not daemonize")
-def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us, foreground):
+def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us,
+          engine_threads, foreground):
     """Start the drive daemon."""
     socket_path = socket_path or default_socket()
     data_dir = data_dir or default_data_dir()
@@ -91,14 +94,16 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
         from csdemu.device import build_controller
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         try:
-            ctrl, info = build_controller(data_dir, profile, config_file, timing, overrides)
+            ctrl, info = build_controller(data_dir, profile, config_file, timing, overrides,
+                                          engine_threads)
         except (ValueError, OSError) as exc:
             _fail(str(exc))
         Daemon(socket_path, ctrl, poll_idle_us, info).serve()
         return
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     args = [sys.executable, "-m", "csdemu", "start", "--foreground",
-            "--data-dir", data_dir, "--socket", socket_path, "--poll-idle-us", str(poll_idle_us)]
+            "--data-dir", data_dir, "--socket", socket_path, "--poll-idle-us", str(poll_idle_us),
+            "--engine-threads", str(engine_threads)]
     for flag, value in (("--profile", profile), ("--config", config_file), ("--timing", timing)):
         if value:
             args += [flag, value]

@@ -69,17 +69,21 @@ def qpair(socket_path, seconds, qd, samples, as_json, out):
 @click.option("--context", default=2048, show_default=True)
 @click.option("--steps", default=16, show_default=True, help="decode steps timed (after one warm-up)")
 @click.option("--profile", default=None, metavar="NAME")
+@click.option("--engine-threads", default=2, show_default=True,
+              help="kernel threads of the drive started for the run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE")
-def generate_bench(socket_path, batch, context, steps, profile, as_json, out):
+def generate_bench(socket_path, batch, context, steps, profile, engine_threads, as_json, out):
     """SmolLM2 decode tokens/s: attention on the drive vs in-process sdpa."""
     from csdemu.client import connect
     from csdemu.hf.bench import run_generate_bench
     from csdemu.hf.weights import load_smollm2
     from csdemu.spawn import daemon_for
     model, tok = load_smollm2()
-    with daemon_for(socket_path, profile) as path, connect(path) as dev:
+    with daemon_for(socket_path, profile, ["--engine-threads", str(engine_threads)]) as path, \
+            connect(path) as dev:
         result = run_generate_bench(dev, model, tok, batch, context, steps)
+    result["engine_threads"] = engine_threads
     result["machine"] = machine()
     emit(result, out, as_json)
 

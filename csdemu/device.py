@@ -32,7 +32,8 @@ def parse_overrides(items) -> dict:
 
 
 def build_controller(data_dir: str, profile: str | None = None, config_file: str | None = None,
-                     timing_mode: str | None = None, overrides=None) -> tuple[Controller, dict]:
+                     timing_mode: str | None = None, overrides=None,
+                     engine_threads: int = 1) -> tuple[Controller, dict]:
     formatted = os.path.exists(os.path.join(data_dir, DEVICE_FILE))
     if formatted and not (profile or config_file or overrides):
         ns = FlashNamespace.open(1, data_dir)
@@ -52,5 +53,5 @@ def build_controller(data_dir: str, profile: str | None = None, config_file: str
             "filter_mbps": int(prof.engine.filter_mbps), "max_kv_namespaces": 1022,
             "kv_nsid_base": 2}
     ctrl = Controller(cfg, {1: ns}, info)
-    ctrl.kv = KVManager(ns.ftl, prof)
+    ctrl.kv = KVManager(ns.ftl, prof, engine_threads)
     return ctrl, {"profile": prof.name, "data_dir": data_dir}

@@ -88,7 +88,7 @@ class DaemonProcess:
 
 
 @contextlib.contextmanager
-def daemon_for(socket_path: str | None, profile: str | None = None):
+def daemon_for(socket_path: str | None, profile: str | None = None, extra_args=()):
     """Yield a socket path: the given/default daemon if it answers, else a temporary one."""
     from csdemu.paths import default_socket
     path = socket_path or default_socket()
@@ -97,5 +97,5 @@ def daemon_for(socket_path: str | None, profile: str | None = None):
         return
     if socket_path:
         raise RuntimeError(f"no csdemu daemon at {socket_path}")
-    with DaemonProcess(profile=profile) as d:
+    with DaemonProcess(profile=profile, extra_args=extra_args) as d:
         yield d.socket_path

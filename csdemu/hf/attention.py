@@ -27,8 +27,7 @@ def drive_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     d = query.shape[-1]
     if scaling is not None and not math.isclose(scaling, d ** -0.5, rel_tol=1e-6):
         raise ValueError(f"the drive computes softmax(q·k/sqrt(d)); this model scales by {scaling}")
-    q = query[:, :, 0, :].detach().to(torch.float32).contiguous().numpy()
-    out = cache.state.attend(module.layer_idx, q)
+    out = cache.state.attend(module.layer_idx, query.detach())
     return torch.from_numpy(out).to(query.dtype).unsqueeze(1), None
 
 

@@ -24,9 +24,9 @@ FIRST_STREAM = 2          # streams 0 and 1 belong to the block FTL
 class KVManager:
     """Owns the drive's attention engine and hands out KV namespaces."""
 
-    def __init__(self, ftl, profile):
+    def __init__(self, ftl, profile, engine_threads: int = 1):
         self.ftl, self.profile = ftl, profile
-        self.engine = Engine(ftl, profile)
+        self.engine = Engine(ftl, profile, engine_threads)
         self._streams = itertools.count(FIRST_STREAM)
 
     def new_stream(self) -> int:

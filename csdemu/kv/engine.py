@@ -44,16 +44,15 @@ class EngineStats:
         return rec.tobytes()
 
 
-# Below this many pages a layer's attention runs on one thread: a parallel
-# region's fork/join costs more than it saves, and on a 2-core machine the
-# client spinning on its completion queue holds the other core anyway.
+# Below this many pages a layer's attention runs on one thread even when more
+# are allowed: a parallel region's fork/join costs more than it saves.
 PARALLEL_MIN_PAGES = 512
 
 
 class Engine:
     """One per drive: the engine clock and statistics are shared by all KV namespaces."""
 
-    def __init__(self, ftl, profile):
+    def __init__(self, ftl, profile, threads: int = 1):
         self.ftl = ftl
         self.geom = ftl.geom
         self.rates = EngineRates.from_profile(profile)
@@ -61,7 +60,10 @@ class Engine:
         self.nch = self.geom.channels
         self.stats = EngineStats(self.nch)
         self.counters = new_counters(self.nch)
-        self.max_threads = numba.config.NUMBA_NUM_THREADS
+        # One thread by default: the daemon shares the machine with the host
+        # process, and a parallel region stalls until every worker is scheduled
+        # (on a busy 2-core machine 2 threads ran a layer 3x slower than 1).
+        self.max_threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
 
     def attend(self, store, seqs, layer, q, out, now, sparse=None) -> int:
         """Attention of q [B, Hq, D] over each sequence's layer into out; -> done_ns."""

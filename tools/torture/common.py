@@ -1,0 +1,119 @@
+"""Shared pieces of the torture suite: small drives, bounded waits, patterns.
+
+Everything here talks to a real daemon process (csdemu.spawn.DaemonProcess)
+through real shared memory; nothing is mocked.
+"""
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from csdemu.spawn import DaemonProcess  # noqa: E402
+from nvme_cmds.status import Status, decode_status_field  # noqa: E402
+
+# A drive small enough to start in half a second, fill and GC within seconds:
+# femu-bbssd geometry (8 ch x 8 LUNs, no write buffer) with 16 blocks of 64 pages
+# per plane = 256 MiB raw, 208 MiB of LBAs.
+SMALL_DRIVE = ["--profile", "femu-bbssd", "--set", "geometry.blocks_per_plane=16",
+               "--set", "geometry.pages_per_block=64"]
+DEFINED_STATUSES = frozenset(int(s) for s in Status)
+BS = 4096
+
+
+def small_daemon(extra=(), data_dir=None, profile_args=True, poll_idle_us=2000) -> DaemonProcess:
+    """A throwaway daemon on the small drive (not started yet)."""
+    args = (list(SMALL_DRIVE) if profile_args else []) + ["--poll-idle-us", str(poll_idle_us)]
+    return DaemonProcess(data_dir=data_dir, extra_args=args + list(extra))
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def field_status(field: int) -> int:
+    return decode_status_field(field)[0]
+
+
+def wait_completions(q, count: int, deadline_s: float) -> list[tuple]:
+    """Reap until `count` CQEs arrived or the deadline passed (never hangs).
+
+    Returns what arrived (fewer than `count` means a hang). Spins briefly,
+    then blocks on the CQ's interrupt eventfd in short slices."""
+    out = q.reap_raw()
+    if len(out) >= count:
+        return out
+    start = time.monotonic()
+    end = start + deadline_s
+    while len(out) < count:
+        now = time.monotonic()
+        if now > end:
+            break
+        if now - start < 0.0002:
+            out += q.reap_raw()
+            continue
+        q.cq.arm(True)
+        try:
+            if not q.cq.ready():
+                r, _, _ = select.select([q.vector_fd], [], [], min(0.02, max(0.0, end - now)))
+                if r:
+                    try:
+                        os.eventfd_read(q.vector_fd)
+                    except BlockingIOError:
+                        pass
+        finally:
+            q.cq.arm(False)
+        out += q.reap_raw()
+    return out
+
+
+# ---------------------------------------------------------------- block patterns
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+_IDX = np.arange(BS // 8, dtype=np.uint64)
+
+
+def pattern(lba: int, version: int) -> np.ndarray:
+    """4 KiB unique to (lba, version): a header word then a hash stream."""
+    seed = np.uint64(((lba & 0xFFFFFFFF) << 32) | (version & 0xFFFFFFFF))
+    with np.errstate(over="ignore"):
+        w = (_IDX + seed) * _MUL
+        w ^= w >> np.uint64(29)
+    w[0] = seed
+    return w.view(np.uint8)
+
+
+def patterns(lba: int, n: int, version: int) -> np.ndarray:
+    return np.concatenate([pattern(lba + i, version) for i in range(n)])
+
+
+def identify_block(block: np.ndarray, lba: int) -> int | None:
+    """-> the version whose pattern `block` holds for `lba`, 0 for all-zero
+    (never written), or None when it matches nothing (corrupt)."""
+    w = block.view(np.uint64)
+    if not w.any():
+        return 0
+    seed = int(w[0])
+    if seed >> 32 != (lba & 0xFFFFFFFF):
+        return None
+    version = seed & 0xFFFFFFFF
+    if version == 0 or not np.array_equal(block, pattern(lba, version)):
+        return None
+    return version
+
+
+def machine() -> dict:
+    from csdemu.cli_bench import machine as m
+    return m()
