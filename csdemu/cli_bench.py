@@ -89,14 +89,21 @@ def generate_bench(socket_path, batch, context, steps, profile, engine_threads, 
 
 
 @bench.command("attention")
-@click.option("--repeat", default=5, show_default=True)
+@SOCKET_OPT
+@click.option("--repeat", default=3, show_default=True)
+@click.option("--contexts", default="1024,2048,4096,8192,16384", show_default=True)
+@click.option("--engine-threads", default=2, show_default=True,
+              help="kernel threads of the drive started for the run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE")
-def attention_bench(repeat, as_json, out):
-    """Attention kernels vs this machine's streaming bandwidth and FMA roofline."""
-    from kernels.bench import run_kernel_bench
-    result = run_kernel_bench(repeat=repeat)
-    result["kernel_machine"] = result.pop("machine", {})
+def attention_bench(socket_path, repeat, contexts, engine_threads, as_json, out):
+    """Kernels vs streaming bandwidth, numpy and torch; Attend through the daemon."""
+    from csdemu.bench_attention import run_attention_bench
+    from csdemu.spawn import daemon_for
+    ctx = tuple(int(c) for c in contexts.split(",") if c)
+    with daemon_for(socket_path, "instinfer", ["--engine-threads", str(engine_threads)]) as path:
+        result = run_attention_bench(path, repeat, ctx)
+    result["engine_threads"] = engine_threads
     result["machine"] = machine()
     emit(result, out, as_json)
 

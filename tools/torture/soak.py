@@ -40,6 +40,25 @@ verify=crc32c
 verify_fatal=1
 do_verify=1
 """
+# Few sequences: every KV sequence holds whole open lines (see docs/torture.md).
+STRESS_JOB = """
+[global]
+layers=4
+q_heads=16
+kv_heads=4
+head_dim=128
+dtype=float16
+batch=2
+context=256
+context_max=1024
+append_tokens=1
+mix=append:1,attend:1
+numjobs=1
+iodepth=2
+runtime=30
+[{name}]
+attention={attention}
+"""
 
 
 def run_soak(seconds: float, log=print) -> dict:
@@ -56,7 +75,11 @@ def run_soak(seconds: float, log=print) -> dict:
         srv = NbdServer(d.socket_path).start() if fio_ok else None
         t0 = time.monotonic()
         fio = stress = None
-        jobs = [os.path.join(ROOT, "tools", "stress", f) for f in ("decode-dense.ini", "decode-sparf.ini")]
+        jobs = []
+        for name, att in (("soak-dense", "dense"), ("soak-sparf", "sparf\nsparf_ratio=0.125\nsparf_window=16")):
+            jobs.append(os.path.join(tmp, name + ".ini"))
+            with open(jobs[-1], "w") as f:
+                f.write(STRESS_JOB.format(name=name, attention=att))
         last_sample = 0.0
         errors_seen = []
         while time.monotonic() - t0 < seconds:

@@ -1,0 +1,143 @@
+"""`csdemu bench attention`: the attention kernels against this machine and
+against numpy and torch, then the Attend command through a live daemon.
+
+Kernel section: batch 8, 32 q heads over 8 kv heads x 128 dims, fp16 pages
+of 16 tokens in a shuffled pool, contexts 1k..16k; the machine's streaming
+read bandwidth is a parallel Numba sum over a buffer as large as the largest
+KV. Daemon section: one layer on the `instinfer` profile, dense and SparF 1/8
+on the same data: attends/s, wall ÷ modeled time, flash bytes read.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+B, HQ, HKV, D, T, NCH = 8, 32, 8, 128, 16, 8
+
+
+def _best(fn, repeat: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _kv_bytes(ctx: int) -> int:
+    return 2 * B * HKV * ctx * D * 2
+
+
+def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) -> dict:
+    import numba
+
+    from kernels.attention import dense_attention
+    from kernels.bench import measure_stream_gbps
+    from kernels.layout_testing import random_paged_kv
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        torch = None
+    stream = measure_stream_gbps(nbytes=_kv_bytes(max(contexts)), repeat=repeat) * 1e9
+    rows = []
+    rng = np.random.default_rng(0)
+    for ctx in contexts:
+        lay = random_paged_kv(B, HKV, D, [ctx] * B, T, NCH, "fp16", seed=ctx)
+        q = rng.standard_normal((B, HQ, D)).astype(np.float32)
+        out = np.empty_like(q)
+
+        def kernel():
+            dense_attention(q, lay.pool, lay.dram_pool, lay.k_pages, lay.v_pages, lay.seq_lens,
+                            lay.group_channel, NCH, out, kv_dtype="fp16")
+        kernel()
+        t_kernel = _best(kernel, repeat)
+        # The same K and V as float32 dense arrays for the references.
+        K = np.empty((B, HKV, ctx, D), np.float32)
+        V = np.empty((B, HKV, ctx, D), np.float32)
+        for b in range(B):
+            for h in range(HKV):
+                K[b, h] = lay.pool[lay.k_pages[b, h, :ctx // T]].reshape(ctx, D).view(np.float16)
+                V[b, h] = lay.pool[lay.v_pages[b, h, :ctx // T]].reshape(ctx, D).view(np.float16)
+        qg = q.reshape(B, HKV, HQ // HKV, D)
+
+        def numpy_ref():
+            s = np.matmul(qg, K.transpose(0, 1, 3, 2)) / np.float32(math.sqrt(D))
+            s -= s.max(axis=-1, keepdims=True)
+            p = np.exp(s)
+            p /= p.sum(axis=-1, keepdims=True)
+            return np.matmul(p, V)
+        ref = numpy_ref().reshape(B, HQ, D)
+        row = {"context": ctx, "kv_bytes": _kv_bytes(ctx), "kernel_s": t_kernel,
+               "numpy_s": _best(numpy_ref, repeat),
+               "max_abs_err_vs_numpy": float(np.abs(ref - out).max())}
+        if torch is not None:
+            qt, kt, vt = (torch.from_numpy(x) for x in (q.reshape(B, HQ, 1, D), K, V))
+            with torch.no_grad():
+                row["torch_s"] = _best(lambda: F.scaled_dot_product_attention(
+                    qt, kt, vt, enable_gqa=True), repeat)
+        rows.append(row)
+        del K, V, lay
+    big = rows[-1]
+    res = {
+        "stream_bytes_per_s": stream,
+        "kernel_bytes_per_s": big["kv_bytes"] / big["kernel_s"],
+        "kernel_threads": numba.get_num_threads(),
+        "contexts": rows,
+    }
+    res["kernel_vs_stream"] = res["kernel_bytes_per_s"] / stream
+    res["kernel_vs_numpy"] = big["numpy_s"] / big["kernel_s"]
+    if "torch_s" in big:
+        res["kernel_vs_torch"] = big["torch_s"] / big["kernel_s"]
+    return res
+
+
+def daemon_section(socket_path: str, context: int = 4096, attends: int = 20) -> dict:
+    import csdemu
+    rng = np.random.default_rng(1)
+    ids = list(range(B))
+    out = {"daemon_context": context}
+    with csdemu.connect(socket_path) as dev:
+        kv = dev.create_kv_namespace(layers=1, q_heads=HQ, kv_heads=HKV, head_dim=D,
+                                     sparse_layout=True)
+        try:
+            for b in ids:
+                k = rng.standard_normal((1, context, HKV, D)).astype(np.float16)
+                v = rng.standard_normal((1, context, HKV, D)).astype(np.float16)
+                kv.append(0, [b], k, v)
+            time.sleep(0.5)                  # let the programs drain: an idle drive
+            q = rng.standard_normal((B, HQ, D)).astype(np.float32)
+            res = np.empty_like(q)
+            for name, sparse in (("dense", None),
+                                 ("sparf", csdemu.SparF.ratio(1 / 8, D, context, window=T))):
+                kv.attend(0, ids, q, sparse=sparse, out=res)
+                before = dev.engine_log()
+                wall, modeled = 0.0, 0
+                for _ in range(attends):
+                    t0 = time.perf_counter()
+                    kv.attend(0, ids, q, sparse=sparse, out=res)
+                    wall += time.perf_counter() - t0
+                    modeled += kv.last.device_ns
+                after = dev.engine_log()
+                out[f"{name}_attends_per_s"] = attends / wall
+                out[f"{name}_realtime_factor"] = wall / (modeled / 1e9)
+                out[f"{name}_modeled_ms"] = modeled / 1e6 / attends
+                out[f"{name}_flash_bytes"] = (after["bytes_read_flash"] - before["bytes_read_flash"]) / attends
+        finally:
+            kv.delete()
+    out["realtime_factor"] = out["dense_realtime_factor"]
+    out["sparf_bytes_vs_dense"] = out["sparf_flash_bytes"] / out["dense_flash_bytes"]
+    return out
+
+
+TARGETS = {"kernel_vs_stream": 0.9, "kernel_vs_numpy": 5.0, "kernel_vs_torch": 1.5,
+           "realtime_factor": 1.0, "sparf_bytes_vs_dense": 0.25}
+
+
+def run_attention_bench(socket_path: str, repeat: int = 3, contexts=(1024, 2048, 4096, 8192, 16384)) -> dict:
+    res = kernel_section(contexts, repeat)
+    res.update(daemon_section(socket_path))
+    res["targets"] = TARGETS
+    return res
