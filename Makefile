@@ -5,7 +5,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 APT_PKGS := fio nbdkit nbdkit-plugin-python
 
-.PHONY: install run demo test bench clean apt fio
+.PHONY: install run demo test bench clean apt fio torture
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ bench: $(STAMP)
 
 fio: $(STAMP)
 	$(PY) tools/fio/run_fio.py
+
+# The torture suite at full size (>= 1M fuzzed commands, 100 kill -9 trials, ...);
+# TORTURE_ARGS="--soak-seconds 3600" adds the soak, "--only fuzz,crash --seed 7" a part.
+torture: $(STAMP)
+	$(PY) -m tools.torture.run --size full $(TORTURE_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

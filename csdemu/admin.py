@@ -175,8 +175,11 @@ def smart_log(ctrl) -> np.ndarray:
     rec["host_read_commands"] = u128(c.host_read_commands)
     rec["host_write_commands"] = u128(c.host_write_commands)
     rec["controller_busy_time"] = u128(c.busy_ns // 60_000_000_000)
-    rec["power_cycles"] = u128(ctrl.device_info.get("power_cycles", 1))
-    rec["unsafe_shutdowns"] = u128(ctrl.device_info.get("unsafe_shutdowns", 0))
+    life = ctrl.lifetime
+    if life is not None:
+        rec["power_cycles"] = u128(life.data["power_cycles"])
+        rec["unsafe_shutdowns"] = u128(life.data["unsafe_shutdowns"])
+        rec["power_on_hours"] = u128(life.power_on_hours())
     rec["media_errors"] = u128(c.media_errors + health.get("media_errors", 0))
     return rec
 

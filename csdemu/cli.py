@@ -131,6 +131,20 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True)
+def profiles(as_json):
+    """List the shipped drive profiles."""
+    from csdemu.profile import list_profiles
+    rows = list_profiles()
+    if as_json:
+        click.echo(json.dumps(dict(rows), indent=2))
+        return
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        click.echo(f"{name:<{width}}  {desc}")
+
+
+@main.command()
 @SOCKET_OPT
 def stop(socket_path):
     """Stop the daemon (in-flight commands are drained first)."""

@@ -69,6 +69,7 @@ class Controller:
         self._seq = 0
         self.bounce = np.zeros(config.mdts_bytes, np.uint8)
         self.bounce_addr = self.bounce.ctypes.data
+        self.lifetime = None      # csdemu.lifetime.Lifetime: SMART power-on counters
         self.kv = None            # the KV layer (csdemu.kv.admin.KVManager): C1h/C4h, log C1h
 
     # ------------------------------------------------------------ fetching

@@ -229,6 +229,8 @@ class Daemon:
                 print(f"csdemu: closing namespace failed: {exc}", file=sys.stderr)
         for s in list(self.sessions.values()):
             s.close()
+        if ctrl.lifetime is not None:
+            ctrl.lifetime.save(closing=True)
         try:
             os.unlink(self.socket_path)
         except OSError:

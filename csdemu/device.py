@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 
 from csdemu.controller import Controller, ControllerConfig
+from csdemu.flash.checkpoint import shut_down_cleanly
 from csdemu.flash.namespace import DEVICE_FILE, FlashNamespace
 from csdemu.kv.admin import KVManager
+from csdemu.lifetime import Lifetime
 from csdemu.profile import ProfileError, load_profile
 from nvme_cmds.features import TimingMode
 
@@ -35,6 +37,7 @@ def build_controller(data_dir: str, profile: str | None = None, config_file: str
                      timing_mode: str | None = None, overrides=None,
                      engine_threads: int = 1) -> tuple[Controller, dict]:
     formatted = os.path.exists(os.path.join(data_dir, DEVICE_FILE))
+    clean_before = shut_down_cleanly(data_dir) if formatted else None
     if formatted and not (profile or config_file or overrides):
         ns = FlashNamespace.open(1, data_dir)
         prof = ns.profile
@@ -53,5 +56,6 @@ def build_controller(data_dir: str, profile: str | None = None, config_file: str
             "filter_mbps": int(prof.engine.filter_mbps), "max_kv_namespaces": 1022,
             "kv_nsid_base": 2}
     ctrl = Controller(cfg, {1: ns}, info)
+    ctrl.lifetime = Lifetime(data_dir, clean_before)
     ctrl.kv = KVManager(ns.ftl, prof, engine_threads)
     return ctrl, {"profile": prof.name, "data_dir": data_dir}

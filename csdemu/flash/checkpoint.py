@@ -123,3 +123,14 @@ class TrimJournal:
         with open(self.path, "wb") as f:
             f.flush()
             os.fsync(f.fileno())
+
+
+def shut_down_cleanly(data_dir) -> bool | None:
+    """Whether the last run closed the drive cleanly (None: never formatted)."""
+    p = Path(data_dir) / CKPT_NAME
+    try:
+        with open(p, "rb") as f:
+            hdr = np.frombuffer(f.read(HEADER.itemsize), HEADER)
+    except FileNotFoundError:
+        return None
+    return bool(hdr.size and hdr["clean"][0])

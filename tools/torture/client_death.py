@@ -117,9 +117,11 @@ class Bystander(threading.Thread):
                     back = dev.read(lba, 4)
                     if not np.array_equal(back, patterns(lba, 4, version - 1)):
                         self.mismatches += 1
-                    if tokens < 4096:
-                        kv.append(0, [9], kk, kk)
-                        tokens += 16
+                    if tokens >= 1024:            # constant work per op: start over
+                        kv.reclaim([9])
+                        tokens = 0
+                    kv.append(0, [9], kk, kk)
+                    tokens += 16
                     k, _ = kv.read(0, 9, tokens - 16, 16)
                     if not np.array_equal(k.view(np.uint16), kk[0].view(np.uint16)):
                         self.mismatches += 1
