@@ -202,3 +202,21 @@ def test_dead_clients_kv_namespaces_are_deleted(daemon, dev):
             break
         time.sleep(0.02)
     assert nsid not in dev.namespaces()
+
+
+@pytest.mark.parametrize("q_heads,kv_heads", [(8, 8), (9, 3), (8, 1)])
+def test_dense_attend_relative_error_with_large_logits(dev, q_heads, kv_heads):
+    """fp16 storage, logits in the hundreds: ≤ 2e-3 relative error vs float64."""
+    rng = np.random.default_rng(11)
+    kv = dev.create_kv_namespace(layers=1, q_heads=q_heads, kv_heads=kv_heads, head_dim=64)
+    try:
+        lens = [1, 15, 17, 200]
+        ids, K, V, Kd, Vd = build(kv, rng, lens, "float16")
+        q = (60 * rng.standard_normal((len(lens), q_heads, 64))).astype(np.float32)
+        out = kv.attend(0, ids, q)
+        ref = naive.dense(q, Kd, Vd, lens)
+        logits = max(np.abs(Kd[b, :, :lens[b]] @ q[b, 0]).max() for b in range(len(lens))) / 8
+        assert logits > 100
+        assert np.abs(out - ref).max() / np.abs(ref).max() <= 2e-3
+    finally:
+        kv.delete()
