@@ -134,7 +134,7 @@ def nbd(socket_path, nbd_socket, nsid, threads, readonly, run_cmd, verbose):
     then prints the drive's SMART and flash-log deltas for the session."""
     from csdemu.paths import default_socket
     from csdemu.spawn import reachable
-    from csdemu.stress import counter_deltas, device_counters, format_deltas
+    from csdemu.device_counters import counter_deltas, device_counters, format_deltas
     socket_path = socket_path or default_socket()
     if not reachable(socket_path):
         raise click.ClickException(f"no csdemu daemon at {socket_path}; start one with "

@@ -62,7 +62,8 @@ def stress(socket_path, jobfile, as_json, output, profile, progress, list_keys):
     percentiles per command kind (host-observed and modeled device time),
     flash bytes read per channel, and the drive's SMART / flash-log deltas."""
     import sys
-    from csdemu.stress import KEYS, JobFileError, format_result, parse_job_file, run_stress
+    from csdemu.stress import format_result, run_stress
+    from csdemu.stress_jobs import KEYS, JobFileError, parse_job_file
     if list_keys:
         for k, (conv, default, help_) in KEYS.items():
             click.echo(f"{k:<14} {help_} [{conv.what}; default {default!r}]")

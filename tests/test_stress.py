@@ -107,7 +107,7 @@ def test_stress_missing_job_file(tmp_path):
 def test_shipped_job_files_parse():
     import glob
     import os
-    from csdemu.stress import parse_job_file
+    from csdemu.stress_jobs import parse_job_file
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files = glob.glob(os.path.join(root, "tools", "stress", "*.ini"))
     assert files

@@ -48,7 +48,7 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None) -> dict:
     from csdemu.cli_bench import machine
     from csdemu.cli_nbd import NbdServer
     from csdemu.spawn import DaemonProcess
-    from csdemu.stress import counter_deltas, device_counters
+    from csdemu.device_counters import counter_deltas, device_counters
 
     def say(msg):
         if echo:

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 
 from csdemu.cli_nbd import NbdServer  # noqa: E402
 from csdemu.spawn import DaemonProcess  # noqa: E402
-from csdemu.stress import counter_deltas, device_counters, format_deltas  # noqa: E402
+from csdemu.device_counters import counter_deltas, device_counters, format_deltas  # noqa: E402
 
 JOBS = ["seq", "randread", "randwrite", "randrw", "verify"]
 # A drive small enough that 90 % fill and GC come within a minute or two:
