@@ -19,8 +19,8 @@ FIELDS = {
     ("admin", AdminOpcode.GET_FEATURES): "CDW10 FID[7:0], SEL[10:8]; value in DW0",
     ("admin", AdminOpcode.ASYNC_EVENT_REQUEST): "held until an event (at most 4 outstanding)",
     ("admin", AdminOpcode.KEEP_ALIVE): "no fields",
-    ("admin", VendorAdminOpcode.CREATE_KV_NAMESPACE): "KV namespace with a model shape (see the attention docs); not yet implemented: Invalid Opcode",
-    ("admin", VendorAdminOpcode.DELETE_KV_NAMESPACE): "NSID of a KV namespace the caller owns; not yet implemented: Invalid Opcode",
+    ("admin", VendorAdminOpcode.CREATE_KV_NAMESPACE): "data: 64-byte KV_NS_DESC (layers, q heads, kv heads, head dim, dtype 0 fp16 / 1 bf16 / 2 fp32, flags bit 0 sparse layout, tokens per page, dims per K-copy page, max sequences); DW0 = new NSID; the caller owns it",
+    ("admin", VendorAdminOpcode.DELETE_KV_NAMESPACE): "NSID of a KV namespace the caller owns (else Access Denied)",
     ("admin", VendorAdminOpcode.DMA_MAP): "PRP1 host virtual address; CDW10/11 length (64-bit): registers a region for PRP DMA",
     ("admin", VendorAdminOpcode.DMA_UNMAP): "PRP1 the address given to DMA Map",
     ("io", NvmOpcode.FLUSH): "NSID; everything written before is durable when it completes",
@@ -29,10 +29,10 @@ FIELDS = {
     ("io", NvmOpcode.WRITE_ZEROES): "CDW10/11 SLBA; CDW12 NLB[15:0]",
     ("io", NvmOpcode.DATASET_MANAGEMENT): "CDW10 NR[7:0] (0-based); CDW11 AD[2]; data: 16-byte ranges",
     ("io", VendorIoOpcode.NOP): "no data, no namespace work: a transport round trip",
-    ("io", VendorIoOpcode.KV_APPEND): "not yet implemented",
-    ("io", VendorIoOpcode.KV_READ): "not yet implemented",
-    ("io", VendorIoOpcode.ATTEND): "not yet implemented",
-    ("io", VendorIoOpcode.RECLAIM): "not yet implemented",
+    ("io", VendorIoOpcode.KV_APPEND): "CDW10 layer[15:0], tokens[31:16]; CDW11 batch; MPTR arena offset of u64 sequence ids; data: K then V, each [batch, tokens, kv heads, head dim] in the namespace dtype",
+    ("io", VendorIoOpcode.KV_READ): "CDW10 layer; CDW11/12 sequence id; CDW13 start token; CDW14 count; data out: K then V, [count, kv heads, head dim]",
+    ("io", VendorIoOpcode.ATTEND): "CDW10 layer[15:0], mode[23:16] (0 dense, 1 SparF); CDW11 batch; CDW12 r[15:0], window[31:16]; CDW13 k; MPTR sequence ids; in: q float32 [batch, q heads, head dim] (PRP1), out: same shape (PRP2, or arena offset in CDW15 with SGL)",
+    ("io", VendorIoOpcode.RECLAIM): "CDW11 batch; MPTR arena offset of u64 sequence ids; DW0 = sequences that existed",
 }
 
 DIRECTION = {0: "none", 1: "host→ctrl", 2: "ctrl→host", 3: "both"}
