@@ -7,7 +7,7 @@ import pytest
 from nvme_cmds import identify as idf
 from nvme_cmds.logs import FLASH_LOG, SMART_LOG
 from nvme_cmds.nvm import DSM_RANGE, lba_cdws, nvm_data_lengths
-from nvme_cmds.opcodes import (ADMIN_OPCODES, IO_OPCODES, DataDirection, NvmOpcode,
+from nvme_cmds.opcodes import (ADMIN_OPCODES, IO_OPCODES, AdminOpcode, DataDirection, NvmOpcode,
                                VendorAdminOpcode, VendorIoOpcode, data_direction, opcode_name)
 from nvme_cmds.spec import CQE, CQE_STRUCT, SGL_DESC, SQE, SQE_STRUCT
 from nvme_cmds.status import (SCT, Status, decode_status_field, encode_status_field,
@@ -77,3 +77,12 @@ def test_commands_doc_is_generated_from_the_code():
     from nvme_cmds.doc import commands_markdown
     with open(os.path.join(ROOT, "docs", "commands.md")) as f:
         assert f.read() == commands_markdown(), "regenerate: python -m nvme_cmds.doc > docs/commands.md"
+
+
+def test_every_opcode_has_its_fields_documented():
+    from nvme_cmds.doc import FIELDS
+    for queue, enums in (("admin", (AdminOpcode, VendorAdminOpcode)),
+                         ("io", (NvmOpcode, VendorIoOpcode))):
+        for enum in enums:
+            for op in enum:
+                assert FIELDS.get((queue, op)), f"{queue} {op.name} has no field description"

@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from tools.torture.common import (BS, SMALL_DRIVE, field_status, identify_block, machine,
-                                  pattern, patterns, wait_completions)
+                                  patterns, wait_completions)
 
 import csdemu  # noqa: E402
 from csdemu.spawn import DaemonProcess  # noqa: E402

@@ -32,7 +32,7 @@ def run_faults(ops: int, seed: int, lbas: int = 16384, read_ppm: int = 20000,
                program_ppm: int = 200, bad_block_ppm: int = 20000, erase_ppm: int = 2000,
                log=print) -> dict:
     r = random.Random(seed)
-    d = small_daemon([f"--set", f"faults.bad_block_ppm={bad_block_ppm}",
+    d = small_daemon(["--set", f"faults.bad_block_ppm={bad_block_ppm}",
                       "--set", f"faults.erase_fail_ppm={erase_ppm}",
                       "--set", f"faults.seed={seed & 0xFFFF}"]).start()
     res = {"ops": 0, "reads": 0, "reads_ok": 0, "reads_unrecovered": 0, "reads_other_status": 0,

@@ -75,6 +75,8 @@ def run_soak(seconds: float, log=print) -> dict:
         srv = NbdServer(d.socket_path).start() if fio_ok else None
         t0 = time.monotonic()
         fio = stress = None
+        fio_log = os.path.join(tmp, "fio.log")
+        st_log = os.path.join(tmp, "stress.log")
         jobs = []
         for name, att in (("soak-dense", "dense"), ("soak-sparf", "sparf\nsparf_ratio=0.125\nsparf_window=16")):
             jobs.append(os.path.join(tmp, name + ".ini"))
@@ -93,7 +95,6 @@ def run_soak(seconds: float, log=print) -> dict:
                 job = os.path.join(tmp, "soak.fio")
                 with open(job, "w") as f:
                     f.write(FIO_JOB.format(uri=srv.uri, runtime=min(60, left)))
-                fio_log = os.path.join(tmp, "fio.log")
                 fio = subprocess.Popen(["fio", job], stdout=open(fio_log, "w"), stderr=subprocess.STDOUT)
             if stress is None or stress.poll() is not None:
                 if stress is not None:
@@ -101,7 +102,6 @@ def run_soak(seconds: float, log=print) -> dict:
                     if stress.returncode:
                         res["stress_errors"] += 1
                         errors_seen.append(("stress", stress.returncode, open(st_log).read()[-1000:]))
-                st_log = os.path.join(tmp, "stress.log")
                 stress = subprocess.Popen([sys.executable, "-m", "csdemu", "stress", "--socket", d.socket_path,
                                            "--no-progress", jobs[res["stress_runs"] % 2]],
                                           stdout=open(st_log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
