@@ -54,6 +54,7 @@ class DeviceParams:
     over_provisioning_pct: float = 7.0    # % of raw flash hidden from the host
     write_buffer_bytes: int = 0           # DRAM write buffer (0 = write-through)
     endurance_pe_cycles: int = 3000       # rated program/erase cycles per block
+    kv_pct: float = 0.0                   # % of the lines set aside for KV namespaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,7 @@ class DerivedGeometry:
     user_pages: int               # host-visible pages: raw * (1 - OP), at most raw - 3 lines
     nlbas: int                    # host-visible logical blocks
     write_buffer_pages: int
+    kv_lines: int                 # lines KV namespaces may hold at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +155,13 @@ class Profile:
         bpl = luns * g.planes
         ppl = bpl * g.pages_per_block
         total = ppl * g.blocks_per_plane
+        # KV namespaces get whole lines of their own; the block namespace lives
+        # on the rest (at least 4 lines), so KV never takes the space it needs.
+        kv_lines = max(0, min(int(g.blocks_per_plane * d.kv_pct / 100.0), g.blocks_per_plane - 4))
+        host = total - kv_lines * ppl
         # GC needs about three lines of slack (the host's and GC's open lines and
         # one free line), so a small geometry gets more spare than OP asks for
-        user = min(int(total * (1.0 - d.over_provisioning_pct / 100.0)), total - 3 * ppl)
+        user = min(int(host * (1.0 - d.over_provisioning_pct / 100.0)), host - 3 * ppl)
         return DerivedGeometry(
             pages_per_flash_page=s,
             flash_pages_per_block=g.pages_per_block // s,
@@ -170,6 +176,7 @@ class Profile:
             user_pages=user,
             nlbas=user * (g.page_bytes // d.lba_size),
             write_buffer_pages=d.write_buffer_bytes // g.page_bytes,
+            kv_lines=kv_lines,
         )
 
     def to_dict(self) -> dict:
@@ -197,6 +204,7 @@ _RULES: dict[tuple[str, str], tuple[str, object]] = {
     ("device", "timing_mode"): ("str", ("virtual", "realtime")),
     ("device", "lba_size"): ("int", "pow2"),
     ("device", "over_provisioning_pct"): ("float", "pct_open"),
+    ("device", "kv_pct"): ("float", "pct_open"),
     ("device", "write_buffer_bytes"): ("int", "nonneg"),
     ("device", "endurance_pe_cycles"): ("int", "pos"),
     ("geometry", "channels"): ("int", "pos"),

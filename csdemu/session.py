@@ -53,6 +53,7 @@ class Session:
         self.cqs[qid] = cq
         self.queue_spans[("cq", qid)] = (off, off + cq_bytes(depth))
         self.arena.u8[off:off + cq_bytes(depth)] = 0
+        self.arena.u32[(8 * qid + 4) // 4] = 0          # a new queue starts with head 0
         return cq
 
     def add_sq(self, qid, off, depth, cqid) -> DeviceSQ:

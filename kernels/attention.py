@@ -12,7 +12,9 @@ import numpy as np
 
 from . import config
 from . import counters as C
-from .dense import dense_partials_kernel, merge_partials_kernel
+from .dense import (dense_attention_kernel, dense_attention_serial,
+                    dense_partials_kernel, dense_partials_serial,
+                    merge_partials_kernel, merge_partials_serial)
 from .sparf import sparf_kernel
 
 __all__ = ["dense_attention", "dense_partials", "merge_partials",
@@ -23,6 +25,11 @@ _DTYPE_BY_NAME = {"fp32": config.DTYPE_F32, "float32": config.DTYPE_F32,
                   "bf16": config.DTYPE_BF16, "bfloat16": config.DTYPE_BF16}
 
 _threads_set = False
+
+#: merge_partials uses a parallel region only above this many output floats
+#: (B * Hq * D); below it the fork/join costs more than the merge (and under
+#: load a parallel region waits for every worker to be scheduled).
+MERGE_PARALLEL_MIN = 1 << 20
 
 
 def _apply_threads():
@@ -187,10 +194,23 @@ def dense_partials(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel
     l = np.empty((B, Hq, nchannels), np.float32)
     o = np.empty((B, Hq, nchannels, D), np.float32)
     if B:
-        dense_partials_kernel(qs, pool, dram_pool, code, k_pages, v_pages,
-                              seq_lens, group_channel, nchannels, m, l, o,
-                              counters, _nthreads())
+        nth = _nthreads()
+        if nth <= 1:
+            dense_partials_serial(qs, pool, dram_pool, code, k_pages, v_pages,
+                                  seq_lens, group_channel, nchannels, m, l, o,
+                                  counters, config.PREFETCH)
+        else:
+            dense_partials_kernel(qs, pool, dram_pool, code, k_pages, v_pages,
+                                  seq_lens, group_channel, nchannels, m, l, o,
+                                  counters, nth, config.PREFETCH)
     return m, l, o, counters
+
+
+def _merge(m, l, o, out):
+    if out.size >= MERGE_PARALLEL_MIN and _nthreads() > 1:
+        merge_partials_kernel(m, l, o, out)
+    else:
+        merge_partials_serial(m, l, o, out)
 
 
 def merge_partials(m, l, o, out):
@@ -207,7 +227,7 @@ def merge_partials(m, l, o, out):
         raise ValueError("merge_partials: m, l [B,Hq,C] and o [B,Hq,C,D] expected")
     _check_out(out, (m.shape[0], m.shape[1], o.shape[3]))
     _apply_threads()
-    merge_partials_kernel(m, l, o, out)
+    _merge(m, l, o, out)
     return out
 
 
@@ -233,11 +253,32 @@ def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     """
     if isinstance(q, np.ndarray):
         _check_out(out, q.shape)
-    m, l, o, counters = dense_partials(
+    (code, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
+     nchannels, scale, counters, (B, Hq, D, Hkv, T)) = _common(
         q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
-        nchannels, kv_dtype=kv_dtype, scale=scale, counters=counters)
-    if q.shape[0]:
-        merge_partials_kernel(m, l, o, out)
+        nchannels, kv_dtype, scale, counters)
+    if not B:
+        return counters
+    qs = np.ascontiguousarray(q * np.float32(scale), dtype=np.float32)
+    nth = _nthreads()
+    if nth <= 1:
+        dense_attention_serial(qs, pool, dram_pool, code, k_pages, v_pages,
+                               seq_lens, group_channel, out, counters,
+                               config.PREFETCH)
+    elif B * Hkv >= 2 * nth:
+        dense_attention_kernel(qs, pool, dram_pool, code, k_pages, v_pages,
+                               seq_lens, group_channel, out, counters, nth,
+                               config.PREFETCH)
+    else:
+        # too few (sequence, kv head) units to keep every thread busy: split
+        # each sequence by channel (FlashDecoding) and merge
+        m = np.empty((B, Hq, nchannels), np.float32)
+        l = np.empty((B, Hq, nchannels), np.float32)
+        o = np.empty((B, Hq, nchannels, D), np.float32)
+        dense_partials_kernel(qs, pool, dram_pool, code, k_pages, v_pages,
+                              seq_lens, group_channel, nchannels, m, l, o,
+                              counters, nth, config.PREFETCH)
+        _merge(m, l, o, out)
     return counters
 
 

@@ -41,6 +41,10 @@ def _env_bool(name, default):
 #: ``reassoc`` LLVM folds its FMA chains away).
 FASTMATH_PEAK = {"contract"}
 
+#: Flags of ``simd.exp_nonpos``: contraction only, so LLVM keeps the two-part
+#: ``n * ln2`` range reduction (``reassoc`` may merge it into one product).
+FASTMATH_EXP = {"contract"}
+
 FASTMATH = set(_STUMPY_LIKE_DEFAULTS["FASTMATH"]) if _env_bool(
     "CSDEMU_KERNELS_FASTMATH", True) else False
 CACHE = _env_bool("CSDEMU_KERNELS_CACHE", _STUMPY_LIKE_DEFAULTS["CACHE"])
@@ -50,9 +54,25 @@ NUM_THREADS = (int(os.environ["CSDEMU_KERNELS_THREADS"])
                if os.environ.get("CSDEMU_KERNELS_THREADS") else
                _STUMPY_LIKE_DEFAULTS["NUM_THREADS"])
 
-#: Software-prefetch the next page while working on the current one
-#: (kernels/prefetch.py).  0 = off; 1 = next page.
+#: Software-prefetch the page this many pages ahead of the one being worked
+#: on (kernels/prefetch.py).  0 = off; 1 = next page.  Passed to the dense
+#: kernels at call time (may be changed after import); SparF reads it at
+#: compile time (on/off).
 PREFETCH = int(os.environ.get("CSDEMU_KERNELS_PREFETCH", "1"))
+
+def _host_has_f16c():
+    try:
+        import llvmlite.binding as llb
+        return bool(llb.get_host_cpu_features().get("f16c", False))
+    except Exception:  # pragma: no cover - exotic llvmlite builds
+        return False
+
+
+#: Widen fp16 with the CPU's conversion instruction (``fpext half`` ->
+#: ``vcvtph2ps``, F16C; about 3x faster than the bit operations).  Without
+#: F16C LLVM would lower ``fpext half`` to a libcall Numba cannot link, so the
+#: default follows the host; ``CSDEMU_KERNELS_F16C=0`` forces the bit path.
+F16C = _env_bool("CSDEMU_KERNELS_F16C", _host_has_f16c())
 
 # --- storage dtype codes -----------------------------------------------------
 # A page pool is a uint16 array (fp16 or bf16 bits) or a float32 array

@@ -1,20 +1,37 @@
-"""Dense decode attention over paged KV, FlashDecoding split-K.
+"""Dense decode attention over paged KV.
 
-Stage 1 (``dense_partials``): one work unit per (sequence b, kv head, channel
-c) computes, for each of the ``G = Hq // Hkv`` q heads of that kv head and over
-the tokens of the groups that live on channel c, the running max ``m``, the
-sum ``l = sum exp(s - m)`` and the unnormalised ``o = sum exp(s - m) v``
-(fp32).  Each K and V page is read once and widened once into a scratch page
-for all G q heads.  Within a unit the scores of all its tokens are computed
-first, then the exps in one batch, then the value sums (no per-page rescale).
+One *unit* is (sequence b, kv head) -- or, for the per-channel partials of
+:func:`dense_partials_kernel`, (sequence b, kv head, channel c): the tokens
+of the groups that live on channel c.  For the ``G = Hq // Hkv`` q heads of
+the kv head a unit
 
-Stage 2 (``merge_partials``): per (b, q head) log-sum-exp merge over channels:
+1. scores every token: each K page is read once for all G heads, 16 tokens
+   x one head at a time (``simd.qk16``: per-token vector accumulators reduced
+   together, no horizontal reduction per dot product), straight from the
+   page (fp16 via F16C ``vcvtph2ps``, bf16 by a shift, fp32 as is);
+2. exponentiates the unit's scores in one batch per head: ``m = max s``
+   (``simd.row_max``), ``p = exp(s - m)`` (``simd.exp_nonpos``, vectorized),
+   ``l = sum p`` -- no per-page rescaling;
+3. accumulates ``o += p . V`` page by page (``simd.pv_accum``).
+
+``dense_attention`` runs whole-sequence units and writes ``out = o / l``
+directly (no split-K merge: on a CPU the channels of a sequence are walked by
+one thread anyway).  ``dense_partials`` runs per-channel units and writes the
+FlashDecoding partials ``m, l [B, Hq, C]``, ``o [B, Hq, C, D]``;
+``merge_partials_kernel`` is the log-sum-exp merge
 ``M = max_c m_c``, ``out = sum_c e^(m_c-M) o_c / sum_c e^(m_c-M) l_c``.
+Counters are charged per page / per token to the channel of the token's group
+either way, so both give identical counters.
+
+The fast path needs ``head_dim % 16 == 0``; other head dims (and fp16 pages
+without F16C, or pages whose token count is not a multiple of 16) widen each
+page into an fp32 scratch first, and odd head dims use plain loops.
 
 Parallelism follows STUMPY: ``prange`` over threads, each thread owns its
 scratch and its counter slice and walks units ``tid, tid+nth, ...``; units
-write disjoint slices of the preallocated partial arrays; counters are summed
-serially afterwards.
+write disjoint slices of the outputs; counters are summed serially
+afterwards.  With one thread the serial drivers (``*_serial``) are used, so no
+threading-layer region is entered at all.
 """
 
 import numpy as np
@@ -23,7 +40,12 @@ from numba import njit, prange
 from . import config
 from . import counters as C
 from .prefetch import prefetch_page
+from .simd import W, exp_nonpos, pv_accum, qk16, row_max
 from .widen import widen_into
+
+DTYPE_F32 = config.DTYPE_F32
+DTYPE_BF16 = config.DTYPE_BF16
+F16C = config.F16C
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
@@ -116,160 +138,328 @@ def _values_page(sbuf, col, G, vbuf, valid, obuf):
         t += 1
 
 
+
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _dense_unit(qs, pool, dram, code, k_pages, v_pages, seq_lens,
-                group_channel, b, kvh, c, G, kbuf, vbuf, sbuf, obuf,
-                m_part, l_part, o_part, ctr):
-    """One (sequence, kv head, channel) unit; see module docstring."""
-    T = kbuf.shape[0]
-    D = kbuf.shape[1]
-    S = seq_lens[b]
+def _direct_ok(code):
+    """Can the vector kernels read pages of this dtype without widening?"""
+    return code == DTYPE_F32 or code == DTYPE_BF16 or F16C
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _scores_group(src, code, valid, qb, h0, G, kbuf, sbuf, col):
+    """sbuf[j, col + t] = qb[h0 + j] . page[t] for t < valid, j < G.
+
+    May also write up to 15 columns past ``col + valid`` (garbage the next
+    page overwrites; ``sbuf`` has 16 spare columns)."""
+    T = src.shape[0]
+    D = src.shape[1]
+    if D % W == 0:
+        if T % W == 0 and _direct_ok(code):
+            for j in range(G):
+                for t in range(0, valid, W):
+                    qk16(src, code, t, qb, h0 + j, sbuf, j, col + t)
+        else:
+            kb = kbuf[:T]                 # kbuf has T rounded up to 16 rows
+            widen_into(src, code, kb)
+            for j in range(G):
+                for t in range(0, valid, W):
+                    qk16(kbuf, DTYPE_F32, t, qb, h0 + j, sbuf, j, col + t)
+    else:
+        kb = kbuf[:T]
+        widen_into(src, code, kb)
+        _scores_page(qb, h0, G, kb, valid, sbuf, col)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _values_group(src, code, valid, sbuf, col, G, vbuf, obuf):
+    """obuf[j] += sum_{t < valid} sbuf[j, col + t] * page[t] for j < G."""
+    T = src.shape[0]
+    D = src.shape[1]
+    if D % W == 0:
+        if _direct_ok(code):
+            for j in range(G):
+                pv_accum(src, code, 0, valid, sbuf, j, col, obuf, j)
+        else:
+            vb = vbuf[:T]
+            widen_into(src, code, vb)
+            for j in range(G):
+                pv_accum(vbuf, DTYPE_F32, 0, valid, sbuf, j, col, obuf, j)
+    else:
+        vb = vbuf[:T]
+        widen_into(src, code, vb)
+        _values_page(sbuf, col, G, vb, valid, obuf)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def _prefetch_pos(pool, dram, kp, vp, grp, n, i):
+    """Prefetch position ``i`` of the unit's page sequence: K pages of
+    ``grp[:n]``, then its V pages."""
+    if i < n:
+        prefetch_page(page_of(pool, dram, kp[grp[i]]))
+    elif i < 2 * n:
+        prefetch_page(page_of(pool, dram, vp[grp[i - n]]))
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _dense_unit(qb, pool, dram, code, k_pages, v_pages, S, gchan, kvh, c, G,
+                kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, dist):
+    """One unit over the groups of one sequence (``gchan`` = its row of
+    ``group_channel``, ``S`` its length) on channel ``c`` (all groups if
+    ``c < 0``).  Leaves ``m, l`` in ``mrow, lrow`` [G] and ``o`` in
+    ``obuf[:G]``; returns the number of tokens (0: nothing written).
+    ``grp``: int64 scratch of at least ``ceil(S / T)`` entries; ``dist``:
+    software-prefetch distance in pages (0 = off)."""
+    T = pool.shape[1]
+    D = pool.shape[2]
     ng = (S + T - 1) // T
     h0 = kvh * G
-    # pass 1: scores of every token of this channel, all G heads per page
+    kp = k_pages[kvh]
+    vp = v_pages[kvh]
+    page_bytes = T * D * pool.itemsize
+    n = 0
+    for gi in range(ng):
+        if c < 0 or gchan[gi] == c:
+            grp[n] = gi
+            n += 1
+    if n == 0:
+        return 0
+    for i in range(dist):
+        _prefetch_pos(pool, dram, kp, vp, grp, n, i)
+    # pass 1: scores of every token of the unit, all G heads per page
     nt = 0
-    nk_flash = 0
-    nk_dram = 0
-    gi = _next_group(group_channel, b, c, 0, ng)
-    if gi < ng:
-        prefetch_page(page_of(pool, dram, k_pages[b, kvh, gi]))
-    while gi < ng:
-        gnext = _next_group(group_channel, b, c, gi + 1, ng)
-        # prefetch the next page (K, then the first V page) while on this one
-        if gnext < ng:
-            prefetch_page(page_of(pool, dram, k_pages[b, kvh, gnext]))
-        else:
-            prefetch_page(page_of(pool, dram, v_pages[b, kvh, _next_group(group_channel, b, c, 0, ng)]))
+    for i in range(n):
+        if dist > 0:
+            _prefetch_pos(pool, dram, kp, vp, grp, n, i + dist)
+        gi = grp[i]
         valid = min(T, S - gi * T)
-        pid = k_pages[b, kvh, gi]
-        widen_into(page_of(pool, dram, pid), code, kbuf)
+        pid = kp[gi]
+        _scores_group(page_of(pool, dram, pid), code, valid, qb, h0, G, kbuf,
+                      sbuf, nt)
+        ch = gchan[gi]
         if pid >= 0:
-            nk_flash += 1
+            ctr[ch, C.K_READ] += 1
+            ctr[ch, C.FLASH_BYTES] += page_bytes
         else:
-            nk_dram += 1
-        _scores_page(qs[b], h0, G, kbuf, valid, sbuf, nt)
+            ctr[ch, C.K_DRAM] += 1
+            ctr[ch, C.DRAM_BYTES] += page_bytes
+        ctr[ch, C.MACS] += 2 * valid * D * G
+        ctr[ch, C.EXPS] += valid * G
         nt += valid
-        gi = gnext
-    if nt == 0:
-        for j in range(G):
-            m_part[b, h0 + j, c] = -np.inf
-            l_part[b, h0 + j, c] = 0.0
-            for d in range(D):
-                o_part[b, h0 + j, c, d] = 0.0
-        return
     # pass 2: batched exps
     for j in range(G):
-        m = sbuf[j, 0]
-        for t in range(1, nt):
-            m = max(m, sbuf[j, t])
+        row = sbuf[j, :nt]
+        m = row_max(row, nt)
         s = np.float32(0.0)
         for t in range(nt):
-            p = np.exp(sbuf[j, t] - m)
-            sbuf[j, t] = p
+            p = exp_nonpos(row[t] - m)
+            row[t] = p
             s += p
-        m_part[b, h0 + j, c] = m
-        l_part[b, h0 + j, c] = s
+        mrow[j] = m
+        lrow[j] = s
     # pass 3: value sums
     obuf[:G, :] = 0.0
     nt = 0
-    nv_flash = 0
-    nv_dram = 0
-    gi = _next_group(group_channel, b, c, 0, ng)
-    while gi < ng:
-        gnext = _next_group(group_channel, b, c, gi + 1, ng)
-        if gnext < ng:
-            prefetch_page(page_of(pool, dram, v_pages[b, kvh, gnext]))
+    for i in range(n):
+        if dist > 0:
+            _prefetch_pos(pool, dram, kp, vp, grp, n, n + i + dist)
+        gi = grp[i]
         valid = min(T, S - gi * T)
-        pid = v_pages[b, kvh, gi]
-        widen_into(page_of(pool, dram, pid), code, vbuf)
+        pid = vp[gi]
+        _values_group(page_of(pool, dram, pid), code, valid, sbuf, nt, G, vbuf, obuf)
+        ch = gchan[gi]
         if pid >= 0:
-            nv_flash += 1
+            ctr[ch, C.V_READ] += 1
+            ctr[ch, C.FLASH_BYTES] += page_bytes
         else:
-            nv_dram += 1
-        _values_page(sbuf, nt, G, vbuf, valid, obuf)
+            ctr[ch, C.V_DRAM] += 1
+            ctr[ch, C.DRAM_BYTES] += page_bytes
         nt += valid
-        gi = gnext
-    for j in range(G):
-        for d in range(D):
-            o_part[b, h0 + j, c, d] = obuf[j, d]
-    # counters (this thread's private slice)
-    page_bytes = T * D * pool.itemsize
-    ctr[c, C.K_READ] += nk_flash
-    ctr[c, C.V_READ] += nv_flash
-    ctr[c, C.K_DRAM] += nk_dram
-    ctr[c, C.V_DRAM] += nv_dram
-    ctr[c, C.FLASH_BYTES] += (nk_flash + nv_flash) * page_bytes
-    ctr[c, C.DRAM_BYTES] += (nk_dram + nv_dram) * page_bytes
-    ctr[c, C.MACS] += 2 * nt * D * G
-    ctr[c, C.EXPS] += nt * G
+    return nt
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _scratch(pool, G, smax):
+    T = pool.shape[1]
+    D = pool.shape[2]
+    TR = (T + W - 1) // W * W
+    kbuf = np.zeros((TR, D), np.float32)
+    vbuf = np.zeros((TR, D), np.float32)
+    sbuf = np.empty((G, smax + W), np.float32)
+    obuf = np.empty((G, D), np.float32)
+    mrow = np.empty(G, np.float32)
+    lrow = np.empty(G, np.float32)
+    grp = np.empty((smax + T - 1) // T, np.int64)
+    return kbuf, vbuf, sbuf, obuf, mrow, lrow, grp
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _smax(seq_lens):
+    smax = 1
+    for b in range(seq_lens.shape[0]):
+        smax = max(smax, seq_lens[b])
+    return smax
+
+
+# --- whole-sequence units: dense_attention ------------------------------------
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _attention_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens,
+                      group_channel, out, ctr, smax, pf):
+    Hq = qs.shape[1]
+    D = qs.shape[2]
+    Hkv = k_pages.shape[1]
+    G = Hq // Hkv
+    kbuf, vbuf, sbuf, obuf, mrow, lrow, grp = _scratch(pool, G, smax)
+    nunits = qs.shape[0] * Hkv
+    for u in range(tid, nunits, nth):
+        b = u // Hkv
+        kvh = u % Hkv
+        h0 = kvh * G
+        nt = _dense_unit(qs[b], pool, dram, code, k_pages[b], v_pages[b],
+                         seq_lens[b], group_channel[b], kvh, -1, G,
+                         kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, pf)
+        for j in range(G):
+            o = out[b, h0 + j]
+            if nt == 0:
+                o[:] = 0.0
+            else:
+                inv = np.float32(1.0) / lrow[j]
+                ob = obuf[j]
+                for d in range(D):
+                    o[d] = ob[d] * inv
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
+def dense_attention_kernel(qs, pool, dram, code, k_pages, v_pages, seq_lens,
+                           group_channel, out, counters, nthreads, pf):
+    """Whole-sequence units over ``nthreads`` threads; writes ``out``
+    [B, Hq, D] (zeros for an empty sequence) and adds into ``counters``.
+    ``qs`` is q already multiplied by ``scale``."""
+    smax = _smax(seq_lens)
+    nunits = qs.shape[0] * k_pages.shape[1]
+    nth = min(max(nthreads, 1), max(nunits, 1))
+    tctr = np.zeros((nth,) + counters.shape, np.int64)
+    for tid in prange(nth):
+        _attention_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages,
+                          seq_lens, group_channel, out, tctr[tid], smax, pf)
+    for t in range(nth):
+        counters += tctr[t]
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def dense_attention_serial(qs, pool, dram, code, k_pages, v_pages, seq_lens,
+                           group_channel, out, counters, pf):
+    """:func:`dense_attention_kernel` on the calling thread only."""
+    _attention_thread(0, 1, qs, pool, dram, code, k_pages, v_pages, seq_lens,
+                      group_channel, out, counters, _smax(seq_lens), pf)
+
+
+# --- per-channel units: dense_partials ----------------------------------------
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _partials_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens,
+                     group_channel, nchannels, m_part, l_part, o_part, ctr, smax, pf):
+    Hq = qs.shape[1]
+    D = qs.shape[2]
+    Hkv = k_pages.shape[1]
+    G = Hq // Hkv
+    kbuf, vbuf, sbuf, obuf, mrow, lrow, grp = _scratch(pool, G, smax)
+    nunits = qs.shape[0] * Hkv * nchannels
+    for u in range(tid, nunits, nth):
+        c = u % nchannels
+        bh = u // nchannels
+        kvh = bh % Hkv
+        b = bh // Hkv
+        h0 = kvh * G
+        nt = _dense_unit(qs[b], pool, dram, code, k_pages[b], v_pages[b],
+                         seq_lens[b], group_channel[b], kvh, c, G,
+                         kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, pf)
+        for j in range(G):
+            o = o_part[b, h0 + j, c]
+            if nt == 0:
+                m_part[b, h0 + j, c] = -np.inf
+                l_part[b, h0 + j, c] = 0.0
+                o[:] = 0.0
+            else:
+                m_part[b, h0 + j, c] = mrow[j]
+                l_part[b, h0 + j, c] = lrow[j]
+                ob = obuf[j]
+                for d in range(D):
+                    o[d] = ob[d]
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
 def dense_partials_kernel(qs, pool, dram, code, k_pages, v_pages, seq_lens,
                           group_channel, nchannels, m_part, l_part, o_part,
-                          counters, nthreads):
-    """Stage 1 over all units.  ``qs`` is q already multiplied by ``scale``.
+                          counters, nthreads, pf):
+    """Per-channel units.  ``qs`` is q already multiplied by ``scale``.
 
     Writes ``m_part, l_part`` [B, Hq, C] and ``o_part`` [B, Hq, C, D]; adds
     into ``counters`` [C, NCTR].
     """
-    B = qs.shape[0]
-    Hq = qs.shape[1]
-    D = qs.shape[2]
-    Hkv = k_pages.shape[1]
-    G = Hq // Hkv
-    T = pool.shape[1]
-    smax = 1
-    for b in range(B):
-        smax = max(smax, seq_lens[b])
-    nunits = B * Hkv * nchannels
+    smax = _smax(seq_lens)
+    nunits = qs.shape[0] * k_pages.shape[1] * nchannels
     nth = min(max(nthreads, 1), max(nunits, 1))
-    tctr = np.zeros((nth, nchannels, counters.shape[1]), np.int64)
+    tctr = np.zeros((nth,) + counters.shape, np.int64)
     for tid in prange(nth):
-        kbuf = np.empty((T, D), np.float32)
-        vbuf = np.empty((T, D), np.float32)
-        sbuf = np.empty((G, smax), np.float32)
-        obuf = np.empty((G, D), np.float32)
-        for u in range(tid, nunits, nth):
-            c = u % nchannels
-            bh = u // nchannels
-            kvh = bh % Hkv
-            b = bh // Hkv
-            _dense_unit(qs, pool, dram, code, k_pages, v_pages, seq_lens,
-                        group_channel, b, kvh, c, G, kbuf, vbuf, sbuf, obuf,
-                        m_part, l_part, o_part, tctr[tid])
+        _partials_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages,
+                         seq_lens, group_channel, nchannels, m_part, l_part,
+                         o_part, tctr[tid], smax, pf)
     for t in range(nth):
         counters += tctr[t]
 
 
-@njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
-def merge_partials_kernel(m_part, l_part, o_part, out):
-    """Stage 2: log-sum-exp merge over the channel axis into ``out`` [B,Hq,D].
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def dense_partials_serial(qs, pool, dram, code, k_pages, v_pages, seq_lens,
+                          group_channel, nchannels, m_part, l_part, o_part,
+                          counters, pf):
+    """:func:`dense_partials_kernel` on the calling thread only."""
+    _partials_thread(0, 1, qs, pool, dram, code, k_pages, v_pages, seq_lens,
+                     group_channel, nchannels, m_part, l_part, o_part, counters,
+                     _smax(seq_lens), pf)
 
-    A (b, head) with no tokens at all (every ``m`` is -inf) gets zeros.
-    """
-    B = m_part.shape[0]
-    Hq = m_part.shape[1]
+
+# --- log-sum-exp merge ---------------------------------------------------------
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _merge_one(m_part, l_part, o_part, out, b, h):
     NC = m_part.shape[2]
     D = o_part.shape[3]
-    for bh in prange(B * Hq):
-        b = bh // Hq
-        h = bh % Hq
-        M = -np.inf
-        for c in range(NC):
-            M = max(M, m_part[b, h, c])
-        for d in range(D):
-            out[b, h, d] = 0.0
-        if M == -np.inf:
+    o = out[b, h]
+    o[:] = 0.0
+    M = -np.inf
+    for c in range(NC):
+        M = max(M, m_part[b, h, c])
+    if M == -np.inf:
+        return
+    L = np.float32(0.0)
+    for c in range(NC):
+        if m_part[b, h, c] == -np.inf:
             continue
-        L = np.float32(0.0)
-        for c in range(NC):
-            if m_part[b, h, c] == -np.inf:
-                continue
-            w = np.exp(m_part[b, h, c] - M)
-            L += w * l_part[b, h, c]
-            for d in range(D):
-                out[b, h, d] += w * o_part[b, h, c, d]
-        inv = np.float32(1.0) / L
+        w = np.exp(m_part[b, h, c] - M)
+        L += w * l_part[b, h, c]
+        oc = o_part[b, h, c]
         for d in range(D):
-            out[b, h, d] *= inv
+            o[d] += w * oc[d]
+    inv = np.float32(1.0) / L
+    for d in range(D):
+        o[d] *= inv
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def merge_partials_serial(m_part, l_part, o_part, out):
+    """Stage 2 on the calling thread: log-sum-exp merge over the channel axis
+    into ``out`` [B, Hq, D].  A (b, head) with no tokens at all (every ``m``
+    is -inf) gets zeros."""
+    for b in range(m_part.shape[0]):
+        for h in range(m_part.shape[1]):
+            _merge_one(m_part, l_part, o_part, out, b, h)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
+def merge_partials_kernel(m_part, l_part, o_part, out):
+    """:func:`merge_partials_serial` with a prange over (b, head); only worth
+    it for large inputs (see ``attention.MERGE_PARALLEL_MIN``)."""
+    Hq = m_part.shape[1]
+    for bh in prange(m_part.shape[0] * Hq):
+        _merge_one(m_part, l_part, o_part, out, bh // Hq, bh % Hq)

@@ -18,10 +18,12 @@ TINY = {  # 2 ch x 2 ways x 8 lines x 16 pages = 512 pages (2 MiB), 25 % OP
     "geometry.channels": 2, "geometry.ways": 2, "geometry.blocks_per_plane": 8,
     "geometry.pages_per_block": 16, "device.over_provisioning_pct": 25.0,
     "device.write_buffer_bytes": 65536,
+    "device.kv_pct": 0.0,          # block-FTL tests: every line is the host's
 }
 SMALL = {  # 4 ch x 2 ways x 16 lines x 16 pages = 2048 pages (8 MiB), 20 % OP
     "geometry.channels": 4, "geometry.ways": 2, "geometry.blocks_per_plane": 16,
     "geometry.pages_per_block": 16, "device.over_provisioning_pct": 20.0,
+    "device.kv_pct": 0.0,
 }
 
 

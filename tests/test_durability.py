@@ -7,7 +7,7 @@ import numpy as np
 import csdemu
 from csdemu.spawn import DaemonProcess
 
-SMALL = ["--set", "geometry.blocks_per_plane=16", "--set", "geometry.ways=2"]
+SMALL = ["--set", "geometry.blocks_per_plane=16", "--set", "geometry.ways=2", "--set", "device.kv_pct=0"]
 
 
 def pattern(lba: int, version: int, bs: int) -> np.ndarray:

@@ -318,7 +318,7 @@ def test_large_flash_pages(tmp_path):
 
 
 def test_streams_reclaim_whole_lines(tmp_path):
-    ns = FlashNamespace(1, profile(), tmp_path)
+    ns = FlashNamespace(1, profile(device__kv_pct=50.0), tmp_path)
     ftl = ns.ftl
     ppl = ftl.geom.pages_per_line
     data = np.zeros((ppl + 10, 4096), np.uint8)
@@ -334,6 +334,24 @@ def test_streams_reclaim_whole_lines(tmp_path):
     assert ftl.counters["gc_pages_copied"] == copied0                  # nothing copied
     assert all(ftl.lines.state[x] != FULL for x in lines2)
     assert ftl.lines.valid[p3].all()
+    ns.close()
+
+
+def test_kv_streams_stay_within_their_lines_and_the_host_keeps_its_capacity(tmp_path):
+    ns = FlashNamespace(1, profile(device__kv_pct=50.0), tmp_path, sync_before_erase=False)
+    ftl = ns.ftl
+    ppl = ftl.geom.pages_per_line
+    assert ftl.kv_lines == ftl.geom.lines // 2
+    page = np.zeros((ppl, 4096), np.uint8)
+    streams = [s for s in range(2, 2 + ftl.kv_lines) if ftl.stream_write(s, np.arange(ppl), page, 0)[0] is not None]
+    assert len(streams) == ftl.kv_lines                            # one line each, all granted
+    assert ftl.stream_write(99, np.arange(1), page[:1], 0)[0] is None   # over budget: refused
+    host = Host(ns)
+    for v in (0, 1, 2):                                            # the host still fills and rewrites
+        for lba in range(0, ns.nlbas, 64):                         # its whole namespace
+            n = min(64, ns.nlbas - lba)
+            assert host.write(lba, blob(lba, n, v)).status == Status.SUCCESS
+    assert ns.stats()["gc_runs"] > 0
     ns.close()
 
 

@@ -168,3 +168,30 @@ def test_kv_sequences_do_not_starve_the_block_namespace():
 
 def test_status_codes_the_suite_counts_as_defined():
     assert 0 in DEFINED_STATUSES and 0x281 in DEFINED_STATUSES and 0x2FF not in DEFINED_STATUSES
+
+
+def test_client_waits_work_with_fds_above_fd_setsize():
+    """csdemu/client.py Queue._block waits with select.select(), which raises
+    ValueError for a descriptor >= FD_SETSIZE (1024): a client process with
+    many open files cannot wait for a completion. (The crash part of the
+    torture suite hit it after ~50 trials, when a leaked Device's fds pushed
+    new vector fds past 1024.) poll() has no such limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = []
+    try:
+        while len(filler) < 1100 and (not filler or filler[-1] < 1030):
+            filler.append(os.open("/dev/null", os.O_RDONLY))
+        with small_daemon() as d, csdemu.connect(d.socket_path) as dev:
+            assert min(dev.vector_fds) >= 1024
+            q = dev.create_queue(4)
+            q.submit(VendorIoOpcode.NOP, ring=False)
+            with pytest.raises(TimeoutError):       # not rung: blocks, then times out (ValueError today)
+                q.wait(1, timeout=0.3)
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

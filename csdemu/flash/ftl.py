@@ -20,7 +20,7 @@ from csdemu.flash import gc as gcmod
 from csdemu.flash.checkpoint import TrimJournal, load_checkpoint, mark_unclean, save_checkpoint
 from csdemu.flash.faults import FaultInjector
 from csdemu.flash.geometry import Geometry
-from csdemu.flash.lines import STREAM_GC, STREAM_HOST, LineManager
+from csdemu.flash.lines import FIRST_USER_STREAM, FULL, OPEN, STREAM_GC, STREAM_HOST, LineManager
 from csdemu.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, NandArray
 from csdemu.flash.recovery import rebuild
 from csdemu.flash.timing import Clocks, NandTiming, Op, _pcie, advance_batch
@@ -38,6 +38,7 @@ class BlockFTL:
         g = self.geom = Geometry(profile)
         der = profile.derive()
         self.nlpns = der.user_pages
+        self.kv_lines = der.kv_lines
         self.pb = g.page_bytes
         self.sync_before_erase = sync_before_erase
         self.nand = NandArray(data_dir, g, create=create)
@@ -54,7 +55,7 @@ class BlockFTL:
         self._pgeo = np.array([g.S, g.channels, g.ways, g.flash_page_bytes], np.int64)
         self._link = (g.channels, g.ways, self.timing.pcie_mbps, self.timing.pcie_latency_ns)
         self.faults = FaultInjector.from_profile(profile)
-        self.gcp = gcmod.GcPolicy(profile, g.lines)
+        self.gcp = gcmod.GcPolicy(profile, g.lines - self.kv_lines)
         self.journal = TrimJournal(data_dir)
         if create:
             self.journal.truncate()
@@ -156,7 +157,10 @@ class BlockFTL:
         `stream`. Returns (ppns, last program done, per-page release times),
         or (None, start, None) if there is no space."""
         n = lpns.shape[0]
-        reserve = 0 if stream == STREAM_GC else self.gcp.reserve_lines
+        if stream >= FIRST_USER_STREAM:
+            reserve = 0                 # bounded by _within_kv_budget instead
+        else:                           # the host and GC never take KV's lines
+            reserve = self.kv_unused() + (0 if stream == STREAM_GC else self.gcp.reserve_lines)
         ppns = self.lines.allocate(stream, n, reserve=reserve, seq=self.seq)
         if ppns is None:
             return None, start, None
@@ -192,7 +196,7 @@ class BlockFTL:
         Background GC looks for a victim at most once per 1/16 line of writes."""
         lm, gp = self.lines, self.gcp
         t = now
-        free = lm.free_count
+        free = self.host_free()
         if free > gp.bg_free_lines:
             return t
         force = free <= gp.fg_free_lines
@@ -206,7 +210,7 @@ class BlockFTL:
             if v is None:
                 break
             t = max(t, gcmod.collect(self, v, now))
-            if not force or lm.free_count > gp.fg_free_lines:
+            if not force or self.host_free() > gp.fg_free_lines:
                 break
         return t
 
@@ -323,11 +327,33 @@ class BlockFTL:
         the OOB lpn field for the owner's recovery. -> (ppns or None, done_ns)."""
         if stream <= STREAM_GC:
             raise ValueError("streams 0 and 1 belong to the block FTL")
+        if not self._within_kv_budget(stream, pages.shape[0]):
+            return None, t0
         t = self.gc_if_needed(t0)
         ppns, t_prog, _ = self.place(stream, np.asarray(keys, np.int64), pages, max(t0, t))
         if ppns is not None:
             self.lines.mark_valid(ppns)
         return ppns, t_prog
+
+    def kv_held(self) -> int:
+        """Lines held by user streams (KV sequences)."""
+        lm = self.lines
+        return int((((lm.state == FULL) | (lm.state == OPEN)) & (lm.stream >= FIRST_USER_STREAM)).sum())
+
+    def kv_unused(self) -> int:
+        """Free lines kept for KV streams that they have not taken yet."""
+        return max(0, self.kv_lines - self.kv_held())
+
+    def host_free(self) -> int:
+        """Free lines the host and GC may use (GC thresholds count these)."""
+        return self.lines.free_count - self.kv_unused()
+
+    def _within_kv_budget(self, stream: int, n: int) -> bool:
+        """User streams (KV sequences) may hold at most the profile's kv_lines
+        lines, so they can never take the space the block namespace needs."""
+        lm = self.lines
+        short = max(0, n - lm.open_room(stream))
+        return self.kv_held() + -(-short // lm.ppl) <= self.kv_lines
 
     def stream_read(self, ppns: np.ndarray, t0: int, *, pcie: bool = False):
         """Read pages by PPN -> (ok, data, done_ns); data is a gather copy."""

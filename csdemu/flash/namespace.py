@@ -58,7 +58,8 @@ def _as_profile(profile) -> Profile:
 def _layout(p: Profile) -> dict:
     d = p.to_dict()
     return {"geometry": d["geometry"], "lba_size": d["device"]["lba_size"],
-            "over_provisioning_pct": d["device"]["over_provisioning_pct"]}
+            "over_provisioning_pct": d["device"]["over_provisioning_pct"],
+            "kv_pct": d["device"].get("kv_pct", 0.0)}
 
 
 class FlashNamespace:

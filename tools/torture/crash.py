@@ -92,11 +92,15 @@ class Writer(threading.Thread):
         return None
 
     def run(self):
+        self.dev = None
         try:
             self._run()
         except Exception as exc:          # noqa: BLE001 - the daemon was killed under us
             if not self.stop.is_set():
                 self.error = repr(exc)
+        finally:
+            if self.dev is not None:
+                self.dev.close()          # its fds, or a long run runs out of them
 
     def _run(self):
         dev = csdemu.connect(self.socket_path)

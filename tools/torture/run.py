@@ -56,7 +56,7 @@ def run_part(name: str, size: dict, seed: int, log=print) -> dict:
 
 def failures(results: dict) -> list[str]:
     """The criteria of the issue, as messages for every one that fails."""
-    bad = []
+    bad = [f"{p}: raised {tb.strip().splitlines()[-1]}" for p, tb in results.get("errors", {}).items()]
 
     def need(cond, msg):
         if not cond:
@@ -154,7 +154,12 @@ def run_all(size_name: str, only=None, seed: int | None = None, soak_seconds: fl
     for p in parts:
         t0 = time.monotonic()
         log(f"torture: {p} (seed {seed}) ...")
-        results[p] = run_part(p, size, seed, log=log)
+        try:
+            results[p] = run_part(p, size, seed, log=log)
+        except Exception:               # noqa: BLE001 - keep the other parts' figures
+            import traceback
+            results.setdefault("errors", {})[p] = traceback.format_exc()[-3000:]
+            log(f"torture: {p} raised:\n{results['errors'][p]}")
         log(f"torture: {p} done in {time.monotonic() - t0:.1f} s")
     results["failures"] = failures(results)
     results["summary"] = summary(results)
