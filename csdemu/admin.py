@@ -142,12 +142,12 @@ def identify(ctrl, s, cmd):
     if cns == idf.CNS.CONTROLLER:
         data = identify_controller(ctrl)
     elif cns == idf.CNS.NAMESPACE:
-        ns = ctrl.namespaces.get(nsid)
-        if ns is None:
-            return _bad(Status.INVALID_NAMESPACE)
-        data = np.frombuffer(ns.identify(), np.uint8)
+        st = ctrl.ns_access(s, nsid)
+        if st:
+            return _bad(st)
+        data = np.frombuffer(ctrl.namespaces[nsid].identify(), np.uint8)
     elif cns == idf.CNS.ACTIVE_NSID_LIST:
-        ids = sorted(n for n in ctrl.namespaces if n > nsid)[:1024]
+        ids = sorted(n for n in ctrl.namespaces if n > nsid and ctrl.visible(s, n))[:1024]
         data = np.zeros(1024, np.uint32)
         data[:len(ids)] = ids
     else:

@@ -70,6 +70,8 @@ class Queue:
         self.dev, self.qid, self.sq, self.cq, self.vector_fd = dev, qid, sq, cq, vector_fd
         self.free_cids = list(range(sq.depth - 1, -1, -1))
         self.outstanding = 0
+        self._poller = select.poll()
+        self._poller.register(vector_fd, select.POLLIN)
 
     @property
     def depth(self) -> int:
@@ -133,8 +135,7 @@ class Queue:
             if self.cq.ready():
                 return
             wait = 0.05 if deadline is None else max(0.0, min(0.05, (deadline - time.monotonic_ns()) / 1e9))
-            r, _, _ = select.select([self.vector_fd], [], [], wait)
-            if r:
+            if self._poller.poll(wait * 1000):          # poll(): fine with fds >= FD_SETSIZE
                 try:
                     os.eventfd_read(self.vector_fd)
                 except BlockingIOError:

@@ -152,6 +152,16 @@ class Controller:
                 return True
         return False
 
+    def ns_access(self, session, nsid: int) -> int:
+        """0 if `session` may use namespace `nsid`; a KV namespace is its owner's alone."""
+        if nsid not in self.namespaces:
+            return Status.INVALID_NAMESPACE
+        owner = self.owners.get(nsid)
+        return Status.ACCESS_DENIED if owner is not None and owner != session.id else 0
+
+    def visible(self, session, nsid: int) -> bool:
+        return self.ns_access(session, nsid) == 0
+
     def drop_session(self, session):
         self.held = [h for h in self.held if h[2] is not session]
         heapq.heapify(self.held)
@@ -246,18 +256,14 @@ class Controller:
             return self.complete(session, sq, cq, cid, Status.CID_CONFLICT,
                                  arrival_ns=arrival, done_ns=arrival, release=False)
         if opc == VendorIoOpcode.NOP:
-            st = self.check_flags(flags) or (Status.INVALID_NAMESPACE if nsid and nsid not in self.namespaces else 0)
+            st = self.check_flags(flags) or (self.ns_access(session, nsid) if nsid else 0)
             return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
-        ns = self.namespaces.get(nsid)
-        if ns is None:
-            return self.complete(session, sq, cq, cid, Status.INVALID_NAMESPACE,
-                                 arrival_ns=arrival, done_ns=arrival)
+        st = self.ns_access(session, nsid)
+        if st:
+            return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
+        ns = self.namespaces[nsid]
         if opc < 0x80 and not getattr(ns, "nvm", True):
             return self.complete(session, sq, cq, cid, Status.INVALID_OPCODE,
-                                 arrival_ns=arrival, done_ns=arrival)
-        owner = self.owners.get(nsid)
-        if owner is not None and owner != session.id:
-            return self.complete(session, sq, cq, cid, Status.ACCESS_DENIED,
                                  arrival_ns=arrival, done_ns=arrival)
         st = self.check_flags(flags)
         cdw = cmd[9:15]

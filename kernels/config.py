@@ -58,7 +58,7 @@ NUM_THREADS = (int(os.environ["CSDEMU_KERNELS_THREADS"])
 #: on (kernels/prefetch.py).  0 = off; 1 = next page.  Passed to the dense
 #: kernels at call time (may be changed after import); SparF reads it at
 #: compile time (on/off).
-PREFETCH = int(os.environ.get("CSDEMU_KERNELS_PREFETCH", "1"))
+PREFETCH = int(os.environ.get("CSDEMU_KERNELS_PREFETCH", "2"))
 
 def _host_has_f16c():
     try:

@@ -40,7 +40,7 @@ from numba import njit, prange
 from . import config
 from . import counters as C
 from .prefetch import prefetch_page
-from .simd import W, exp_nonpos, pv_accum, qk16, row_max
+from .simd import PREFETCH_IN_LOOP, W, exp_nonpos, pv_heads, qk_heads, row_max
 from .widen import widen_into
 
 DTYPE_F32 = config.DTYPE_F32
@@ -146,7 +146,7 @@ def _direct_ok(code):
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _scores_group(src, code, valid, qb, h0, G, kbuf, sbuf, col):
+def _scores_group(src, nxt, code, valid, qb, h0, G, kbuf, sbuf, col):
     """sbuf[j, col + t] = qb[h0 + j] . page[t] for t < valid, j < G.
 
     May also write up to 15 columns past ``col + valid`` (garbage the next
@@ -155,15 +155,10 @@ def _scores_group(src, code, valid, qb, h0, G, kbuf, sbuf, col):
     D = src.shape[1]
     if D % W == 0:
         if T % W == 0 and _direct_ok(code):
-            for j in range(G):
-                for t in range(0, valid, W):
-                    qk16(src, code, t, qb, h0 + j, sbuf, j, col + t)
+            qk_heads(src, nxt, code, valid, qb, h0, G, sbuf, 0, col)
         else:
-            kb = kbuf[:T]                 # kbuf has T rounded up to 16 rows
-            widen_into(src, code, kb)
-            for j in range(G):
-                for t in range(0, valid, W):
-                    qk16(kbuf, DTYPE_F32, t, qb, h0 + j, sbuf, j, col + t)
+            widen_into(src, code, kbuf[:T])   # kbuf: T rounded up to 16 rows
+            qk_heads(kbuf, kbuf, DTYPE_F32, valid, qb, h0, G, sbuf, 0, col)
     else:
         kb = kbuf[:T]
         widen_into(src, code, kb)
@@ -171,23 +166,30 @@ def _scores_group(src, code, valid, qb, h0, G, kbuf, sbuf, col):
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _values_group(src, code, valid, sbuf, col, G, vbuf, obuf):
+def _values_group(src, nxt, code, valid, sbuf, col, G, vbuf, obuf):
     """obuf[j] += sum_{t < valid} sbuf[j, col + t] * page[t] for j < G."""
     T = src.shape[0]
     D = src.shape[1]
     if D % W == 0:
         if _direct_ok(code):
-            for j in range(G):
-                pv_accum(src, code, 0, valid, sbuf, j, col, obuf, j)
+            pv_heads(src, nxt, code, valid, sbuf, 0, G, col, obuf, 0)
         else:
-            vb = vbuf[:T]
-            widen_into(src, code, vb)
-            for j in range(G):
-                pv_accum(vbuf, DTYPE_F32, 0, valid, sbuf, j, col, obuf, j)
+            widen_into(src, code, vbuf[:T])
+            pv_heads(vbuf, vbuf, DTYPE_F32, valid, sbuf, 0, G, col, obuf, 0)
     else:
         vb = vbuf[:T]
         widen_into(src, code, vb)
         _values_page(sbuf, col, G, vb, valid, obuf)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def _pos_ref(kp, vp, grp, n, i):
+    """Page reference at position ``i`` of the unit's page sequence (K pages
+    of ``grp[:n]``, then its V pages); the last page past the end."""
+    i = min(i, 2 * n - 1)
+    if i < n:
+        return kp[grp[i]]
+    return vp[grp[i - n]]
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
@@ -223,18 +225,25 @@ def _dense_unit(qb, pool, dram, code, k_pages, v_pages, S, gchan, kvh, c, G,
             n += 1
     if n == 0:
         return 0
-    for i in range(dist):
-        _prefetch_pos(pool, dram, kp, vp, grp, n, i)
+    # software prefetch: the vector loops prefetch the page ``dist`` ahead
+    # line by line as they read the current one (simd.PREFETCH_IN_LOOP);
+    # the first ``dist`` pages, or every page when the loops don't, are
+    # prefetched whole
+    burst = dist > 0 and not PREFETCH_IN_LOOP
+    if dist > 0:
+        for i in range(dist):
+            _prefetch_pos(pool, dram, kp, vp, grp, n, i)
     # pass 1: scores of every token of the unit, all G heads per page
     nt = 0
     for i in range(n):
-        if dist > 0:
+        if burst:
             _prefetch_pos(pool, dram, kp, vp, grp, n, i + dist)
         gi = grp[i]
         valid = min(T, S - gi * T)
         pid = kp[gi]
-        _scores_group(page_of(pool, dram, pid), code, valid, qb, h0, G, kbuf,
-                      sbuf, nt)
+        nxt = page_of(pool, dram, _pos_ref(kp, vp, grp, n, i + max(dist, 1)))
+        _scores_group(page_of(pool, dram, pid), nxt, code, valid, qb, h0, G,
+                      kbuf, sbuf, nt)
         ch = gchan[gi]
         if pid >= 0:
             ctr[ch, C.K_READ] += 1
@@ -260,12 +269,14 @@ def _dense_unit(qb, pool, dram, code, k_pages, v_pages, S, gchan, kvh, c, G,
     obuf[:G, :] = 0.0
     nt = 0
     for i in range(n):
-        if dist > 0:
+        if burst:
             _prefetch_pos(pool, dram, kp, vp, grp, n, n + i + dist)
         gi = grp[i]
         valid = min(T, S - gi * T)
         pid = vp[gi]
-        _values_group(page_of(pool, dram, pid), code, valid, sbuf, nt, G, vbuf, obuf)
+        nxt = page_of(pool, dram, _pos_ref(kp, vp, grp, n, n + i + max(dist, 1)))
+        _values_group(page_of(pool, dram, pid), nxt, code, valid, sbuf, nt, G,
+                      vbuf, obuf)
         ch = gchan[gi]
         if pid >= 0:
             ctr[ch, C.V_READ] += 1

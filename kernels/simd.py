@@ -29,6 +29,8 @@ a quarter of the dense kernel's time.
 Every function has a plain-Python body used under ``NUMBA_DISABLE_JIT``.
 """
 
+import os
+
 import numpy as np
 from llvmlite import ir
 from numba import njit
@@ -38,6 +40,9 @@ from numba.extending import intrinsic, overload
 from . import config
 
 W = 16                      #: lanes per vector (floats)
+#: the vector loops prefetch the next page line by line as they read the
+#: current one (see ``qk_heads``); compile-time switch
+PREFETCH_IN_LOOP = bool(config.PREFETCH) and os.environ.get("CSDEMU_KERNELS_PF_LOOP", "1") == "1"
 
 _f32 = ir.FloatType()
 _i16 = ir.IntType(16)
@@ -69,16 +74,45 @@ def _load_vec(builder, base, idx, kind):
     return builder.bitcast(wide, _vf)
 
 
+def _prefetch(builder, base, idx):
+    ptr = builder.bitcast(builder.gep(base, [idx]), ir.IntType(8).as_pointer())
+    fnty = ir.FunctionType(ir.VoidType(), [ptr.type, _i32, _i32, _i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    builder.call(fn, [ptr, _i32(0), _i32(3), _i32(1)])
+
+
+def _prefetch_rows(builder, nbase, rows, D, off, chunk, kind, intp):
+    """Prefetch ``rows`` rows of the next page at the same 16-element chunk
+    the current page is being read at (16-bit pages: every other chunk, one
+    prefetch per 64-byte line)."""
+    if not PREFETCH_IN_LOOP:
+        return
+    def emit():
+        for i in rows:
+            _prefetch(builder, nbase, builder.add(builder.mul(intp(i), D), off))
+    if kind == "f32":
+        emit()
+    else:
+        even = builder.icmp_unsigned("==", builder.and_(chunk, intp(1)), intp(0))
+        with builder.if_then(even):
+            emit()
+
+
 def _splat(builder, x):
     v = builder.insert_element(ir.Constant(_vf, ir.Undefined), x, _i32(0))
     return builder.shuffle_vector(v, ir.Constant(_vf, ir.Undefined),
                                   ir.Constant(ir.VectorType(_i32, W), [0] * W))
 
 
-def _reduce16(builder, accs):
-    """16 vectors (one per token) -> one vector of their 16 lane sums, token
-    order kept.  Stage with block size ``w`` pairs vectors (a, b) holding
-    blocks of ``2w`` partial lanes per token and halves the blocks."""
+def _reduce(builder, accs):
+    """``nt`` vectors (one per token; nt = 1, 2, 4, 8 or 16) -> one
+    ``<nt x float>`` of their lane sums, token order kept.
+
+    Pairwise stages first: a stage pairs vectors (a, b) that hold blocks of
+    ``2w`` partial lanes per token and leaves blocks of ``w`` (lanes of a,
+    then of b).  After log2(nt) stages one vector holds nt tokens x 16/nt
+    lanes; in-vector stages then halve the blocks until one lane per token is
+    left."""
     w = W // 2
     while len(accs) > 1:
         lo, hi = [], []
@@ -98,7 +132,20 @@ def _reduce16(builder, accs):
                                     builder.shuffle_vector(a, b, mhi)))
         accs = nxt
         w //= 2
-    return accs[0]
+    v = accs[0]
+    n = v.type.count
+    blk = 2 * w                                   # lanes per token now
+    while blk > 1:
+        ntok = n // blk
+        half = blk // 2
+        lo = [t * blk + i for t in range(ntok) for i in range(half)]
+        hi = [t * blk + half + i for t in range(ntok) for i in range(half)]
+        mk = lambda m: ir.Constant(ir.VectorType(_i32, len(m)), m)
+        v = builder.fadd(builder.shuffle_vector(v, v, mk(lo)),
+                         builder.shuffle_vector(v, v, mk(hi)))
+        n = ntok * half
+        blk = half
+    return v
 
 
 def _kind(arr, code_is_bf16):
@@ -115,175 +162,366 @@ def _ptr_of(context, builder, aryty, ary):
     return a.data, shape
 
 
-# --- scores: 16 tokens x one q head -----------------------------------------
+# --- scores: a block of tokens x up to 4 q heads ---------------------------
 
-def _make_qk16(kind):
+#: tokens per qk block for g heads: g * tokens accumulators must fit in the
+#: 32 vector registers with the q and k vectors.
+QK_TOKENS = {1: 16, 2: 8, 3: 8, 4: 4}
+
+
+def _make_qk(kind, g):
+    nt = QK_TOKENS[g]
+
     @intrinsic
-    def _qk16(typingctx, K, t0, Q, qrow, S, srow, col):
+    def _qk(typingctx, K, N, t0, Q, qrow, S, srow, col):
         if not (isinstance(K, types.Array) and K.ndim == 2 and K.layout == "C"
-                and _kind(K, kind == "bf16") == kind):
+                and _kind(K, kind == "bf16") == kind and N == K):
             return None
-        sig = types.void(K, t0, Q, qrow, S, srow, col)
+        sig = types.void(K, N, t0, Q, qrow, S, srow, col)
 
         def codegen(context, builder, sig, args):
-            k_ary, t0v, q_ary, qrowv, s_ary, srowv, colv = args
+            k_ary, n_ary, t0v, q_ary, qrowv, s_ary, srowv, colv = args
             kdata, (_, D) = _ptr_of(context, builder, sig.args[0], k_ary)
-            qdata, _ = _ptr_of(context, builder, sig.args[2], q_ary)
-            sdata, (_, SC) = _ptr_of(context, builder, sig.args[4], s_ary)
+            ndata, _ = _ptr_of(context, builder, sig.args[1], n_ary)
+            qdata, _ = _ptr_of(context, builder, sig.args[3], q_ary)
+            sdata, (_, SC) = _ptr_of(context, builder, sig.args[5], s_ary)
             intp = D.type
-            t0v = context.cast(builder, t0v, sig.args[1], types.intp)
-            qrowv = context.cast(builder, qrowv, sig.args[3], types.intp)
-            srowv = context.cast(builder, srowv, sig.args[5], types.intp)
-            colv = context.cast(builder, colv, sig.args[6], types.intp)
+            t0v = context.cast(builder, t0v, sig.args[2], types.intp)
+            qrowv = context.cast(builder, qrowv, sig.args[4], types.intp)
+            srowv = context.cast(builder, srowv, sig.args[6], types.intp)
+            colv = context.cast(builder, colv, sig.args[7], types.intp)
             kbase = builder.gep(kdata, [builder.mul(t0v, D)])
+            nbase = builder.gep(ndata, [builder.mul(t0v, D)])
             qbase = builder.gep(qdata, [builder.mul(qrowv, D)])
-            accp = [cgutils.alloca_once_value(builder, ir.Constant(_vf, None))
-                    for _ in range(W)]
+            zero = ir.Constant(_vf, None)
+            accp = [[cgutils.alloca_once_value(builder, zero) for _ in range(nt)]
+                    for _ in range(g)]
             nchunk = builder.udiv(D, intp(W))
             with cgutils.for_range(builder, nchunk) as loop:
                 off = builder.mul(loop.index, intp(W))
-                qv = _load_vec(builder, qbase, off, "f32")
-                for i in range(W):
+                _prefetch_rows(builder, nbase, range(nt), D, off, loop.index, kind, intp)
+                qv = [_load_vec(builder, qbase,
+                                builder.add(builder.mul(intp(j), D), off), "f32")
+                      for j in range(g)]
+                for i in range(nt):
                     kv = _load_vec(builder, kbase,
                                    builder.add(builder.mul(intp(i), D), off), kind)
-                    builder.store(_fmuladd(builder, qv, kv, builder.load(accp[i])),
-                                  accp[i])
-            res = _reduce16(builder, [builder.load(p) for p in accp])
-            sptr = builder.gep(sdata, [builder.add(builder.mul(srowv, SC), colv)])
-            builder.store(res, builder.bitcast(sptr, _vf.as_pointer()), align=4)
+                    for j in range(g):
+                        builder.store(_fmuladd(builder, qv[j], kv,
+                                               builder.load(accp[j][i])), accp[j][i])
+            vt = ir.VectorType(_f32, nt)
+            for j in range(g):
+                res = _reduce(builder, [builder.load(p) for p in accp[j]])
+                row = builder.add(srowv, intp(j))
+                sptr = builder.gep(sdata, [builder.add(builder.mul(row, SC), colv)])
+                builder.store(res, builder.bitcast(sptr, vt.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
-    return _qk16
+    return _qk
 
 
-_qk16_f32 = _make_qk16("f32")
-_qk16_f16 = _make_qk16("f16")
-_qk16_bf16 = _make_qk16("bf16")
+_KINDS = ("f32", "f16", "bf16")
+_QK = {(k, g): _make_qk(k, g) for k in _KINDS for g in (1, 2, 3, 4)}
 
 
-def qk16(K, code, t0, Q, qrow, S, srow, col):
-    """``S[srow, col + i] = Q[qrow] . K[t0 + i]`` for i in 0..15.
+def qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
+    """``S[srow + j, col + t] = Q[qrow + j] . K[t]`` for t < valid, j < G.
 
     ``K`` [rows, D] float32 or uint16 (fp16 / bf16 bits per ``code``),
-    ``rows >= t0 + 16``, ``D % 16 == 0``; ``Q`` float32 [*, D]; ``S`` float32
-    with ``col + 16`` columns.  All C-contiguous.  Rows past the valid tokens
-    may hold anything: their lanes are written to ``S`` and must be ignored
-    (later tokens overwrite them)."""
-    Kf = K.astype(np.float32) if K.dtype == np.float32 else _py_widen(K, code)
-    S[srow, col:col + W] = Kf[t0:t0 + W] @ Q[qrow]
+    ``D % 16 == 0``, ``rows`` a multiple of 16 (>= valid): whole blocks of 4,
+    8 or 16 tokens are computed, so up to 15 columns past ``col + valid`` are
+    written with whatever the spare rows give (``S`` needs them; later tokens
+    overwrite them).  ``N``: the page that will be read next (same dtype and
+    shape; may be ``K`` itself), prefetched line by line while ``K`` is read.  ``Q`` float32 [*, D]; ``S`` float32.  All C-contiguous.
+    Each K row is read once per 4 heads (the heads share the widened row)."""
+    Kf = _py_widen(K, code)
+    nt = QK_TOKENS[min(G, 4)]
+    n = min((valid + nt - 1) // nt * nt, Kf.shape[0]) if valid > 0 else 0
+    S[srow:srow + G, col:col + n] = Q[qrow:qrow + G] @ Kf[:n].T
 
 
-@overload(qk16, jit_options={"fastmath": config.FASTMATH})
-def _ol_qk16(K, code, t0, Q, qrow, S, srow, col):
-    if K.dtype == types.float32:
-        return lambda K, code, t0, Q, qrow, S, srow, col: _qk16_f32(
-            K, t0, Q, qrow, S, srow, col)
-    if K.dtype == types.uint16 and config.F16C:
-        def impl(K, code, t0, Q, qrow, S, srow, col):
-            if code == config.DTYPE_BF16:
-                _qk16_bf16(K, t0, Q, qrow, S, srow, col)
+def _qk_intrinsics(dtype):
+    """(for float32 / bf16 pages, for fp16 pages) intrinsic 4-tuples."""
+    if dtype == types.float32:
+        q = tuple(_QK["f32", g] for g in (1, 2, 3, 4))
+        return q, q
+    q = tuple(_QK["bf16", g] for g in (1, 2, 3, 4))
+    if config.F16C:
+        return q, tuple(_QK["f16", g] for g in (1, 2, 3, 4))
+    return q, None
+
+
+@overload(qk_heads, jit_options={"fastmath": config.FASTMATH})
+def _ol_qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
+    if K.dtype not in (types.float32, types.uint16):
+        return None
+    (q1, q2, q3, q4), fp16 = _qk_intrinsics(K.dtype)
+    needs_check = fp16 is None
+    p1, p2, p3, p4 = fp16 if fp16 is not None else (q1, q2, q3, q4)
+    f32 = K.dtype == types.float32
+
+    def impl(K, N, code, valid, Q, qrow, G, S, srow, col):
+        plain = f32 or code == config.DTYPE_BF16
+        if needs_check and not plain:
+            raise ValueError("qk_heads: fp16 pages need F16C")
+        j = 0
+        while j < G:
+            g = min(4, G - j)
+            if g == 4:
+                for t in range(0, valid, 4):
+                    if plain:
+                        q4(K, N, t, Q, qrow + j, S, srow + j, col + t)
+                    else:
+                        p4(K, N, t, Q, qrow + j, S, srow + j, col + t)
+            elif g == 3:
+                for t in range(0, valid, 8):
+                    if plain:
+                        q3(K, N, t, Q, qrow + j, S, srow + j, col + t)
+                    else:
+                        p3(K, N, t, Q, qrow + j, S, srow + j, col + t)
+            elif g == 2:
+                for t in range(0, valid, 8):
+                    if plain:
+                        q2(K, N, t, Q, qrow + j, S, srow + j, col + t)
+                    else:
+                        p2(K, N, t, Q, qrow + j, S, srow + j, col + t)
             else:
-                _qk16_f16(K, t0, Q, qrow, S, srow, col)
-        return impl
-    if K.dtype == types.uint16:         # no F16C: fp16 pages must be widened
-        def impl(K, code, t0, Q, qrow, S, srow, col):
-            if code != config.DTYPE_BF16:
-                raise ValueError("qk16: fp16 pages need F16C")
-            _qk16_bf16(K, t0, Q, qrow, S, srow, col)
-        return impl
-    return None
+                for t in range(0, valid, 16):
+                    if plain:
+                        q1(K, N, t, Q, qrow + j, S, srow + j, col + t)
+                    else:
+                        p1(K, N, t, Q, qrow + j, S, srow + j, col + t)
+            j += g
+    return impl
 
 
-# --- values: o += p . V for one q head -----------------------------------------
+# --- values: o += p . V for up to 4 q heads -------------------------------------
 
-def _make_pv(kind):
+def _make_pv(kind, g):
+    nu = 4 if g == 1 else 2         # accumulators per head (FMA latency)
+
     @intrinsic
-    def _pv(typingctx, V, t0, n, P, prow, pcol, O, orow):
+    def _pv(typingctx, V, N, n, P, prow, pcol, O, orow):
         if not (isinstance(V, types.Array) and V.ndim == 2 and V.layout == "C"
-                and _kind(V, kind == "bf16") == kind):
+                and _kind(V, kind == "bf16") == kind and N == V):
             return None
-        sig = types.void(V, t0, n, P, prow, pcol, O, orow)
+        sig = types.void(V, N, n, P, prow, pcol, O, orow)
 
         def codegen(context, builder, sig, args):
-            v_ary, t0v, nv, p_ary, prowv, pcolv, o_ary, orowv = args
+            v_ary, n_ary, nv, p_ary, prowv, pcolv, o_ary, orowv = args
             vdata, (_, D) = _ptr_of(context, builder, sig.args[0], v_ary)
+            ndata, (NR, _) = _ptr_of(context, builder, sig.args[1], n_ary)
             pdata, (_, PC) = _ptr_of(context, builder, sig.args[3], p_ary)
             odata, _ = _ptr_of(context, builder, sig.args[6], o_ary)
             intp = D.type
             c = lambda v, i: context.cast(builder, v, sig.args[i], types.intp)
-            t0v, nv, prowv, pcolv, orowv = (c(t0v, 1), c(nv, 2), c(prowv, 4),
-                                            c(pcolv, 5), c(orowv, 7))
-            vbase = builder.gep(vdata, [builder.mul(t0v, D)])
-            pbase = builder.gep(pdata, [builder.add(builder.mul(prowv, PC), pcolv)])
+            nv, prowv, pcolv, orowv = c(nv, 2), c(prowv, 4), c(pcolv, 5), c(orowv, 7)
+            pbase = [builder.gep(pdata, [builder.add(
+                builder.mul(builder.add(prowv, intp(j)), PC), pcolv)]) for j in range(g)]
             obase = builder.gep(odata, [builder.mul(orowv, D)])
             zero = ir.Constant(_vf, None)
-            accp = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+            accp = [[cgutils.alloca_once_value(builder, zero) for _ in range(nu)]
+                    for _ in range(g)]
             nchunk = builder.udiv(D, intp(W))
-            n4 = builder.udiv(nv, intp(4))
+            nb = builder.udiv(nv, intp(nu))
+
+            def step(t, u):
+                vv = _load_vec(builder, vdata, builder.add(builder.mul(t, D), off), kind)
+                _pf_next(t)
+                for j in range(g):
+                    pv = _splat(builder, builder.load(builder.gep(pbase[j], [t])))
+                    builder.store(_fmuladd(builder, pv, vv, builder.load(accp[j][u])),
+                                  accp[j][u])
+
+            def _pf_next(t):
+                # the same element of the next page (its first NR rows)
+                if not PREFETCH_IN_LOOP:
+                    return
+                inside = builder.icmp_unsigned("<", t, NR)
+                with builder.if_then(inside):
+                    _prefetch_rows(builder, builder.gep(ndata, [builder.mul(t, D)]),
+                                   [0], D, off, cl.index, kind, intp)
+
             with cgutils.for_range(builder, nchunk) as cl:
                 off = builder.mul(cl.index, intp(W))
-                for p in accp:
-                    builder.store(zero, p)
-                with cgutils.for_range(builder, n4) as tl:
-                    tb = builder.mul(tl.index, intp(4))
-                    for u in range(4):
-                        t = builder.add(tb, intp(u))
-                        pv = _splat(builder, builder.load(builder.gep(pbase, [t])))
-                        vv = _load_vec(builder, vbase, builder.add(builder.mul(t, D), off), kind)
-                        builder.store(_fmuladd(builder, pv, vv, builder.load(accp[u])),
-                                      accp[u])
-                with cgutils.for_range(builder, nv, start=builder.mul(n4, intp(4))) as tl:
-                    t = tl.index
-                    pv = _splat(builder, builder.load(builder.gep(pbase, [t])))
-                    vv = _load_vec(builder, vbase, builder.add(builder.mul(t, D), off), kind)
-                    builder.store(_fmuladd(builder, pv, vv, builder.load(accp[0])), accp[0])
-                a = [builder.load(p) for p in accp]
-                s = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
-                optr = builder.bitcast(builder.gep(obase, [off]), _vf.as_pointer())
-                builder.store(builder.fadd(builder.load(optr, align=4), s), optr, align=4)
+                for row in accp:
+                    for p in row:
+                        builder.store(zero, p)
+                with cgutils.for_range(builder, nb) as tl:
+                    tb = builder.mul(tl.index, intp(nu))
+                    for u in range(nu):
+                        step(builder.add(tb, intp(u)), u)
+                with cgutils.for_range(builder, nv, start=builder.mul(nb, intp(nu))) as tl:
+                    step(tl.index, 0)
+                for j in range(g):
+                    a = [builder.load(p) for p in accp[j]]
+                    while len(a) > 1:
+                        a = [builder.fadd(a[i], a[i + 1]) for i in range(0, len(a), 2)]
+                    optr = builder.bitcast(builder.gep(obase, [builder.add(
+                        builder.mul(intp(j), D), off)]), _vf.as_pointer())
+                    builder.store(builder.fadd(builder.load(optr, align=4), a[0]),
+                                  optr, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
     return _pv
 
 
-_pv_f32 = _make_pv("f32")
-_pv_f16 = _make_pv("f16")
-_pv_bf16 = _make_pv("bf16")
+_PV = {(k, g): _make_pv(k, g) for k in _KINDS for g in (1, 2, 3, 4)}
 
 
-def pv_accum(V, code, t0, n, P, prow, pcol, O, orow):
-    """``O[orow, :] += sum_{i < n} P[prow, pcol + i] * V[t0 + i, :]``.
+def pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
+    """``O[orow + j, :] += sum_{t < n} P[prow + j, pcol + t] * V[t, :]`` for
+    j < G.  ``V`` [rows, D] float32 or uint16 (per ``code``), ``D % 16 ==
+    0``; only rows ``0 .. n - 1`` are read, each once per 4 heads.  ``N``:
+    the next page (same dtype and row length), prefetched as ``V`` is read.  ``P``,
+    ``O`` float32, C-contiguous."""
+    Vf = _py_widen(V, code)
+    O[orow:orow + G] += P[prow:prow + G, pcol:pcol + n] @ Vf[:n]
 
-    ``V`` [rows, D] float32 or uint16 (per ``code``), ``D % 16 == 0``; only
-    rows ``t0 .. t0 + n - 1`` are read.  ``P``, ``O`` float32, C-contiguous."""
-    Vf = V.astype(np.float32) if V.dtype == np.float32 else _py_widen(V, code)
-    O[orow] += P[prow, pcol:pcol + n] @ Vf[t0:t0 + n]
 
-
-@overload(pv_accum, jit_options={"fastmath": config.FASTMATH})
-def _ol_pv_accum(V, code, t0, n, P, prow, pcol, O, orow):
+@overload(pv_heads, jit_options={"fastmath": config.FASTMATH})
+def _ol_pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
     if V.dtype == types.float32:
-        return lambda V, code, t0, n, P, prow, pcol, O, orow: _pv_f32(
-            V, t0, n, P, prow, pcol, O, orow)
-    if V.dtype == types.uint16 and config.F16C:
-        def impl(V, code, t0, n, P, prow, pcol, O, orow):
-            if code == config.DTYPE_BF16:
-                _pv_bf16(V, t0, n, P, prow, pcol, O, orow)
+        q1, q2, q3, q4 = (_PV["f32", g] for g in (1, 2, 3, 4))
+        fp16 = (q1, q2, q3, q4)
+    elif V.dtype == types.uint16:
+        q1, q2, q3, q4 = (_PV["bf16", g] for g in (1, 2, 3, 4))
+        fp16 = tuple(_PV["f16", g] for g in (1, 2, 3, 4)) if config.F16C else None
+    else:
+        return None
+    needs_check = fp16 is None
+    p1, p2, p3, p4 = fp16 if fp16 is not None else (q1, q2, q3, q4)
+    f32 = V.dtype == types.float32
+
+    def impl(V, N, code, n, P, prow, G, pcol, O, orow):
+        plain = f32 or code == config.DTYPE_BF16
+        if needs_check and not plain:
+            raise ValueError("pv_heads: fp16 pages need F16C")
+        j = 0
+        while j < G:
+            g = min(4, G - j)
+            if g == 4:
+                if plain:
+                    q4(V, N, n, P, prow + j, pcol, O, orow + j)
+                else:
+                    p4(V, N, n, P, prow + j, pcol, O, orow + j)
+            elif g == 3:
+                if plain:
+                    q3(V, N, n, P, prow + j, pcol, O, orow + j)
+                else:
+                    p3(V, N, n, P, prow + j, pcol, O, orow + j)
+            elif g == 2:
+                if plain:
+                    q2(V, N, n, P, prow + j, pcol, O, orow + j)
+                else:
+                    p2(V, N, n, P, prow + j, pcol, O, orow + j)
             else:
-                _pv_f16(V, t0, n, P, prow, pcol, O, orow)
-        return impl
-    if V.dtype == types.uint16:         # no F16C: fp16 pages must be widened
-        def impl(V, code, t0, n, P, prow, pcol, O, orow):
-            if code != config.DTYPE_BF16:
-                raise ValueError("pv_accum: fp16 pages need F16C")
-            _pv_bf16(V, t0, n, P, prow, pcol, O, orow)
-        return impl
-    return None
+                if plain:
+                    q1(V, N, n, P, prow + j, pcol, O, orow + j)
+                else:
+                    p1(V, N, n, P, prow + j, pcol, O, orow + j)
+            j += g
+    return impl
+
+
+# --- values over selected rows: o += p . V[rows] for one q head ----------------
+
+def _make_pvx(kind):
+    @intrinsic
+    def _pvx(typingctx, V, idx, i0, t0, n, P, prow, O, orow):
+        if not (isinstance(V, types.Array) and V.ndim == 2 and V.layout == "C"
+                and _kind(V, kind == "bf16") == kind
+                and isinstance(idx, types.Array) and idx.ndim == 2
+                and idx.layout == "C" and idx.dtype == types.int64):
+            return None
+        sig = types.void(V, idx, i0, t0, n, P, prow, O, orow)
+
+        def codegen(context, builder, sig, args):
+            v_ary, x_ary, i0v, t0v, nv, p_ary, prowv, o_ary, orowv = args
+            vdata, (_, D) = _ptr_of(context, builder, sig.args[0], v_ary)
+            xdata, (_, XC) = _ptr_of(context, builder, sig.args[1], x_ary)
+            pdata, (_, PC) = _ptr_of(context, builder, sig.args[5], p_ary)
+            odata, _ = _ptr_of(context, builder, sig.args[7], o_ary)
+            intp = D.type
+            c = lambda v, i: context.cast(builder, v, sig.args[i], types.intp)
+            i0v, t0v, nv, prowv, orowv = (c(i0v, 2), c(t0v, 3), c(nv, 4), c(prowv, 6),
+                                          c(orowv, 8))
+            # idx row prow, P row prow, both from column i0
+            xbase = builder.gep(xdata, [builder.add(builder.mul(prowv, XC), i0v)])
+            pbase = builder.gep(pdata, [builder.add(builder.mul(prowv, PC), i0v)])
+            obase = builder.gep(odata, [builder.mul(orowv, D)])
+            zero = ir.Constant(_vf, None)
+            accp = [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+            nchunk = builder.udiv(D, intp(W))
+            nb = builder.udiv(nv, intp(2))
+
+            def step(i, u):
+                t = builder.sub(builder.load(builder.gep(xbase, [i])), t0v)
+                vv = _load_vec(builder, vdata, builder.add(builder.mul(t, D), off), kind)
+                pv = _splat(builder, builder.load(builder.gep(pbase, [i])))
+                builder.store(_fmuladd(builder, pv, vv, builder.load(accp[u])), accp[u])
+
+            with cgutils.for_range(builder, nchunk) as cl:
+                off = builder.mul(cl.index, intp(W))
+                for p in accp:
+                    builder.store(zero, p)
+                with cgutils.for_range(builder, nb) as tl:
+                    ib = builder.mul(tl.index, intp(2))
+                    step(ib, 0)
+                    step(builder.add(ib, intp(1)), 1)
+                with cgutils.for_range(builder, nv, start=builder.mul(nb, intp(2))) as tl:
+                    step(tl.index, 0)
+                a = builder.fadd(builder.load(accp[0]), builder.load(accp[1]))
+                optr = builder.bitcast(builder.gep(obase, [off]), _vf.as_pointer())
+                builder.store(builder.fadd(builder.load(optr, align=4), a), optr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+    return _pvx
+
+
+_PVX = {k: _make_pvx(k) for k in _KINDS}
+
+
+def pv_rows(V, code, idx, i0, t0, n, P, j, O, orow):
+    """``O[orow, :] += sum_{i < n} P[j, i0 + i] * V[idx[j, i0 + i] - t0, :]``:
+    the value sum of one head over selected rows of a page (``idx``: int64
+    token ids, ``P`` their weights, same column).  ``V`` float32 or uint16
+    (per ``code``), ``D % 16 == 0``; only the listed rows are read."""
+    Vf = _py_widen(V, code)
+    rows = idx[j, i0:i0 + n] - t0
+    O[orow] += P[j, i0:i0 + n] @ Vf[rows]
+
+
+@overload(pv_rows, jit_options={"fastmath": config.FASTMATH})
+def _ol_pv_rows(V, code, idx, i0, t0, n, P, j, O, orow):
+    if V.dtype == types.float32:
+        f, h = _PVX["f32"], _PVX["f32"]
+    elif V.dtype == types.uint16:
+        f = _PVX["bf16"]
+        h = _PVX["f16"] if config.F16C else None
+    else:
+        return None
+    needs_check = h is None
+    if h is None:
+        h = f
+    plain_dtype = V.dtype == types.float32
+
+    def impl(V, code, idx, i0, t0, n, P, j, O, orow):
+        if plain_dtype or code == config.DTYPE_BF16:
+            f(V, idx, i0, t0, n, P, j, O, orow)
+        else:
+            if needs_check:
+                raise ValueError("pv_rows: fp16 pages need F16C")
+            h(V, idx, i0, t0, n, P, j, O, orow)
+    return impl
 
 
 def _py_widen(a, code):
+    if a.dtype == np.float32:
+        return a
     if code == config.DTYPE_BF16:
         return (a.astype(np.uint32) << 16).view(np.float32)
     return a.view(np.float16).astype(np.float32)

@@ -28,8 +28,11 @@ from numba import njit, prange
 
 from . import config
 from . import counters as C
-from .dense import page_of
+from .dense import _direct_ok, page_of
+from .simd import W, exp_nonpos, pv_rows, qk_heads, row_max
 from .widen import widen_into
+
+DTYPE_F32 = config.DTYPE_F32
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -37,14 +40,22 @@ def topk_ascending(vals, n, k, out):
     """Indices of the ``k`` largest of ``vals[:n]`` in ascending index order,
     ties broken towards the lower index (as a stable sort on ``-vals``).
     Writes ``out[:count]``; returns count = min(k, n)."""
+    return topk_ascending_buf(vals, n, k, out, np.empty(max(n, 1), vals.dtype))
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def topk_ascending_buf(vals, n, k, out, tmp):
+    """:func:`topk_ascending` with a caller-provided scratch ``tmp`` of at
+    least ``n`` elements (no allocation)."""
     if k >= n:
         for i in range(n):
             out[i] = i
         return n
     if k <= 0:
         return 0
-    tmp = vals[:n].copy()
-    thr = np.partition(tmp, n - k)[n - k]
+    t = tmp[:n]
+    t[:] = vals[:n]
+    thr = np.partition(t, n - k)[n - k]
     ngt = 0
     for i in range(n):
         if vals[i] > thr:
@@ -69,9 +80,9 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                 scale, out, alpha_out, ctr, b, kvh, G,
                 dims, qr, qs, absq, rowneed, dbneed, shat, sel, nsel, alpha,
                 es, lsum, need, ptr, rowdone, kbuf, vbuf, dbuf, obuf,
-                touched_tok, touched_db):
+                touched_tok, touched_db, pbuf, ktmp):
     D = q.shape[2]
-    T = kbuf.shape[0]
+    T = pool.shape[1]
     Dp = dbuf.shape[0]
     Tp = dbuf.shape[1]
     NDB = D // Dp
@@ -96,7 +107,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             absq[d] = a
             tot += a
             qs[j, d] = q[b, h0 + j, d] * scale
-        topk_ascending(absq, D, r, dims[j])
+        topk_ascending_buf(absq, D, r, dims[j], ktmp)
         part = np.float32(0.0)
         for i in range(r):
             part += absq[dims[j, i]]
@@ -157,13 +168,12 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
     nwin = min(window, S)
     nrest = S - nwin
     for j in range(G):
-        m = shat[j, 0]
-        for t in range(1, S):
-            m = max(m, shat[j, t])
+        srow = shat[j, :S]
+        m = row_max(srow, S)
         tot = np.float32(0.0)
         for t in range(S):
-            tot += np.exp(shat[j, t] - m)
-        c = topk_ascending(shat[j], nrest, min(k, nrest), sel[j])
+            tot += exp_nonpos(srow[t] - m)
+        c = topk_ascending_buf(shat[j], nrest, min(k, nrest), sel[j], ktmp)
         for i in range(nwin):
             sel[j, c + i] = nrest + i
         c += nwin
@@ -173,7 +183,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
         else:
             part = np.float32(0.0)
             for i in range(c):
-                part += np.exp(shat[j, sel[j, i]] - m)
+                part += exp_nonpos(shat[j, sel[j, i]] - m)
             alpha[j] = part / tot
     for gi in range(ng):
         nvalid = min(T, S - gi * T)
@@ -199,7 +209,6 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             continue
         pid = k_pages[b, kvh, gi]
         src = page_of(pool, dram, pid)
-        rowdone[:] = False
         if pid >= 0:
             ctr[ch, C.K_READ] += 1
             ctr[ch, C.FLASH_BYTES] += page_bytes
@@ -209,28 +218,44 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
         t0 = gi * T
         t1 = t0 + T
         nt = 0
-        for j in range(G):
-            while ptr[j] < nsel[j] and sel[j, ptr[j]] < t1:
-                t = sel[j, ptr[j]] - t0
-                if not rowdone[t]:          # widen only the selected rows
-                    widen_into(src[t], code, kbuf[t])
-                    rowdone[t] = True
-                acc = np.float32(0.0)
-                for d in range(D):
-                    acc += qs[j, d] * kbuf[t, d]
-                es[j, ptr[j]] = acc
-                ptr[j] += 1
-                nt += 1
+        if D % W == 0:
+            # vector path: the scores of the whole page for all G heads
+            # (unselected rows' scores are dropped), then pick
+            valid = min(T, S - t0)
+            if T % W == 0 and _direct_ok(code):
+                qk_heads(src, src, code, valid, qs, 0, G, pbuf, 0, 0)
+            else:
+                widen_into(src, code, kbuf[:T])
+                qk_heads(kbuf, kbuf, DTYPE_F32, valid, qs, 0, G, pbuf, 0, 0)
+            for j in range(G):
+                while ptr[j] < nsel[j] and sel[j, ptr[j]] < t1:
+                    es[j, ptr[j]] = pbuf[j, sel[j, ptr[j]] - t0]
+                    ptr[j] += 1
+                    nt += 1
+        else:
+            rowdone[:] = False
+            for j in range(G):
+                while ptr[j] < nsel[j] and sel[j, ptr[j]] < t1:
+                    t = sel[j, ptr[j]] - t0
+                    if not rowdone[t]:          # widen only the selected rows
+                        widen_into(src[t], code, kbuf[t])
+                        rowdone[t] = True
+                    acc = np.float32(0.0)
+                    for d in range(D):
+                        acc += qs[j, d] * kbuf[t, d]
+                    es[j, ptr[j]] = acc
+                    ptr[j] += 1
+                    nt += 1
         ctr[ch, C.MACS] += 2 * D * nt
         ctr[ch, C.EXPS] += nt
     for j in range(G):
-        m = es[j, 0] if nsel[j] > 0 else np.float32(0.0)
-        for i in range(1, nsel[j]):
-            m = max(m, es[j, i])
+        nj = nsel[j]
+        erow = es[j, :nj]
+        m = row_max(erow, nj) if nj > 0 else np.float32(0.0)
         s = np.float32(0.0)
-        for i in range(nsel[j]):
-            p = np.exp(es[j, i] - m)
-            es[j, i] = p
+        for i in range(nj):
+            p = exp_nonpos(erow[i] - m)
+            erow[i] = p
             s += p
         lsum[j] = s
         ptr[j] = 0
@@ -243,7 +268,6 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             continue
         pid = v_pages[b, kvh, gi]
         src = page_of(pool, dram, pid)
-        rowdone[:] = False
         if pid >= 0:
             ctr[ch, C.V_READ] += 1
             ctr[ch, C.FLASH_BYTES] += page_bytes
@@ -252,16 +276,30 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             ctr[ch, C.DRAM_BYTES] += page_bytes
         t0 = gi * T
         t1 = t0 + T
+        if D % W == 0 and _direct_ok(code):
+            # per head: its selected rows of the page, straight from the page
+            for j in range(G):
+                i0 = ptr[j]
+                while ptr[j] < nsel[j] and sel[j, ptr[j]] < t1:
+                    ptr[j] += 1
+                if ptr[j] > i0:
+                    pv_rows(src, code, sel, i0, t0, ptr[j] - i0, es, j, obuf, j)
+            continue
+        rowdone[:] = False
         for j in range(G):
+            i0 = ptr[j]
             while ptr[j] < nsel[j] and sel[j, ptr[j]] < t1:
                 t = sel[j, ptr[j]] - t0
-                if not rowdone[t]:
+                if not rowdone[t]:          # widen only the selected rows
                     widen_into(src[t], code, vbuf[t])
                     rowdone[t] = True
-                p = es[j, ptr[j]]
-                for d in range(D):
-                    obuf[j, d] += p * vbuf[t, d]
+                if D % W != 0:
+                    p = es[j, ptr[j]]
+                    for d in range(D):
+                        obuf[j, d] += p * vbuf[t, d]
                 ptr[j] += 1
+            if D % W == 0 and ptr[j] > i0:
+                pv_rows(vbuf, DTYPE_F32, sel, i0, t0, ptr[j] - i0, es, j, obuf, j)
 
     # (e) blend with the mean value vector
     for j in range(G):
@@ -313,10 +351,13 @@ def sparf_kernel(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
         need = np.empty(gmax, np.bool_)
         ptr = np.empty(G, np.int64)
         rowdone = np.empty(T, np.bool_)
-        kbuf = np.empty((T, D), np.float32)
-        vbuf = np.empty((T, D), np.float32)
+        TR = (T + W - 1) // W * W
+        kbuf = np.zeros((TR, D), np.float32)
+        vbuf = np.zeros((TR, D), np.float32)
         dbuf = np.empty((Dp, Tp), np.float32)
         obuf = np.empty((G, D), np.float32)
+        pbuf = np.empty((G, TR + W), np.float32)
+        ktmp = np.empty(max(smax, D), np.float32)
         for u in range(tid, nunits, nth):
             _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens,
                         group_channel, kd_pool, kd_dram, kd_pages, dim_channel,
@@ -324,6 +365,6 @@ def sparf_kernel(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                         u // Hkv, u % Hkv, G,
                         dims, qr, qs, absq, rowneed, dbneed, shat, sel, nsel,
                         alpha, es, lsum, need, ptr, rowdone, kbuf, vbuf, dbuf,
-                        obuf, touched_tok, touched_db)
+                        obuf, touched_tok, touched_db, pbuf, ktmp)
     for t in range(nth):
         counters += tctr[t]

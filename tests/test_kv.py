@@ -220,3 +220,17 @@ def test_dense_attend_relative_error_with_large_logits(dev, q_heads, kv_heads):
         assert np.abs(out - ref).max() / np.abs(ref).max() <= 2e-3
     finally:
         kv.delete()
+
+
+def test_another_clients_namespace_is_invisible(daemon, dev):
+    kv = dev.create_kv_namespace(layers=1, q_heads=2, kv_heads=2, head_dim=64)
+    try:
+        assert kv.nsid in dev.namespaces()
+        with csdemu.connect(daemon.socket_path) as other:
+            assert kv.nsid not in other.namespaces()
+            assert other.io.execute(VendorIoOpcode.NOP, nsid=kv.nsid).status == Status.ACCESS_DENIED
+            assert other.io.execute(NvmOpcode.READ, nsid=kv.nsid).status == Status.ACCESS_DENIED
+            c = other.passthru(0x06, nsid=kv.nsid, read_len=4096, admin=True)   # Identify
+            assert c.status == Status.ACCESS_DENIED
+    finally:
+        kv.delete()

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import csdemu
+from nvme_cmds.status import Status
 from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, wait_completions
 from tools.torture.fuzz import FuzzTarget, Gen
 from tools.torture.run import failures, run_all, write_results
@@ -153,17 +154,25 @@ def test_recreated_queue_ignores_stale_cq_head_doorbell():
 
 
 def test_kv_sequences_do_not_starve_the_block_namespace():
-    """Every KV sequence opens its own FTL stream and each stream holds a whole
-    line (csdemu/kv/store.py + csdemu/flash/lines.py): 15 sequences of 40
-    tokens (1.2 MiB of KV) take all 16 lines of the small drive, further
-    appends fail and a block write to an empty block namespace gets Capacity
-    Exceeded."""
+    """KV sequences fill whole lines of their own, but only within the
+    profile's KV share (device.kv_pct): beyond it appends get Capacity
+    Exceeded, and the block namespace keeps all of its capacity."""
     with small_daemon() as d, csdemu.connect(d.socket_path) as dev:
         kv = dev.create_kv_namespace(layers=2, q_heads=2, kv_heads=2, head_dim=64)
         k = np.ones((1, 40, 2, 64), np.float16)
+        refused = 0
         for sid in range(15):
-            kv.append(0, [sid], k, k)
-        dev.write(0, np.zeros(4096, np.uint8))       # raises NVMeError CAPACITY_EXCEEDED today
+            try:
+                kv.append(0, [sid], k, k)
+            except csdemu.NVMeError as exc:
+                assert exc.status == Status.CAPACITY_EXCEEDED
+                refused += 1
+        assert 0 < refused < 15
+        n = dev.identify_ns(1)["nsze"]
+        data = np.arange(4096, dtype=np.uint32).view(np.uint8)[:4096]
+        for lba in (0, n // 2, n - 1):                 # the whole block namespace is writable
+            dev.write(lba, data)
+            assert np.array_equal(dev.read(lba, 1), data)
 
 
 def test_status_codes_the_suite_counts_as_defined():

@@ -73,7 +73,7 @@ class Writer(threading.Thread):
         self.socket_path, self.m, self.r, self.versions, self.hot = socket_path, model, rnd, versions, hot
         self.stop = threading.Event()
         self.ops = {"writes": 0, "fua_writes": 0, "flushes": 0, "kv_appends": 0, "kv_reclaims": 0,
-                    "errors": 0}
+                    "errors": 0, "kv_errors": 0}
         self.error = None
         self.error_statuses: dict[str, int] = {}
 
@@ -164,7 +164,7 @@ class Writer(threading.Thread):
                 if st is None:
                     return
                 if st:
-                    self.ops["errors"] += 1
+                    self.ops["kv_errors"] += 1
                 else:
                     live_seqs.append(sid)
                     self.ops["kv_appends"] += 1
@@ -176,7 +176,7 @@ class Writer(threading.Thread):
                 if st is None:
                     return
                 if st:
-                    self.ops["errors"] += 1
+                    self.ops["kv_errors"] += 1
                 else:
                     self.ops["kv_reclaims"] += 1
 
@@ -251,7 +251,7 @@ def run_crash(trials: int, seed: int, cold: int = 16384, hot: int = HOT, max_run
     rnd = random.Random(seed)
     tmp = data_dir or tempfile.mkdtemp(prefix="csdemu-crash-")
     res = {"trials": 0, "flushed_writes_checked": 0, "flushed_checked": 0, "lost": 0, "corrupt": 0, "unflushed_checked": 0,
-           "unflushed_new": 0, "cold_checked": 0, "cold_bad": 0, "writer_errors": 0,
+           "unflushed_new": 0, "cold_checked": 0, "cold_bad": 0, "writer_errors": 0, "kv_errors": 0,
            "restart_failures": 0, "writes": 0, "flushes": 0, "fua_writes": 0, "kv_appends": 0,
            "kv_reclaims": 0, "restart_s_max": 0.0, "seed": seed}
     model = Model()
@@ -278,6 +278,7 @@ def run_crash(trials: int, seed: int, cold: int = 16384, hot: int = HOT, max_run
             for k in ("writes", "flushes", "fua_writes", "kv_appends", "kv_reclaims"):
                 res[k] += w.ops[k]
             res["writer_errors"] += w.ops["errors"] + (w.error is not None)
+            res["kv_errors"] += w.ops["kv_errors"]
             for key, v in w.error_statuses.items():
                 res.setdefault("writer_error_statuses", {})
                 res["writer_error_statuses"][key] = res["writer_error_statuses"].get(key, 0) + v

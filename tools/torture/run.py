@@ -113,7 +113,8 @@ def summary(results: dict) -> dict:
                    crash_flushed_blocks_checked=c["flushed_checked"], crash_lost=c["lost"], crash_corrupt=c["corrupt"],
                    crash_unflushed_blocks_checked=c["unflushed_checked"], crash_cold_blocks_checked=c["cold_checked"],
                    crash_cold_bad=c["cold_bad"], crash_writes=c["writes"], crash_flushes=c["flushes"],
-                   crash_kv_appends=c["kv_appends"], crash_restart_s_max=c["restart_s_max"])
+                   crash_kv_appends=c["kv_appends"], crash_kv_errors=c.get("kv_errors", 0),
+                   crash_restart_s_max=c["restart_s_max"])
     d = results.get("client_death")
     if d:
         out.update(client_death_victims=d["victims"], client_death_reclaim_ms_max=d["reclaim_ms_max"],
@@ -171,8 +172,16 @@ def write_results(results: dict, size_name: str) -> list[str]:
     paths = []
     os.makedirs(os.path.join(RESULTS, "torture"), exist_ok=True)
     detail = os.path.join(RESULTS, "torture", f"{size_name}.json")
+    merged = {}
+    if size_name == "full":          # a run of some parts keeps the other parts' details
+        try:
+            with open(detail) as f:
+                merged = {k: v for k, v in json.load(f).items() if k in PARTS}
+        except (OSError, ValueError):
+            pass
+    merged.update(results)
     with open(detail, "w") as f:
-        f.write(json.dumps(results, indent=2, default=str) + "\n")
+        f.write(json.dumps(merged, indent=2, default=str) + "\n")
     paths.append(detail)
     if size_name == "full":
         path = os.path.join(RESULTS, "torture.json")
