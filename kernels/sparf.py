@@ -30,7 +30,7 @@ from . import config
 from . import counters as C
 from .dense import _direct_ok, page_of
 from .simd import W, exp_nonpos, pv_rows, qk_heads, row_max
-from .widen import widen_into
+from .widen import bits_to_f32, f32_to_bits, widen_into
 
 DTYPE_F32 = config.DTYPE_F32
 
@@ -40,22 +40,78 @@ def topk_ascending(vals, n, k, out):
     """Indices of the ``k`` largest of ``vals[:n]`` in ascending index order,
     ties broken towards the lower index (as a stable sort on ``-vals``).
     Writes ``out[:count]``; returns count = min(k, n)."""
-    return topk_ascending_buf(vals, n, k, out, np.empty(max(n, 1), vals.dtype))
+    return topk_ascending_buf(vals, n, k, out, np.empty(2048, np.int64),
+                              np.empty(max(n, 1), np.uint32))
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def _order_key(x):
+    """uint32 key with the order of float32 ``x`` (-0 just below +0)."""
+    u = np.uint32(f32_to_bits(x))
+    if u >> np.uint32(31):
+        return np.uint32(~u)
+    return np.uint32(u | np.uint32(0x80000000))
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def topk_ascending_buf(vals, n, k, out, tmp):
-    """:func:`topk_ascending` with a caller-provided scratch ``tmp`` of at
-    least ``n`` elements (no allocation)."""
+def kth_largest(vals, n, k, hist, cand):
+    """The ``k``-th largest (1 <= k <= n) of float32 ``vals[:n]``, by radix
+    selection on order-preserving keys: three histogram passes of 11, 11 and
+    10 bits, each over the survivors of the last (``hist``: int64 >= 2048,
+    ``cand``: uint32 >= n scratch).  No allocation, O(n), independent of the
+    data (a quickselect was 3x slower and allocated per call)."""
+    m = n
+    shift = 21
+    prefix = np.uint32(0)
+    for level in range(3):
+        nb = 2048 if level < 2 else 1024
+        for i in range(nb):
+            hist[i] = 0
+        mask = np.uint32(nb - 1)
+        if level == 0:
+            for i in range(n):
+                key = _order_key(vals[i])
+                cand[i] = key
+                hist[(key >> np.uint32(shift)) & mask] += 1
+        else:
+            for i in range(m):
+                hist[(cand[i] >> np.uint32(shift)) & mask] += 1
+        bsel = nb - 1
+        cum = 0
+        while True:
+            if cum + hist[bsel] >= k:
+                break
+            cum += hist[bsel]
+            bsel -= 1
+        k -= cum
+        prefix = np.uint32(prefix | (np.uint32(bsel) << np.uint32(shift)))
+        if level < 2:
+            # keep the survivors of bin bsel
+            j = 0
+            for i in range(m):
+                if (cand[i] >> np.uint32(shift)) & mask == np.uint32(bsel):
+                    cand[j] = cand[i]
+                    j += 1
+            m = j
+        shift = 10 if level == 0 else 0
+    if prefix >> np.uint32(31):
+        bits = np.uint32(prefix & np.uint32(0x7FFFFFFF))
+    else:
+        bits = np.uint32(~prefix)
+    return bits_to_f32(bits)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def topk_ascending_buf(vals, n, k, out, hist, cand):
+    """:func:`topk_ascending` with caller-provided scratch (``hist``: int64
+    >= 2048, ``cand``: uint32 >= n; no allocation)."""
     if k >= n:
         for i in range(n):
             out[i] = i
         return n
     if k <= 0:
         return 0
-    t = tmp[:n]
-    t[:] = vals[:n]
-    thr = np.partition(t, n - k)[n - k]
+    thr = kth_largest(vals, n, k, hist, cand)
     ngt = 0
     for i in range(n):
         if vals[i] > thr:
@@ -80,7 +136,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                 scale, out, alpha_out, ctr, b, kvh, G,
                 dims, qr, qs, absq, rowneed, dbneed, shat, sel, nsel, alpha,
                 es, lsum, need, ptr, rowdone, kbuf, vbuf, dbuf, obuf,
-                touched_tok, touched_db, pbuf, ktmp):
+                touched_tok, touched_db, pbuf, khist, kcand):
     D = q.shape[2]
     T = pool.shape[1]
     Dp = dbuf.shape[0]
@@ -107,7 +163,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             absq[d] = a
             tot += a
             qs[j, d] = q[b, h0 + j, d] * scale
-        topk_ascending_buf(absq, D, r, dims[j], ktmp)
+        topk_ascending_buf(absq, D, r, dims[j], khist, kcand)
         part = np.float32(0.0)
         for i in range(r):
             part += absq[dims[j, i]]
@@ -173,7 +229,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
         tot = np.float32(0.0)
         for t in range(S):
             tot += exp_nonpos(srow[t] - m)
-        c = topk_ascending_buf(shat[j], nrest, min(k, nrest), sel[j], ktmp)
+        c = topk_ascending_buf(shat[j], nrest, min(k, nrest), sel[j], khist, kcand)
         for i in range(nwin):
             sel[j, c + i] = nrest + i
         c += nwin
@@ -357,7 +413,8 @@ def sparf_kernel(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
         dbuf = np.empty((Dp, Tp), np.float32)
         obuf = np.empty((G, D), np.float32)
         pbuf = np.empty((G, TR + W), np.float32)
-        ktmp = np.empty(max(smax, D), np.float32)
+        khist = np.empty(2048, np.int64)
+        kcand = np.empty(max(smax, D), np.uint32)
         for u in range(tid, nunits, nth):
             _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens,
                         group_channel, kd_pool, kd_dram, kd_pages, dim_channel,
@@ -365,6 +422,6 @@ def sparf_kernel(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                         u // Hkv, u % Hkv, G,
                         dims, qr, qs, absq, rowneed, dbneed, shat, sel, nsel,
                         alpha, es, lsum, need, ptr, rowdone, kbuf, vbuf, dbuf,
-                        obuf, touched_tok, touched_db, pbuf, ktmp)
+                        obuf, touched_tok, touched_db, pbuf, khist, kcand)
     for t in range(nth):
         counters += tctr[t]

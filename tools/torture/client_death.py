@@ -15,7 +15,6 @@ open fds before and after (no leak per dead client).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -28,7 +27,7 @@ import time
 
 import numpy as np
 
-from tools.torture.common import ROOT, machine, patterns, rss_kib, small_daemon
+from tools.torture.common import ROOT, patterns, rss_kib, small_daemon, part_main
 
 import csdemu  # noqa: E402
 from csdemu.control import recv_msg, send_msg  # noqa: E402
@@ -219,19 +218,7 @@ def run_client_death(victims: int, seed: int, window_s: float = 3.0, log=print) 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--victims", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    seed = a.seed if a.seed is not None else random.SystemRandom().getrandbits(32)
-    res = run_client_death(a.victims, seed)
-    res["machine"] = machine()
-    text = json.dumps(res, indent=2)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    part_main(__doc__, run_client_death, ("--victims", int, 20), seeded=True, argv=argv, name="client_death")
 
 
 if __name__ == "__main__":

@@ -118,3 +118,32 @@ def identify_block(block: np.ndarray, lba: int) -> int | None:
 def machine() -> dict:
     from csdemu.cli_bench import machine as m
     return m()
+
+
+def part_main(doc: str, run, count: tuple | None = None, seeded: bool = True, argv=None,
+              name: str = "", takes_log: bool = False) -> None:
+    """The command line every torture part shares: an optional size flag
+    (`count` = (flag, type, default)), --seed, --out; prints the JSON."""
+    import argparse
+    import json
+    import random
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if count:
+        ap.add_argument(count[0], type=count[1], default=count[2])
+    if seeded:
+        ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    args = [getattr(a, count[0].lstrip("-").replace("-", "_"))] if count else []
+    if seeded:
+        seed = a.seed if a.seed is not None else random.SystemRandom().getrandbits(32)
+        print(f"{name}: seed {seed}", flush=True)
+        args.append(seed)
+    kw = {"log": lambda m: print(m, flush=True)} if takes_log else {}
+    res = run(*args, **kw)
+    res["machine"] = machine()
+    text = json.dumps(res, indent=2)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    print(text)

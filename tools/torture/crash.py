@@ -23,8 +23,6 @@ after a restart.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import shutil
@@ -35,8 +33,8 @@ import time
 
 import numpy as np
 
-from tools.torture.common import (BS, SMALL_DRIVE, field_status, identify_block, machine,
-                                  patterns, wait_completions)
+from tools.torture.common import (BS, SMALL_DRIVE, field_status, identify_block,
+                                  part_main, patterns, wait_completions)
 
 import csdemu  # noqa: E402
 from csdemu.spawn import DaemonProcess  # noqa: E402
@@ -311,20 +309,7 @@ def run_crash(trials: int, seed: int, cold: int = 16384, hot: int = HOT, max_run
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    seed = a.seed if a.seed is not None else random.SystemRandom().getrandbits(32)
-    print(f"crash: seed {seed}", flush=True)
-    res = run_crash(a.trials, seed, log=lambda m: print(m, flush=True))
-    res["machine"] = machine()
-    text = json.dumps(res, indent=2)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    part_main(__doc__, run_crash, ("--trials", int, 100), seeded=True, argv=argv, name="crash", takes_log=True)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ switched off and everything is read back: it must all be exact.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import time
 
 import numpy as np
 
-from tools.torture.common import BS, machine, patterns, small_daemon
+from tools.torture.common import BS, patterns, small_daemon, part_main
 
 import csdemu  # noqa: E402
 from csdemu.errors import NVMeError  # noqa: E402
@@ -153,19 +151,7 @@ def run_faults(ops: int, seed: int, lbas: int = 16384, read_ppm: int = 20000,
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ops", type=int, default=60000)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    seed = a.seed if a.seed is not None else random.SystemRandom().getrandbits(32)
-    res = run_faults(a.ops, seed)
-    res["machine"] = machine()
-    text = json.dumps(res, indent=2)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    part_main(__doc__, run_faults, ("--ops", int, 60000), seeded=True, argv=argv, name="faults")
 
 
 if __name__ == "__main__":

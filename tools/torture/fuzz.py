@@ -28,8 +28,6 @@ into its guard pages), non-canonical or unmappable low addresses.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import mmap
 import os
 import random
@@ -39,7 +37,7 @@ from collections import Counter
 
 import numpy as np
 
-from tools.torture.common import DEFINED_STATUSES, field_status, machine, small_daemon, wait_completions
+from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, wait_completions, part_main
 
 import csdemu  # noqa: E402
 from csdemu.qpair import CONTROL_BYTES, cq_bytes, sq_bytes  # noqa: E402
@@ -703,20 +701,7 @@ def run_fuzz(commands: int, seed: int, ring_rounds: int | None = None, log=print
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--commands", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    seed = a.seed if a.seed is not None else random.SystemRandom().getrandbits(32)
-    print(f"fuzz: seed {seed}", flush=True)
-    res = run_fuzz(a.commands, seed, log=lambda m: print(m, flush=True))
-    res["machine"] = machine()
-    text = json.dumps(res, indent=2)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    part_main(__doc__, run_fuzz, ("--commands", int, 100_000), seeded=True, argv=argv, name="fuzz", takes_log=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Every attempt must fail.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-from tools.torture.common import SMALL_DRIVE, machine, small_daemon
+from tools.torture.common import SMALL_DRIVE, small_daemon, part_main
 
 import csdemu  # noqa: E402
 from csdemu.spawn import DaemonProcess  # noqa: E402
@@ -276,16 +275,7 @@ def run_isolation(log=print) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    res = run_isolation()
-    res["machine"] = machine()
-    text = json.dumps(res, indent=2)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    part_main(__doc__, run_isolation, None, seeded=False, argv=argv, name="isolation")
 
 
 if __name__ == "__main__":

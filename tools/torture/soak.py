@@ -9,8 +9,6 @@ runs and their errors (verify mismatches count as fio errors), daemon alive.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from tools.torture.common import ROOT, machine, rss_kib
+from tools.torture.common import ROOT, rss_kib, part_main
 
 from csdemu.spawn import DaemonProcess  # noqa: E402
 
@@ -135,17 +133,7 @@ def run_soak(seconds: float, log=print) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=3600)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    res = run_soak(a.seconds)
-    res["machine"] = machine()
-    text = json.dumps(res, indent=2)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    part_main(__doc__, run_soak, ("--seconds", float, 3600), seeded=False, argv=argv, name="soak")
 
 
 if __name__ == "__main__":
