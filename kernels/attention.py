@@ -233,7 +233,11 @@ def merge_partials(m, l, o, out):
 
 def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
                     nchannels, out, *, kv_dtype, scale=None, counters=None):
-    """Dense decode attention over paged K/V, split-K across flash channels.
+    """Dense decode attention over paged K/V.
+
+    One (sequence, kv head) unit per thread step, ``out = o / l`` written
+    directly; with fewer units than 2 x threads, split per flash channel and
+    merged (FlashDecoding).  Counters are per channel either way.
 
     Parameters
     ----------

@@ -57,14 +57,6 @@ def page_of(pool, dram, pid):
     return dram[-pid - 1]
 
 
-@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
-def _next_group(group_channel, b, c, g, ng):
-    """First group >= g of sequence b on channel c (ng if none)."""
-    while g < ng and group_channel[b, g] != c:
-        g += 1
-    return g
-
-
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _scores_page(qs, h0, G, kbuf, valid, sbuf, col):
     """sbuf[j, col + t] = qs[h0 + j] . kbuf[t] for t < valid, j < G.

@@ -29,8 +29,6 @@ a quarter of the dense kernel's time.
 Every function has a plain-Python body used under ``NUMBA_DISABLE_JIT``.
 """
 
-import os
-
 import numpy as np
 from llvmlite import ir
 from numba import njit
@@ -42,7 +40,7 @@ from . import config
 W = 16                      #: lanes per vector (floats)
 #: the vector loops prefetch the next page line by line as they read the
 #: current one (see ``qk_heads``); compile-time switch
-PREFETCH_IN_LOOP = bool(config.PREFETCH) and os.environ.get("CSDEMU_KERNELS_PF_LOOP", "1") == "1"
+PREFETCH_IN_LOOP = bool(config.PREFETCH)
 
 _f32 = ir.FloatType()
 _i16 = ir.IntType(16)

@@ -13,8 +13,11 @@ Per (sequence b, kv head) unit, for each of its G q heads j:
     the top-``k`` of the older ones by ``s^`` (ties: lower index wins);
     ``alpha = sum p^[sel]`` (exactly 1 when every token is selected).
 (d) exact attention on the selected tokens: a token-indexed K (and V) page is
-    read iff it holds a selected token of some q head of the unit, once; only
-    the selected token rows of it are widened.
+    read iff it holds a selected token of some q head of the unit, once.  A
+    touched K page is scored whole for all heads (``simd.qk_heads``; the
+    unselected scores are dropped); the value sums read only each head's
+    selected rows (``simd.pv_rows``).  Top-k is a radix select
+    (:func:`kth_largest`), exps are ``simd.exp_nonpos``.
 (e) ``out = alpha * softmax(q.K[sel]^T * scale) V[sel] + (1 - alpha) * v_mean``.
 
 Work units are independent, so the driver is a STUMPY-style prange over
@@ -29,6 +32,7 @@ from numba import njit, prange
 from . import config
 from . import counters as C
 from .dense import _direct_ok, page_of
+from .prefetch import prefetch_page
 from .simd import W, exp_nonpos, pv_rows, qk_heads, row_max
 from .widen import bits_to_f32, f32_to_bits, widen_into
 
@@ -128,6 +132,13 @@ def topk_ascending_buf(vals, n, k, out, hist, cand):
             c += 1
             neq -= 1
     return c
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def _next_needed(need, g, ng):
+    while g < ng and not need[g]:
+        g += 1
+    return g
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -265,6 +276,12 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             continue
         pid = k_pages[b, kvh, gi]
         src = page_of(pool, dram, pid)
+        # the next page this unit reads, prefetched while this one is scored
+        gn = _next_needed(need, gi + 1, ng)
+        if gn < ng:
+            nxt = page_of(pool, dram, k_pages[b, kvh, gn])
+        else:
+            nxt = page_of(pool, dram, v_pages[b, kvh, _next_needed(need, 0, ng)])
         if pid >= 0:
             ctr[ch, C.K_READ] += 1
             ctr[ch, C.FLASH_BYTES] += page_bytes
@@ -279,7 +296,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             # (unselected rows' scores are dropped), then pick
             valid = min(T, S - t0)
             if T % W == 0 and _direct_ok(code):
-                qk_heads(src, src, code, valid, qs, 0, G, pbuf, 0, 0)
+                qk_heads(src, nxt, code, valid, qs, 0, G, pbuf, 0, 0)
             else:
                 widen_into(src, code, kbuf[:T])
                 qk_heads(kbuf, kbuf, DTYPE_F32, valid, qs, 0, G, pbuf, 0, 0)
@@ -324,6 +341,9 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
             continue
         pid = v_pages[b, kvh, gi]
         src = page_of(pool, dram, pid)
+        gn = _next_needed(need, gi + 1, ng)
+        if gn < ng:
+            prefetch_page(page_of(pool, dram, v_pages[b, kvh, gn]))
         if pid >= 0:
             ctr[ch, C.V_READ] += 1
             ctr[ch, C.FLASH_BYTES] += page_bytes

@@ -459,3 +459,187 @@ def test_sparf_validation_errors():
     with pytest.raises(TypeError):
         sparf_attention(q, v_mean=vm, out=out, r=2, k=1, window=0,
                         **dict(args, kd_pool=args["kd_pool"].astype(np.float32)))
+
+
+# --- vector building blocks (kernels/simd.py) and the fallbacks ---------------
+
+from numba import njit                                           # noqa: E402
+
+from kernels import simd                                         # noqa: E402
+from kernels.sparf import kth_largest, topk_ascending            # noqa: E402
+from kernels.widen import widen_f16_1d_bits                      # noqa: E402
+
+
+def test_widen_fp16_bit_path_exhaustive():
+    """The integer-only path (used without F16C) stays bit-exact."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    got = np.empty(1 << 16, np.float32)
+    widen_f16_1d_bits(bits, got)
+    ref = bits.view(np.float16).astype(np.float32).view(np.uint32)
+    isnan = np.isnan(bits.view(np.float16))
+    npt.assert_array_equal(got.view(np.uint32)[~isnan], ref[~isnan])
+    quiet = np.uint32(1 << 22)
+    npt.assert_array_equal(got.view(np.uint32)[isnan] | quiet, ref[isnan] | quiet)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _jit_qk(K, code, valid, Q, qrow, G, S, srow, col):
+    simd.qk_heads(K, K, code, valid, Q, qrow, G, S, srow, col)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _jit_pv(V, code, n, P, prow, G, pcol, O, orow):
+    simd.pv_heads(V, V, code, n, P, prow, G, pcol, O, orow)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _jit_pv_rows(V, code, idx, i0, t0, n, P, j, O, orow):
+    simd.pv_rows(V, code, idx, i0, t0, n, P, j, O, orow)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _jit_exp(x, y):
+    for i in range(x.shape[0]):
+        y[i] = simd.exp_nonpos(x[i])
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _jit_row_max(s, n):
+    return simd.row_max(s, n)
+
+
+def _stored(rng, shape, kv_dtype):
+    from kernels.layout_testing import quantize, dequantize
+    s = quantize(rng.standard_normal(shape).astype(np.float32), kv_dtype)
+    return s, dequantize(s, kv_dtype)
+
+
+@pytest.mark.parametrize("kv_dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("D", [16, 64, 128])
+def test_simd_qk_pv_heads(kv_dtype, D):
+    """All head-group sizes (1-4 and their combinations up to 9), ragged
+    token counts; nothing outside the target rows/columns is touched
+    (except the documented up to 15 spare score columns)."""
+    rng = np.random.default_rng(D)
+    code = {"fp16": config.DTYPE_F16, "bf16": config.DTYPE_BF16, "fp32": config.DTYPE_F32}[kv_dtype]
+    K, Kw = _stored(rng, (48, D), kv_dtype)
+    Q = rng.standard_normal((10, D)).astype(np.float32)
+    for G in range(1, 10):
+        for valid in (1, 5, 16, 17, 32):
+            S = np.full((12, 80), 7.0, np.float32)
+            _jit_qk(K, code, valid, Q, 1, G, S, 2, 7)
+            ref = Q[1:1 + G].astype(np.float64) @ Kw[:valid].astype(np.float64).T
+            npt.assert_allclose(S[2:2 + G, 7:7 + valid], ref, atol=ATOL * 10, rtol=RTOL)
+            assert (S[:2] == 7).all() and (S[2 + G:] == 7).all()
+            assert (S[:, :7] == 7).all() and (S[:, 7 + valid + 15:] == 7).all()
+            P = rng.random((12, 60)).astype(np.float32)
+            O = rng.standard_normal((12, D)).astype(np.float32)
+            O0 = O.copy()
+            _jit_pv(K, code, valid, P, 2, G, 9, O, 3)
+            ref = O0[3:3 + G] + P[2:2 + G, 9:9 + valid].astype(np.float64) @ Kw[:valid]
+            npt.assert_allclose(O[3:3 + G], ref, atol=ATOL * 10, rtol=RTOL)
+            npt.assert_array_equal(O[:3], O0[:3])
+            npt.assert_array_equal(O[3 + G:], O0[3 + G:])
+    # selected rows of a page (SparF's value stage)
+    idx = np.array([[0, 0, 0, 0, 0], [100, 103, 104, 110, 131]], np.int64)
+    P = rng.random((2, 5)).astype(np.float32)
+    for i0, n in ((0, 5), (1, 3), (4, 1), (2, 0)):
+        O = rng.standard_normal((3, D)).astype(np.float32)
+        O0 = O.copy()
+        _jit_pv_rows(K, code, idx, i0, 100, n, P, 1, O, 2)
+        rows = idx[1, i0:i0 + n] - 100
+        npt.assert_allclose(O[2], O0[2] + P[1, i0:i0 + n].astype(np.float64) @ Kw[rows],
+                            atol=ATOL * 10, rtol=RTOL)
+        npt.assert_array_equal(O[:2], O0[:2])
+
+
+def test_simd_exp_and_max():
+    x = np.concatenate([-np.logspace(-8, np.log10(86.9), 100000), [0.0, -0.0, -1e-30]])
+    x = x.astype(np.float32)
+    y = np.empty_like(x)
+    _jit_exp(x, y)
+    ref = np.exp(x.astype(np.float64))
+    npt.assert_allclose(y, ref, rtol=1e-6, atol=0)
+    sp = np.array([-np.inf, -200.0, -88.0, np.nan], np.float32)
+    ys = np.empty_like(sp)
+    _jit_exp(sp, ys)
+    assert ys[0] == 0 and ys[1] == 0 and 0 <= ys[2] < 1e-37 and np.isnan(ys[3])
+    rng = np.random.default_rng(16)
+    s = rng.standard_normal(100).astype(np.float32)
+    for n in (1, 5, 15, 16, 17, 33, 100):
+        assert _jit_row_max(s, n) == s[:n].max()
+    s[40] = 1e30
+    assert _jit_row_max(s, 100) == np.float32(1e30)
+
+
+def test_topk_radix_select():
+    """Top-k by radix selection = a stable sort on -vals (ties to the lower
+    index), including duplicates, signed zeros and huge exponent ranges."""
+    rng = np.random.default_rng(17)
+    hist = np.empty(2048, np.int64)
+    for trial in range(400):
+        n = int(rng.integers(1, 300))
+        kind = trial % 4
+        if kind == 0:
+            v = rng.standard_normal(n).astype(np.float32)
+        elif kind == 1:
+            v = rng.integers(-3, 4, n).astype(np.float32)
+        elif kind == 2:
+            v = (rng.integers(0, 2, n) * 2 - 1).astype(np.float32) * 0.0
+        else:
+            v = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)).astype(np.float32)
+        k = int(rng.integers(0, n + 2))
+        out = np.empty(n, np.int64)
+        c = topk_ascending(v, n, k, out)
+        assert c == min(k, n)
+        npt.assert_array_equal(out[:c], np.sort(np.argsort(-v, kind="stable")[:k]))
+        if 1 <= k <= n:
+            assert kth_largest(v, n, k, hist, np.empty(n, np.uint32)) == np.sort(v)[n - k]
+
+
+@pytest.mark.parametrize("D,T", [(24, 8), (40, 5), (64, 8)])
+def test_dense_and_sparf_fallback_shapes(D, T):
+    """head_dim not a multiple of 16 (plain loops) and pages whose token
+    count is not a multiple of 16 (widened scratch): same results."""
+    rng = np.random.default_rng(D + T)
+    lens = [1, T, 3 * T + 1, 50]
+    q, K, V = _data(rng, len(lens), 6, 2, D, max(lens))
+    for kv_dtype in ("fp16", "bf16"):
+        lay = build_paged_kv(K, V, lens, T, 3, kv_dtype, Dp=8, Tp=16)
+        out = np.empty_like(q)
+        ctr = dense_attention(q, out=out, **lay.dense_args())
+        npt.assert_allclose(out, naive.dense(q, lay.K, lay.V, lens), atol=ATOL, rtol=RTOL)
+        npt.assert_array_equal(ctr, _expected_dense_counters(lay, 3, D))
+        vm = v_mean_of(lay)
+        sout = np.empty_like(q)
+        sparf_attention(q, v_mean=vm, out=sout, r=D // 4, k=7, window=3, **lay.sparf_args())
+        ref, _, _, _ = naive.sparf(q, lay.K, lay.V, lens, vm, D // 4, 7, 3)
+        npt.assert_allclose(sout, ref, atol=config.SPARF_ATOL, rtol=config.SPARF_RTOL)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_dense_thread_paths(nthreads):
+    """Serial driver, whole-sequence units over threads, and the per-channel
+    split + merge used when there are fewer units than 2 x threads: all
+    equal the reference, with identical counters."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < nthreads:
+        pytest.skip("needs %d threads" % nthreads)
+    old = numba.get_num_threads()
+    numba.set_num_threads(nthreads)
+    try:
+        rng = np.random.default_rng(18)
+        for lens, Hq, Hkv in (([70, 33, 5, 0], 6, 2), ([90], 4, 1)):
+            q, K, V = _data(rng, len(lens), Hq, Hkv, 64, max(lens))
+            lay = build_paged_kv(K, V, lens, 32, 3, "fp16")
+            out = np.full_like(q, np.nan)
+            ctr = dense_attention(q, out=out, **lay.dense_args())
+            npt.assert_allclose(out, naive.dense(q, lay.K, lay.V, lens), atol=ATOL, rtol=RTOL)
+            npt.assert_array_equal(ctr, _expected_dense_counters(lay, Hq // Hkv, 64))
+            m, l, o, c2 = dense_partials(q, **lay.dense_args())
+            npt.assert_array_equal(c2, ctr)
+            out2 = np.empty_like(q)
+            merge_partials(m, l, o, out2)
+            npt.assert_allclose(out2, out, atol=ATOL, rtol=RTOL)
+    finally:
+        numba.set_num_threads(old)

@@ -3,6 +3,7 @@
 
     .venv/bin/python tools/bench_kernels.py --json        # one JSON object
     .venv/bin/python tools/bench_kernels.py               # readable table
+    .venv/bin/python tools/bench_kernels.py --threads 1   # as the daemon runs them
 
 Measures streaming read bandwidth, random-4KiB-page read bandwidth and peak
 fp32 FMA throughput in the same run, then the dense kernel (effective K+V
@@ -28,7 +29,12 @@ def main(argv=None):
     ap.add_argument("--no-sparf", action="store_true", help="skip the SparF runs")
     ap.add_argument("--shape", action="append", choices=[s[0] for s in SHAPES],
                     help="only these shapes (repeatable)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="Numba threads for the kernels (default: all; the daemon uses 1)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
     shapes = [s for s in SHAPES if not args.shape or s[0] in args.shape]
     res = run_kernel_bench(shapes=shapes, repeat=args.repeat, sparf=() if args.no_sparf else (8, 1))
     if args.json:
