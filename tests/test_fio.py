@@ -28,7 +28,7 @@ needs_fio = pytest.mark.skipif(not _have_nbdkit_python(),
 # 8 ch x 2 ways x 16 lines x 64 pages x 4 KiB = 64 MiB raw, 52 MiB user: the
 # 90 % fill plus a random overwrite pass forces GC within seconds.
 SMALL = ["--set", "geometry.ways=2", "--set", "geometry.blocks_per_plane=16",
-         "--set", "geometry.pages_per_block=64", "--poll-idle-us", "2000"]
+         "--set", "geometry.pages_per_block=64", "--set", "device.kv_pct=0", "--poll-idle-us", "2000"]
 
 
 @pytest.fixture(scope="module")

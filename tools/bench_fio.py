@@ -30,7 +30,7 @@ FIO_DIR = os.path.join(HERE, "fio")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, FIO_DIR)
 
-BENCH_SET = ["geometry.ways=2", "geometry.blocks_per_plane=16"]
+BENCH_SET = ["geometry.ways=2", "geometry.blocks_per_plane=16", "device.kv_pct=0"]  # block only
 TARGET_RATIO = 1.0
 
 

@@ -63,8 +63,15 @@ def render() -> str:
                   f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
                   f"Python {m.get('python', '?')}, Linux {m.get('kernel', '?')}; run {m.get('date', '?')}.", "",
                   "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {fmt(v)} |" for k, v in data.items()]
+        tables = {k: v for k, v in data.items()
+                  if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
+        lines += [f"| {k} | {fmt(v)} |" for k, v in data.items() if k not in tables]
         lines.append("")
+        for k, rows in tables.items():
+            cols = list(rows[0])
+            lines += [f"{k}:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+            lines.append("")
     return "\n".join(lines)
 
 
