@@ -81,8 +81,10 @@ def test_overrides_both_spellings():
     a = load_profile("femu-bbssd", overrides={"geometry.blocks_per_plane": 16})
     b = load_profile("femu-bbssd", overrides={"geometry": {"blocks_per_plane": 16}})
     assert a == b and a.geometry.blocks_per_plane == 16 and a.derive().lines == 16
-    d = a.derive()                      # 7 % OP of 16 lines is too little slack for GC:
-    assert d.user_pages == d.total_pages - 3 * d.pages_per_line     # capped at raw - 3 lines
+    d = a.derive()
+    assert d.kv_lines == 4              # femu-bbssd sets 25 % of the lines aside for KV
+    # 7 % OP of the 12 host lines is too little slack for GC: capped at host - 3 lines
+    assert d.user_pages == (d.lines - d.kv_lines - 3) * d.pages_per_line
 
 
 def test_file_errors(tmp_path):
