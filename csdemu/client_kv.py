@@ -104,6 +104,7 @@ class KVNamespace:
         self.layers, self.q_heads, self.kv_heads, self.head_dim = layers, q_heads, kv_heads, head_dim
         self.dtype, self.sparse_layout = dtype, sparse_layout
         self.meta_off = dev.alloc.alloc(MAX_BATCH * SEQ_ID.itemsize)
+        self.fused_off = self.fused_bytes = 0      # ids + one token's K/V (attend with append)
         self.last = None             # the last command's Completion (device time etc.)
 
     def _ids(self, seq_ids) -> int:
@@ -149,8 +150,11 @@ class KVNamespace:
         return total
 
     def attend(self, layer: int, seq_ids, q: np.ndarray, sparse: SparF | None = None,
-               out: np.ndarray | None = None) -> np.ndarray:
-        """Attention output [batch, q_heads, head_dim] (float32) for q of the same shape."""
+               out: np.ndarray | None = None, append=None) -> np.ndarray:
+        """Attention output [batch, q_heads, head_dim] (float32) for q of the same shape.
+
+        append=(k, v), each [batch, 1, kv_heads, head_dim], first appends the
+        decode step's new token in the same command (one round trip a layer)."""
         if (not isinstance(q, np.ndarray) or q.dtype != np.float32 or not q.flags.c_contiguous
                 or q.ndim != 3 or q.shape[1:] != (self.q_heads, self.head_dim)):
             raise ValueError(f"q must be a C-contiguous float32 array [batch, {self.q_heads}, {self.head_dim}]")
@@ -158,19 +162,45 @@ class KVNamespace:
             out = np.empty_like(q)
         elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError("out must be a C-contiguous float32 array shaped like q")
-        n = self._ids(seq_ids)
+        ids = np.asarray(seq_ids, SEQ_ID).reshape(-1)
+        n = ids.size
         if n != q.shape[0]:
             raise ValueError(f"{n} sequence ids for a batch of {q.shape[0]}")
+        if append is None:
+            meta = self.meta_off
+            self._ids(ids)
+        else:
+            meta = self._fused_meta(ids, *append)
         cache = self.dev.dma_cache
         pq, po = cache.ensure(q), cache.ensure(out)
         if sparse is None:
-            cdws = attend_cdws(layer, n)
+            cdws = attend_cdws(layer, n, append=append is not None)
         else:
-            cdws = attend_cdws(layer, n, AttendMode.SPARF, sparse.r, sparse.k, sparse.window)
+            cdws = attend_cdws(layer, n, AttendMode.SPARF, sparse.r, sparse.k, sparse.window,
+                               append=append is not None)
         c = self.dev.io.execute(VendorIoOpcode.ATTEND, nsid=self.nsid, prp1=pq, prp2=po,
-                                mptr=self.meta_off, **cdws)
+                                mptr=meta, **cdws)
         self._check(c, "attend")
         return out
+
+    def _fused_meta(self, ids: np.ndarray, k, v) -> int:
+        """Sequence ids, then K and V of one new token each, in the arena."""
+        if not 0 < ids.size <= MAX_BATCH:
+            raise ValueError(f"batch of {ids.size} sequence ids (1..{MAX_BATCH})")
+        k, v = to_storage(k, self.dtype), to_storage(v, self.dtype)
+        shape = (ids.size, 1, self.kv_heads, self.head_dim)
+        if k.shape != shape or v.shape != shape:
+            raise ValueError(f"append k and v must both be {list(shape)}")
+        need = ids.nbytes + k.nbytes + v.nbytes
+        if need > self.fused_bytes:
+            if self.fused_bytes:
+                self.dev.alloc.release(self.fused_off, self.fused_bytes)
+            self.fused_off, self.fused_bytes = self.dev.alloc.alloc(need), need
+        u8, off = self.dev.arena.u8, self.fused_off
+        for part in (ids.view(np.uint8), k.reshape(-1).view(np.uint8), v.reshape(-1).view(np.uint8)):
+            u8[off:off + part.size] = part
+            off += part.size
+        return self.fused_off
 
     def read(self, layer: int, seq_id: int, start: int, count: int):
         """-> (k, v) [count, kv_heads, head_dim] as stored (float16/float32; bf16 widened)."""
@@ -191,6 +221,8 @@ class KVNamespace:
     def delete(self) -> None:
         self.dev.admin_cmd(VendorAdminOpcode.DELETE_KV_NAMESPACE, nsid=self.nsid)
         self.dev.alloc.release(self.meta_off, MAX_BATCH * SEQ_ID.itemsize)
+        if self.fused_bytes:
+            self.dev.alloc.release(self.fused_off, self.fused_bytes)
 
     def engine_log(self) -> dict:
         return self.dev.engine_log()

@@ -10,8 +10,12 @@ I/O commands on a KV namespace (NSID = that namespace):
 |---|---|---|---|---|---|---|
 | 81h KV Append | layer[15:0], tokens[31:16] | batch | - | - | - | in: K then V, each [batch, tokens, kv_heads, head_dim] in the namespace dtype |
 | 82h KV Read | layer[15:0] | seq id lo | seq id hi | start token | count | out: K then V, each [count, kv_heads, head_dim] |
-| 83h Attend | layer[15:0], mode[23:16] | batch | r[15:0], window[31:16] | k | - | in: q float32 [batch, q_heads, head_dim]; out: float32, same shape |
+| 83h Attend | layer[15:0], mode[23:16], append[24] | batch | r[15:0], window[31:16] | k | - | in: q float32 [batch, q_heads, head_dim]; out: float32, same shape |
 | 84h Reclaim | - | batch | - | - | - | - |
+
+With append[24] set, Attend first appends one new token per sequence: its K
+then V ([batch, 1, kv_heads, head_dim] each, namespace dtype) follow the
+sequence ids in the arena, so a decode step costs one command per layer.
 
 Sequence ids (u64 x batch) for Append, Attend and Reclaim sit in the client's
 CMB arena at the byte offset in MPTR: they are small, and keeping them apart
@@ -56,9 +60,13 @@ FLAGS_VALID = FLAG_SPARSE_LAYOUT
 SEQ_ID = np.dtype("<u8")
 
 
+ATTEND_APPEND = 1 << 24          # CDW10: append one token per sequence first
+
+
 def attend_cdws(layer: int, batch: int, mode: int = AttendMode.DENSE,
-                r: int = 0, k: int = 0, window: int = 0) -> dict:
-    return {"cdw10": (layer & 0xFFFF) | ((mode & 0xFF) << 16), "cdw11": batch,
+                r: int = 0, k: int = 0, window: int = 0, append: bool = False) -> dict:
+    return {"cdw10": (layer & 0xFFFF) | ((mode & 0xFF) << 16) | (ATTEND_APPEND if append else 0),
+            "cdw11": batch,
             "cdw12": (r & 0xFFFF) | ((window & 0xFFFF) << 16), "cdw13": k}
 
 

@@ -234,3 +234,30 @@ def test_another_clients_namespace_is_invisible(daemon, dev):
             assert c.status == Status.ACCESS_DENIED
     finally:
         kv.delete()
+
+
+def test_attend_with_append_equals_append_then_attend(dev):
+    """The decode step's token can ride on the Attend (one command per layer)."""
+    rng = np.random.default_rng(21)
+    a = dev.create_kv_namespace(layers=1, q_heads=6, kv_heads=2, head_dim=64)
+    b = dev.create_kv_namespace(layers=1, q_heads=6, kv_heads=2, head_dim=64)
+    try:
+        ids = [3, 4]
+        pre = rng.standard_normal((2, 47, 2, 64))
+        a.append(0, ids, pre, pre)
+        b.append(0, ids, pre, pre)
+        for _ in range(3):                         # crosses a page boundary at 48 tokens
+            k, v = rng.standard_normal((2, 1, 2, 64)), rng.standard_normal((2, 1, 2, 64))
+            q = rng.standard_normal((2, 6, 64)).astype(np.float32)
+            a.append(0, ids, k, v)
+            out_a = a.attend(0, ids, q).copy()
+            out_b = b.attend(0, ids, q, append=(k, v)).copy()
+            assert np.array_equal(out_a, out_b)
+        ka, va = a.read(0, 4, 0, 50)
+        kb, vb = b.read(0, 4, 0, 50)
+        assert np.array_equal(ka, kb) and np.array_equal(va, vb)
+        with pytest.raises(ValueError):
+            b.attend(0, ids, q, append=(k[:, :, :1], v))
+    finally:
+        a.delete()
+        b.delete()

@@ -31,6 +31,7 @@ class DriveState:
         self.attends = 0
         self.append_wall_ns = 0           # host wall time spent in appends / attends
         self.attend_wall_ns = 0
+        self.pending = {}                 # layer -> a decode token's (k, v), sent with its attend
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [batch, kv_heads, q_len, head_dim] -> drive."""
@@ -44,6 +45,16 @@ class DriveState:
         kn = k.detach().transpose(1, 2).contiguous().numpy()      # [B, q, H, D]
         vn = v.detach().transpose(1, 2).contiguous().numpy()
         q_len = kn.shape[1]
+        if q_len == 1:
+            # A decode step: the token goes to the drive with this layer's
+            # attend (one command); a token still pending was never attended.
+            stale = self.pending.pop(layer, None)
+            if stale is not None:
+                self.kv.append(layer, self.seq_ids, *stale)
+            self.pending[layer] = (kn, vn)
+            if layer == 0:
+                self.lengths += 1
+            return
         valid = None
         if self.mask is not None and q_len > 1:
             valid = self.mask[:, -q_len:].bool().numpy()
@@ -78,7 +89,8 @@ class DriveState:
         q, q_t, out = bufs
         q_t.copy_(query[:, :, 0, :])
         t0 = time.perf_counter_ns()
-        self.kv.attend(layer, self.seq_ids, q, sparse=self.sparse_for(shape[2]), out=out)
+        self.kv.attend(layer, self.seq_ids, q, sparse=self.sparse_for(shape[2]), out=out,
+                       append=self.pending.pop(layer, None))
         self.attend_wall_ns += time.perf_counter_ns() - t0
         self.device_ns += self.kv.last.device_ns
         self.attends += 1
@@ -150,6 +162,7 @@ class CSDCache(Cache):
     def close(self) -> None:
         if self.kv is None:
             return
+        self.state.pending.clear()
         self.kv.reclaim(self.state.seq_ids)
         if self.owns_kv:
             self.kv.delete()

@@ -9,7 +9,7 @@ from csdemu.kv.layout import KVShape
 from csdemu.kv.store import KVStore, StoreFull
 from csdemu.namespace import Request, Result
 from nvme_cmds import identify as idf
-from nvme_cmds.kv import SEQ_ID, AttendMode
+from nvme_cmds.kv import ATTEND_APPEND, SEQ_ID, AttendMode
 from nvme_cmds.opcodes import VendorIoOpcode as Op
 from nvme_cmds.status import Status
 
@@ -43,12 +43,13 @@ class KVNamespace:
             return 0, 0, 2 * count * token_bytes, 0
         if opc == Op.ATTEND:
             batch, mode = cdw[1], (cdw[0] >> 16) & 0xFF
-            if layer >= s.layers or not batch or batch > self.store.max_seqs or cdw[0] >> 24:
+            if layer >= s.layers or not batch or batch > self.store.max_seqs or cdw[0] >> 25:
                 return Status.INVALID_FIELD, 0, 0, 0
             if mode not in (AttendMode.DENSE, AttendMode.SPARF) or (mode == AttendMode.SPARF and not s.sparse):
                 return Status.INVALID_FIELD, 0, 0, 0
             qbytes = batch * s.q_heads * s.head_dim * F32
-            return 0, qbytes, qbytes, batch * SEQ_ID.itemsize
+            kv_bytes = 2 * batch * token_bytes if cdw[0] & ATTEND_APPEND else 0
+            return 0, qbytes, qbytes, batch * SEQ_ID.itemsize + kv_bytes
         if opc == Op.RECLAIM:
             batch = cdw[1]
             if not batch or cdw[0]:
@@ -69,37 +70,36 @@ class KVNamespace:
         return np.frombuffer(req.meta, SEQ_ID)
 
     def append(self, req: Request) -> Result:
-        s, store = self.shape, self.store
+        s = self.shape
         layer, tokens = req.cdw[0] & 0xFFFF, req.cdw[0] >> 16
         ids = self._seq_ids(req)
         kv = np.frombuffer(req.data, s.storage).reshape(2, len(ids), tokens, s.kv_heads, s.head_dim)
-        new = [int(i) for i in ids if int(i) not in store.seqs]
-        if len(store.seqs) + len(set(new)) > store.max_seqs:
-            return Result(Status.CAPACITY_EXCEEDED, req.arrival_ns)
         t_in = self.engine.ftl.pcie(req.arrival_ns, len(req.data))
+        st = self._append(layer, ids, kv, t_in)
+        return Result(st, t_in) if st else Result(done_ns=t_in)
+
+    def _append(self, layer: int, ids: np.ndarray, kv: np.ndarray, t_in: int) -> int:
+        """kv [2, batch, tokens, H, D] into each sequence's layer; -> status."""
+        store = self.store
+        new = {int(i) for i in ids.tolist() if int(i) not in store.seqs}
+        if len(store.seqs) + len(new) > store.max_seqs:
+            return Status.CAPACITY_EXCEEDED
+        tokens = kv.shape[2]
         programmed = store.pages_programmed
         for b, sid in enumerate(ids.tolist()):
             seq = store.get(sid, create=True)
             if seq.length[layer] + tokens > (1 << 31):
-                return Result(Status.CAPACITY_EXCEEDED, req.arrival_ns)
+                return Status.CAPACITY_EXCEEDED
             store.append(seq, layer, kv[0, b], kv[1, b], t_in)
         st = self.engine.stats.c
         st["appends"] += 1
         st["tokens_appended"] += tokens * len(ids)
         st["pages_programmed"] += store.pages_programmed - programmed
-        return Result(done_ns=t_in)
+        return 0
 
     def attend(self, req: Request) -> Result:
         s = self.shape
-        ids = self._seq_ids(req)
-        seqs = [self.store.get(int(i)) for i in ids.tolist()]
-        if any(q is None for q in seqs):
-            return Result(Status.INVALID_FIELD, req.arrival_ns)
-        q = np.frombuffer(req.data, np.float32).reshape(len(ids), s.q_heads, s.head_dim)
-        n = q.size
-        if self.out.size < n:
-            self.out = np.zeros(n, np.float32)
-        out = self.out[:n].reshape(q.shape)
+        batch, layer = req.cdw[1], req.cdw[0] & 0xFFFF
         mode, cdw12 = (req.cdw[0] >> 16) & 0xFF, req.cdw[2]
         sparse = None
         if mode == AttendMode.SPARF:
@@ -109,8 +109,23 @@ class KVNamespace:
             sparse = (r, k, window)
         elif cdw12 or req.cdw[3]:
             return Result(Status.INVALID_FIELD, req.arrival_ns)
-        layer = req.cdw[0] & 0xFFFF
-        done = self.engine.attend(self.store, seqs, layer, q, out, req.arrival_ns, sparse)
+        ids = np.frombuffer(req.meta, SEQ_ID, count=batch)
+        start = req.arrival_ns
+        if req.cdw[0] & ATTEND_APPEND:            # the decode step's new token first
+            kv = np.frombuffer(req.meta, s.storage, offset=batch * SEQ_ID.itemsize)
+            start = self.engine.ftl.pcie(start, kv.nbytes)
+            st = self._append(layer, ids, kv.reshape(2, batch, 1, s.kv_heads, s.head_dim), start)
+            if st:
+                return Result(st, req.arrival_ns)
+        seqs = [self.store.get(int(i)) for i in ids.tolist()]
+        if any(q is None for q in seqs):
+            return Result(Status.INVALID_FIELD, req.arrival_ns)
+        q = np.frombuffer(req.data, np.float32).reshape(batch, s.q_heads, s.head_dim)
+        n = q.size
+        if self.out.size < n:
+            self.out = np.zeros(n, np.float32)
+        out = self.out[:n].reshape(q.shape)
+        done = self.engine.attend(self.store, seqs, layer, q, out, start, sparse)
         return Result(done_ns=done, data=out)
 
     def read(self, req: Request) -> Result:
