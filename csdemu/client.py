@@ -143,6 +143,23 @@ class Queue:
         finally:
             self.cq.arm(False)
 
+    def wait_some(self, limit: int = 1 << 30, spins: int = 0, stop=None) -> list[tuple]:
+        """At least one completion: `spins` polls (yielding the CPU between
+        them), then block on the CQ's interrupt vector until one arrives, or
+        return [] once `stop()` says so (checked every 50 ms at most)."""
+        for _ in range(spins):
+            out = self.reap_raw(limit)
+            if out:
+                return out
+            os.sched_yield()
+        while True:
+            out = self.reap_raw(limit)
+            if out:
+                return out
+            if stop is not None and stop():
+                return []
+            self._block(None)
+
     def reap(self, limit: int = 1 << 30) -> list[Completion]:
         return [Completion(*e) for e in self.reap_raw(limit)]
 

@@ -29,8 +29,6 @@ default 1M), spin= (polls before blocking, default 0).
 from __future__ import annotations
 
 import errno
-import os
-import select
 import sys
 import threading
 
@@ -119,26 +117,7 @@ class Handle:
 
 def _wait(q):
     """Reap one completion: poll, yield the CPU (GIL released), then block."""
-    for _ in range(_cfg["spin"]):
-        out = q.reap_raw(1)
-        if out:
-            return out[0]
-        os.sched_yield()
-    while True:
-        q.cq.arm(True)
-        try:
-            if not q.cq.ready():
-                r, _, _ = select.select([q.vector_fd], [], [], 0.05)
-                if r:
-                    try:
-                        os.eventfd_read(q.vector_fd)
-                    except BlockingIOError:
-                        pass
-        finally:
-            q.cq.arm(False)
-        out = q.reap_raw(1)
-        if out:
-            return out[0]
+    return q.wait_some(1, _cfg["spin"])[0]
 
 
 def _cmd(h, ln, opc, what, **kw):

@@ -22,8 +22,6 @@ engine's bytes read per channel and the drive's SMART / flash / engine deltas).
 from __future__ import annotations
 
 import math
-import os
-import select
 import threading
 import time
 
@@ -189,29 +187,7 @@ class Clone:
 
     # -------------------------------------------------------- the loop
     def _wait(self):
-        q = self.q
-        for _ in range(32):
-            out = q.reap_raw()
-            if out:
-                return out
-            os.sched_yield()
-        while True:
-            q.cq.arm(True)
-            try:
-                if not q.cq.ready():
-                    r, _, _ = select.select([q.vector_fd], [], [], 0.05)
-                    if r:
-                        try:
-                            os.eventfd_read(q.vector_fd)
-                        except BlockingIOError:
-                            pass
-            finally:
-                q.cq.arm(False)
-            out = q.reap_raw()
-            if out:
-                return out
-            if self.stop_now:
-                return []
+        return self.q.wait_some(spins=32, stop=lambda: self.stop_now)
 
     def _submit(self, s, cmd):
         kind, opc, kw, nbytes = cmd
