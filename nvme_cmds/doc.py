@@ -31,7 +31,7 @@ FIELDS = {
     ("io", VendorIoOpcode.NOP): "no data, no namespace work: a transport round trip",
     ("io", VendorIoOpcode.KV_APPEND): "CDW10 layer[15:0], tokens[31:16]; CDW11 batch; MPTR arena offset of u64 sequence ids; data: K then V, each [batch, tokens, kv heads, head dim] in the namespace dtype",
     ("io", VendorIoOpcode.KV_READ): "CDW10 layer; CDW11/12 sequence id; CDW13 start token; CDW14 count; data out: K then V, [count, kv heads, head dim]",
-    ("io", VendorIoOpcode.ATTEND): "CDW10 layer[15:0], mode[23:16] (0 dense, 1 SparF); CDW11 batch; CDW12 r[15:0], window[31:16]; CDW13 k; MPTR sequence ids; in: q float32 [batch, q heads, head dim] (PRP1), out: same shape (PRP2, or arena offset in CDW15 with SGL)",
+    ("io", VendorIoOpcode.ATTEND): "CDW10 layer[15:0], mode[23:16] (0 dense, 1 SparF), append[24] (K then V of one new token per sequence follow the ids at MPTR); CDW11 batch; CDW12 r[15:0], window[31:16]; CDW13 k; MPTR sequence ids; in: q float32 [batch, q heads, head dim] (PRP1), out: same shape (PRP2, or arena offset in CDW15 with SGL)",
     ("io", VendorIoOpcode.RECLAIM): "CDW11 batch; MPTR arena offset of u64 sequence ids; DW0 = sequences that existed",
 }
 
