@@ -1,5 +1,6 @@
 """csdemu: an NVMe computational storage drive emulator for in-storage LLM attention."""
-from csdemu.client import Device, Queue, connect
+from csdemu.client import Device, connect
+from csdemu.host_queue import Queue
 from csdemu.client_kv import KVNamespace, SparF
 from csdemu.errors import Completion, DaemonError, NVMeError
 
