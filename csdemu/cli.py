@@ -10,6 +10,7 @@ import time
 
 import click
 
+from csdemu.control import reachable
 from csdemu.paths import default_data_dir, default_socket
 
 SOCKET_OPT = click.option("--socket", "socket_path", default=None, metavar="PATH",
@@ -118,14 +119,10 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
         if proc.poll() is not None:
             tail = open(log_path, errors="replace").read().strip().splitlines()[-1:]
             _fail(f"daemon exited with status {proc.returncode}: {tail[0] if tail else 'see ' + log_path}")
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(socket_path)
-            s.close()
+        if reachable(socket_path):
             click.echo(f"csdemu daemon {proc.pid} listening on {socket_path} (log: {log_path})")
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     proc.kill()
     _fail(f"daemon did not start listening on {socket_path} within 60 s (log: {log_path})")
 

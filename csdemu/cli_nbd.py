@@ -133,7 +133,7 @@ def nbd(socket_path, nbd_socket, nsid, threads, readonly, run_cmd, verbose):
     Prints the NBD URI, serves until interrupted (or until --run finishes),
     then prints the drive's SMART and flash-log deltas for the session."""
     from csdemu.paths import default_socket
-    from csdemu.spawn import reachable
+    from csdemu.control import reachable
     from csdemu.device_counters import counter_deltas, device_counters, format_deltas
     socket_path = socket_path or default_socket()
     if not reachable(socket_path):

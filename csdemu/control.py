@@ -35,3 +35,15 @@ def recv_msg(sock: socket.socket, want_fds: bool = False):
             raise ConnectionError("daemon closed the connection")
         buf += chunk
     return json.loads(buf), fds
+
+
+def reachable(path: str) -> bool:
+    """True if a daemon accepts connections on the control socket at `path`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

@@ -16,7 +16,7 @@ import struct
 import sys
 import time
 
-from csdemu.control import send_msg
+from csdemu.control import reachable, send_msg
 from csdemu.qpair import CONTROL_BYTES, fence
 from csdemu.session import Session
 
@@ -47,14 +47,9 @@ class Daemon:
         d = os.path.dirname(self.socket_path) or "."
         os.makedirs(d, mode=0o700, exist_ok=True)
         if os.path.exists(self.socket_path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(self.socket_path)
+            if reachable(self.socket_path):
                 raise SystemExit(f"csdemu: a daemon is already listening on {self.socket_path}")
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(self.socket_path)
-            finally:
-                probe.close()
+            os.unlink(self.socket_path)            # left behind by a daemon that died
         self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
