@@ -7,6 +7,8 @@ returns (status, dw0, dw1); status None means "held" (Async Event Request).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from csdemu import dma
@@ -240,6 +242,13 @@ def set_features(ctrl, s, cmd):
     if fid == FeatureId.TIMING_MODE:
         if value not in (TimingMode.VIRTUAL, TimingMode.REALTIME):
             return _bad(Status.INVALID_FIELD)
+        if value == TimingMode.REALTIME and ctrl.config.timing_mode != value:
+            now = time.monotonic_ns()
+            for ns in ctrl.namespaces.values():
+                if hasattr(ns, "restart_timeline"):
+                    ns.restart_timeline(now)
+            if ctrl.kv is not None:
+                ctrl.kv.engine.restart_timeline(now)
         ctrl.config.timing_mode = value
     elif fid == FeatureId.FAULT_INJECTION:
         ns = ctrl.namespaces.get(1)

@@ -42,3 +42,18 @@ def test_realtime_by_flag():
         assert dev.identify()["vs"]["timing_mode"] == TimingMode.REALTIME
         wall, modeled = fua_write_ns(dev, 0)
         assert wall >= modeled >= 20_000_000
+
+
+def test_switch_to_realtime_starts_a_fresh_timeline():
+    """Virtual mode lets modeled work run far ahead of the wall clock (here a
+    backlog of 20 ms programs behind 40 MiB of writes); switching to real time must not
+    turn that backlog into real waiting."""
+    with DaemonProcess(extra_args=SLOW_PROGRAM) as d, csdemu.connect(d.socket_path) as dev:
+        fua_write_ns(dev, 9)
+        for i in range(40):
+            dev.write(1000 + 256 * i, np.ones(1 << 20, np.uint8))
+        wall, modeled = fua_write_ns(dev, 10)
+        assert modeled >= 1_000_000_000 and wall < modeled / 2    # behind the virtual backlog
+        dev.set_timing_mode(True)
+        wall, modeled = fua_write_ns(dev, 11)
+        assert 20_000_000 <= modeled < 200_000_000 and wall >= modeled

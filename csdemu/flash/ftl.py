@@ -307,6 +307,13 @@ class BlockFTL:
         wb_last = int(self.wb.max()) if self.wb.size else 0
         return max(now, self.clocks.next_idle_ns(), wb_last)
 
+    def restart_timeline(self, now: int) -> None:
+        """Start the modeled timeline afresh at `now`: every LUN, bus and
+        write-buffer slot is free. Virtual mode lets modeled work run ahead of
+        the wall clock; real-time mode must not turn that into real waiting."""
+        self.clocks.reset(now)
+        np.minimum(self.wb, now, out=self.wb)
+
     def checkpoint(self, clean: bool) -> None:
         self.sync()
         save_checkpoint(self.dir, self.l2p, self.seq - 1, clean)

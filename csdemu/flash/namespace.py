@@ -256,6 +256,9 @@ class FlashNamespace:
         self.ftl.faults.configure(**kw)
         return self.ftl.faults.config()
 
+    def restart_timeline(self, now_ns: int) -> None:
+        self.ftl.restart_timeline(now_ns)
+
     def set_write_cache(self, enabled: bool) -> None:
         """Volatile Write Cache (feature 06h): when off, writes complete only
         after their NAND programs and deallocations are journaled at once."""

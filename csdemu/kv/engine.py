@@ -65,6 +65,9 @@ class Engine:
         # (on a busy 2-core machine 2 threads ran a layer 3x slower than 1).
         self.max_threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
 
+    def restart_timeline(self, now_ns: int) -> None:
+        self.clock.avail_ns = min(self.clock.avail_ns, now_ns)
+
     def attend(self, store, seqs, layer, q, out, now, sparse=None) -> int:
         """Attention of q [B, Hq, D] over each sequence's layer into out; -> done_ns."""
         s = store.shape
