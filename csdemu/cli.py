@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,12 @@ def _connect(socket_path):
 
 
 def _control(socket_path, op: str) -> dict:
-    from csdemu.control import recv_msg, send_msg
+    from csdemu.control import request
     path = socket_path or default_socket()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.connect(path)
-        send_msg(s, {"op": op})
-        reply, _ = recv_msg(s)
+        return request(path, op, timeout=None)
     except OSError as exc:
         _fail(f"cannot reach the csdemu daemon at {path}: {exc.strerror or exc}")
-    finally:
-        s.close()
-    return reply
 
 
 class OneLineErrors(click.Group):

@@ -37,6 +37,19 @@ def recv_msg(sock: socket.socket, want_fds: bool = False):
     return json.loads(buf), fds
 
 
+def request(path: str, op: str, timeout: float | None = 10.0) -> dict:
+    """One control-socket request (e.g. "status") -> the daemon's reply."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        send_msg(s, {"op": op})
+        reply, _ = recv_msg(s)
+        return reply
+    finally:
+        s.close()
+
+
 def reachable(path: str) -> bool:
     """True if a daemon accepts connections on the control socket at `path`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

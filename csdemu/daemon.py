@@ -16,6 +16,7 @@ import struct
 import sys
 import time
 
+from csdemu import jit_watch
 from csdemu.control import reachable, send_msg
 from csdemu.qpair import CONTROL_BYTES, fence
 from csdemu.session import Session
@@ -41,6 +42,7 @@ class Daemon:
         self.next_client = 1
         self.uid = os.getuid()
         self.polls = self.idle_polls = self.sleeps = 0
+        self.jit = jit_watch.install()        # compiles after start-up = warm-up gaps
 
     # ------------------------------------------------------------ socket
     def listen(self):
@@ -249,4 +251,5 @@ class Daemon:
                            for nsid, ns in sorted(ctrl.namespaces.items())],
             "commands": ctrl.counters.commands,
             "polls": self.polls, "idle_polls": self.idle_polls, "sleeps": self.sleeps,
+            **self.jit.as_dict(),
         }

@@ -1,7 +1,15 @@
-"""Compile every attention-kernel variant once, so Numba's on-disk cache holds
-them and no daemon pays a JIT compile inside a command (run by `make install`):
+"""Fill Numba's on-disk cache with everything a daemon compiles, so no daemon
+pays a JIT compile inside a command (run by `make install`):
 
     python -m csdemu.warmup
+
+Numba compiles one specialization per argument *type* (dtype, layout,
+read-only flag, None or array), so calling the kernels directly with
+test-made arrays misses the variants the daemon passes; a fresh clone's
+daemon then spent 25 s compiling SparF inside one Attend. So the warm-up
+drives real daemons through every command path instead: block I/O and GC,
+and for each KV dtype dense, SparF, fused-append attends, reads and reclaims,
+once with the default single engine thread and once parallel.
 """
 from __future__ import annotations
 
@@ -9,31 +17,66 @@ import time
 
 import numpy as np
 
+# femu-bbssd geometry cut to 16 blocks of 64 pages per plane: 208 MiB of LBAs,
+# small enough to fill past its GC threshold in a few seconds.
+SMALL_DRIVE = ["--profile", "femu-bbssd", "--set", "geometry.blocks_per_plane=16",
+               "--set", "geometry.pages_per_block=64"]
+SEQS, TOKENS = 2, 2048      # 2 x 2 kv heads x 128 groups: above the engine's parallel threshold
 
-def warm(log=print) -> None:
+
+def _kv_paths(dev, csdemu) -> None:
+    rng = np.random.default_rng(0)
+    for dtype, sparse_layout in (("float16", True), ("bfloat16", True), ("float32", True),
+                                 ("float16", False)):
+        kv = dev.create_kv_namespace(layers=1, q_heads=4, kv_heads=2, head_dim=64, dtype=dtype,
+                                     sparse_layout=sparse_layout)
+        ids = list(range(SEQS))
+        k = rng.standard_normal((SEQS, TOKENS, 2, 64)).astype(np.float32)
+        kv.append(0, ids, k, k)
+        kv.append(0, ids, k[:, :3], k[:, :3])           # a partly filled group in device DRAM
+        q = rng.standard_normal((SEQS, 4, 64)).astype(np.float32)
+        modes = [None] + ([csdemu.SparF(r=8, k=32, window=4)] if sparse_layout else [])
+        for sparse in modes:
+            kv.attend(0, ids, q, sparse=sparse)
+            kv.attend(0, ids, q, sparse=sparse, append=(k[:, :1], k[:, :1]))
+            kv.attend(0, ids[:1], q[:1], sparse=sparse)              # a batch of one
+        kv.read(0, 0, 0, 20)
+        kv.reclaim(ids)
+        kv.delete()
+
+
+def _block_paths(dev) -> None:
+    nlbas = dev.identify_ns(1)["nsze"]
+    chunk = np.arange(256 * 4096, dtype=np.uint32).view(np.uint8)[:256 * 4096]
+    for i in range(0, int(nlbas * 1.5) // 256):             # past the GC threshold
+        dev.write((i * 256) % (nlbas - 256), chunk, fua=(i % 50 == 0))
+    dev.read(0, 300)
+    dev.write_zeroes(0, 512)
+    dev.trim(1024, 512)
+    dev.flush()
+
+
+def warm_daemons(log=print) -> None:
     import numba
 
-    from kernels.attention import dense_attention, sparf_attention
-    from kernels.layout_testing import random_paged_kv
+    import csdemu
+    from csdemu.spawn import DaemonProcess
+    threads = max(2, numba.config.NUMBA_NUM_THREADS)
+    for n in (1, threads):
+        with DaemonProcess(extra_args=SMALL_DRIVE + ["--engine-threads", str(n)]) as d, \
+                csdemu.connect(d.socket_path) as dev:
+            _kv_paths(dev, csdemu)
+            if n == 1:
+                _block_paths(dev)
+            log_text = d.log_text()
+        if "Traceback" in log_text:
+            raise RuntimeError(f"warm-up daemon failed:\n{log_text[-3000:]}")
+
+
+def warm(log=print) -> None:
     t0 = time.perf_counter()
-    most = numba.config.NUMBA_NUM_THREADS
-    # One thread is the daemon's default (serial code); with more, dense
-    # attention either runs (sequence, kv head) units or splits by channel.
-    for threads, batch in {(1, 2), (most, 2), (most, 2 * most)}:
-        numba.set_num_threads(threads)
-        for dtype in ("fp16", "bf16", "fp32"):
-            lay = random_paged_kv(batch, 1, 64, [40, 7] * (batch // 2), 16, 2, dtype, Dp=1,
-                                  Tp=32 if dtype == "fp32" else 64)
-            q = np.ones((batch, 2, 64), np.float32)
-            out = np.empty_like(q)
-            dense_attention(q, lay.pool, lay.dram_pool, lay.k_pages, lay.v_pages, lay.seq_lens,
-                            lay.group_channel, 2, out, kv_dtype=dtype)
-            sparf_attention(q, lay.pool, lay.dram_pool, lay.k_pages, lay.v_pages, lay.seq_lens,
-                            lay.group_channel, lay.kd_pool, lay.kd_dram_pool, lay.kd_pages,
-                            lay.dim_channel, np.zeros((batch, 1, 64), np.float32), 2, out,
-                            r=8, k=4, window=2, kv_dtype=dtype)
-    numba.set_num_threads(most)
-    log(f"attention kernels compiled and cached in {time.perf_counter() - t0:.1f} s")
+    warm_daemons(log)
+    log(f"daemon paths compiled and cached in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -12,20 +12,14 @@ import numpy as np
 import pytest
 
 import csdemu
-from csdemu.control import recv_msg, send_msg
+from csdemu.control import request
 from csdemu.spawn import DaemonProcess
 from nvme_cmds.opcodes import AdminOpcode, NvmOpcode, VendorIoOpcode
 from nvme_cmds.status import Status
 
 
 def status_of(socket_path):
-    import socket
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(socket_path)
-    send_msg(s, {"op": "status"})
-    reply, _ = recv_msg(s)
-    s.close()
-    return reply
+    return request(socket_path, "status")
 
 
 def test_identify_and_block_roundtrip(dev):

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 from tools.torture.common import ROOT, patterns, rss_kib, small_daemon, part_main
 
 import csdemu  # noqa: E402
-from csdemu.control import recv_msg, send_msg  # noqa: E402
+from csdemu.control import request  # noqa: E402
 
 VICTIM = r"""
 import json, os, sys, random, numpy as np
@@ -72,15 +71,7 @@ while True:
 
 
 def daemon_status(path) -> dict:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    try:
-        send_msg(s, {"op": "status"})
-        reply, _ = recv_msg(s)
-        return reply
-    finally:
-        s.close()
+    return request(path, "status")
 
 
 class Bystander(threading.Thread):

@@ -40,6 +40,7 @@ import numpy as np
 from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, wait_completions, part_main
 
 import csdemu  # noqa: E402
+from csdemu.control import request  # noqa: E402
 from csdemu.qpair import CONTROL_BYTES, cq_bytes, sq_bytes  # noqa: E402
 from nvme_cmds.opcodes import AdminOpcode as A, NvmOpcode as N, VendorAdminOpcode as VA, VendorIoOpcode as VI  # noqa: E402
 from nvme_cmds.spec import SQE_STRUCT  # noqa: E402
@@ -688,12 +689,15 @@ def run_fuzz(commands: int, seed: int, ring_rounds: int | None = None, log=print
                     f"({st.commands / (last - t0):.0f} cmd/s)")
         intact = target.control_data_intact()
         alive = target.daemon_alive()
+        jit = request(d.socket_path, "status") if alive else {}
         target.close()
         out = st.as_dict()
         out.update(seed=seed, seconds=round(time.monotonic() - t0, 1), daemon_alive_at_end=alive,
                    others_kv_data_intact=intact, daemon_rss_kib_start=rss0,
                    daemon_rss_kib_end=rss_kib(d.proc.pid),
-                   daemon_tracebacks=d.log_text().count("Traceback"))
+                   daemon_tracebacks=d.log_text().count("Traceback"),
+                   daemon_jit_compiles=jit.get("jit_compiles"), daemon_jit_seconds=jit.get("jit_seconds"),
+                   daemon_jit_recent=jit.get("jit_recent"))
         out["commands_per_s"] = round(out["commands"] / max(out["seconds"], 1e-9))
         return out
     finally:
