@@ -157,7 +157,9 @@ def run_client_death(victims: int, seed: int, window_s: float = 3.0, log=print) 
         by.ready.wait(120)
         by.rate(1.0)                                 # warm up
         rss0, fds0 = rss_kib(d.proc.pid), _fd_count(d.proc.pid)
+        probe = csdemu.connect(d.socket_path)
         res["bystander_ops_per_s_before"] = round(by.rate(window_s), 1)
+        gc_before = probe.flash_log()
         times = []
         code = VICTIM.format(root=ROOT)
         ops_churn0, t_churn0 = by.ops, time.monotonic()
@@ -188,7 +190,17 @@ def run_client_death(victims: int, seed: int, window_s: float = 3.0, log=print) 
             times.append(5.0 if reclaimed is None else reclaimed)
             res["victims"] += 1
         res["bystander_ops_per_s_during"] = round((by.ops - ops_churn0) / (time.monotonic() - t_churn0), 1)
+        gc_churn = probe.flash_log()
         res["bystander_ops_per_s_after"] = round(by.rate(window_s), 1)
+        gc_after = probe.flash_log()
+        probe.close()
+        # Victims' writes fill the drive, so the bystander's writes may now
+        # trigger GC: that is the drive's state, not a cost of dead sessions.
+        for key in ("gc_runs", "gc_pages_copied"):
+            res[f"{key}_before_churn"] = gc_before[key]
+            res[f"{key}_during_churn"] = gc_churn[key] - gc_before[key]
+            res[f"{key}_during_after_window"] = gc_after[key] - gc_churn[key]
+        res["free_lines_after"] = gc_after["free_lines"]
         st = daemon_status(d.socket_path)
         res["sessions_left"] = len(st["clients"]) - 1          # the bystander
         res["kv_namespaces_left"] = sum(1 for n in st["namespaces"] if n["kind"] == "kv") - 1
