@@ -140,7 +140,8 @@ def summary(results: dict) -> dict:
     s = results.get("soak")
     if s:
         out.update(soak_seconds=s["seconds"], soak_rss_kib_start=s["rss_kib_start"],
-                   soak_rss_kib_end=s["rss_kib_end"], soak_errors=s["errors"],
+                   soak_rss_kib_end=s["rss_kib_end"], soak_rss_kib_max=s["rss_kib_max"],
+                   soak_errors=s["errors"],
                    soak_fio_runs=s["fio_runs"], soak_stress_runs=s["stress_runs"])
     return out
 
