@@ -4,8 +4,17 @@ against numpy and torch, then the Attend command through a live daemon.
 Kernel section: batch 8, 32 q heads over 8 kv heads x 128 dims, fp16 pages
 of 16 tokens in a shuffled pool, contexts 1k..16k; the machine's streaming
 read bandwidth is a parallel Numba sum over a buffer as large as the largest
-KV. Daemon section: one layer on the `instinfer` profile, dense and SparF 1/8
-on the same data: attends/s, wall ÷ modeled time, flash bytes read.
+KV, its peak FMA rate a Numba loop of independent FMA chains in registers on
+every kernel thread.  The roofline is min(stream bytes/s, peak FMA/s / FMA
+per KV byte): each K element feeds g multiply-adds (one score per q head of
+its kv head) and each V element g more, so g/2 FMA per byte of fp16 K+V,
+taken from the kernel's own MAC and byte counters.
+
+Daemon section: one layer on the `instinfer` profile, dense and SparF 1/8 on
+the same data: attends/s, wall ÷ modeled time (each attend started on an idle
+drive, so modeled is one command's service time), flash pages sensed and bytes
+moved over the flash channels (SparF's exact pass moves only the selected
+tokens' rows of a page; `sparf_bytes_vs_dense` compares moved bytes).
 """
 from __future__ import annotations
 
@@ -33,8 +42,9 @@ def _kv_bytes(ctx: int) -> int:
 def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) -> dict:
     import numba
 
+    from kernels import counters as C
     from kernels.attention import dense_attention
-    from kernels.bench import measure_stream_gbps
+    from kernels.bench import measure_peak_gflops, measure_stream_gbps
     from kernels.layout_testing import random_paged_kv
     try:
         import torch
@@ -42,6 +52,7 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
     except ImportError:
         torch = None
     stream = measure_stream_gbps(nbytes=_kv_bytes(max(contexts)), repeat=repeat) * 1e9
+    peak_fma = measure_peak_gflops() * 1e9 / 2
     rows = []
     rng = np.random.default_rng(0)
     for ctx in contexts:
@@ -50,9 +61,10 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
         out = np.empty_like(q)
 
         def kernel():
-            dense_attention(q, lay.pool, lay.dram_pool, lay.k_pages, lay.v_pages, lay.seq_lens,
-                            lay.group_channel, NCH, out, kv_dtype="fp16")
-        kernel()
+            return dense_attention(q, lay.pool, lay.dram_pool, lay.k_pages, lay.v_pages,
+                                   lay.seq_lens, lay.group_channel, NCH, out, kv_dtype="fp16")
+        ctr = kernel()
+        fma_per_byte = ctr[:, C.MACS].sum() / (ctr[:, C.FLASH_BYTES].sum() + ctr[:, C.DRAM_BYTES].sum())
         t_kernel = _best(kernel, repeat)
         # The same K and V as float32 dense arrays for the references.
         K = np.empty((B, HKV, ctx, D), np.float32)
@@ -88,6 +100,10 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
         "contexts": rows,
     }
     res["kernel_vs_stream"] = res["kernel_bytes_per_s"] / stream
+    res["peak_fma_per_s"] = peak_fma
+    res["fma_per_kv_byte"] = float(fma_per_byte)
+    res["roofline_bytes_per_s"] = min(stream, peak_fma / fma_per_byte)
+    res["kernel_vs_roofline"] = res["kernel_bytes_per_s"] / res["roofline_bytes_per_s"]
     res["kernel_vs_numpy"] = big["numpy_s"] / big["kernel_s"]
     if "torch_s" in big:
         res["kernel_vs_torch"] = big["torch_s"] / big["kernel_s"]
@@ -118,13 +134,22 @@ def daemon_section(socket_path: str, context: int = 4096, attends: int = 20) -> 
                 for _ in range(attends):
                     t0 = time.perf_counter()
                     kv.attend(0, ids, q, sparse=sparse, out=res)
-                    wall += time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    wall += t1 - t0
                     modeled += kv.last.device_ns
+                    # Virtual timing posts at once: an emulator ahead of the model
+                    # would queue the next attend behind this one on the modeled
+                    # drive, and its device time would count that wait. Each
+                    # attend starts on an idle drive, so modeled = service time.
+                    idle_at = t0 + kv.last.device_ns / 1e9 + 1e-3
+                    if idle_at > t1:
+                        time.sleep(idle_at - t1)
                 after = dev.engine_log()
                 out[f"{name}_attends_per_s"] = attends / wall
                 out[f"{name}_realtime_factor"] = wall / (modeled / 1e9)
                 out[f"{name}_modeled_ms"] = modeled / 1e6 / attends
                 out[f"{name}_flash_bytes"] = (after["bytes_read_flash"] - before["bytes_read_flash"]) / attends
+                out[f"{name}_pages_sensed"] = (after["pages_read_flash"] - before["pages_read_flash"]) / attends
         finally:
             kv.delete()
     out["realtime_factor"] = out["dense_realtime_factor"]

@@ -16,16 +16,26 @@ import struct
 import sys
 import time
 
-from csdemu import jit_watch
-from csdemu.control import reachable, send_msg
-from csdemu.qpair import CONTROL_BYTES, fence
-from csdemu.session import Session
+# The engine's Numba kernels run on GNU OpenMP, whose workers by default spin
+# for milliseconds after every parallel region: on a small machine that takes
+# a core from the host process between attends (a decode step's other layer
+# work) and from the daemon's own loop. Passive workers sleep at once; waking
+# them costs microseconds per attend. Set before Numba first loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from csdemu import jit_watch  # noqa: E402
+from csdemu.control import reachable, send_msg  # noqa: E402
+from csdemu.qpair import CONTROL_BYTES, fence  # noqa: E402
+from csdemu.session import Session  # noqa: E402
 
 MIN_ARENA = 1 << 20
 MAX_ARENA = 1 << 30
 DEFAULT_ARENA = 16 << 20
 IDLE_GUARD_S = 0.5     # longest sleep without a wake-up (belt and braces)
 SELECT_EVERY_NS = 1_000_000
+# Spinning yields the core after every empty pass; back on it only this long
+# later means other tasks kept it (a loaded machine), so sleep instead.
+CROWDED_NS = 500_000
 
 
 class Daemon:
@@ -176,9 +186,13 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *a: setattr(self, "stopping", True))
         ctrl = self.ctrl
         mono = time.monotonic_ns
-        last_work = last_select = mono()
+        last_work = last_select = mark = mono()
         while not self.stopping:
             t0 = mono()
+            # Off the CPU for long since the last yield: the core is wanted by
+            # others, and spinning on would only delay the commands this loop
+            # serves until its next turn; sleeping gets it woken promptly.
+            crowded = t0 - mark > CROWDED_NS
             n = self._poll_all()
             now = mono()
             self.polls += 1
@@ -191,12 +205,18 @@ class Daemon:
             if now - last_select > SELECT_EVERY_NS:
                 last_select = now
                 self._events(0)
-            if n or now - last_work < self.poll_idle_ns:
+            if n:
+                mark = now
                 continue
-            if next_due is not None and next_due - now < self.poll_idle_ns:
+            if not crowded and (now - last_work < self.poll_idle_ns or (
+                    next_due is not None and next_due - now < self.poll_idle_ns)):
+                # Spinning, but give way: on a machine with few cores the
+                # client's threads (and fio) wait for this core otherwise.
+                mark = now
+                os.sched_yield()
                 continue
             self._sleep(next_due, now)
-            last_work = last_select = mono()
+            last_work = last_select = mark = mono()
         self.shutdown()
 
     def _sleep(self, next_due, now):

@@ -54,6 +54,7 @@ class Queue:
         self.dev, self.qid, self.sq, self.cq, self.vector_fd = dev, qid, sq, cq, vector_fd
         self.free_cids = list(range(sq.depth - 1, -1, -1))
         self.outstanding = 0
+        self._last_ns: dict[int, int] = {}      # opcode -> its last execute() round trip
         self._poller = select.poll()
         self._poller.register(vector_fd, select.POLLIN)
 
@@ -95,7 +96,8 @@ class Queue:
             self.outstanding -= len(out)
         return out
 
-    def wait_raw(self, count: int = 1, timeout: float | None = COMMAND_TIMEOUT_S) -> list[tuple]:
+    def wait_raw(self, count: int = 1, timeout: float | None = COMMAND_TIMEOUT_S,
+                 spin_ns: int = SPIN_NS) -> list[tuple]:
         """Reap until at least `count` completions arrived (spin, then block)."""
         out = self.reap_raw()
         if len(out) >= count:
@@ -110,7 +112,7 @@ class Queue:
             if deadline is not None and now > deadline:
                 raise TimeoutError(f"queue {self.qid}: {len(out)} of {count} completions "
                                    f"after {timeout}s")
-            if now - start > SPIN_NS:
+            if now - start > spin_ns:
                 self._block(deadline)
 
     def _block(self, deadline):
@@ -144,6 +146,29 @@ class Queue:
                 return []
             self._block(None)
 
+    def wait_blocking(self, spins: int = 0) -> list[tuple]:
+        """At least one completion, for a queue whose interrupt vector nobody
+        else waits on and whose fd was made blocking (os.set_blocking): after
+        `spins` polls (sched_yield between them) arm the CQ and sleep in one
+        read(2) of the vector, not poll(2) then read(2). No timeout: like
+        wait_some(stop=None), it waits as long as the drive takes."""
+        for _ in range(spins):
+            out = self.reap_raw()
+            if out:
+                return out
+            os.sched_yield()
+        cq, fd = self.cq, self.vector_fd
+        while True:
+            out = self.reap_raw()
+            if out:
+                return out
+            cq.arm(True)
+            try:
+                if not cq.ready():
+                    os.eventfd_read(fd)
+            finally:
+                cq.arm(False)
+
     def reap(self, limit: int = 1 << 30) -> list[Completion]:
         return [Completion(*e) for e in self.reap_raw(limit)]
 
@@ -151,6 +176,15 @@ class Queue:
         return [Completion(*e) for e in self.wait_raw(count, timeout)]
 
     def execute(self, opc, **kw) -> Completion:
-        """Submit one command and wait for it (nothing else may be outstanding)."""
+        """Submit one command and wait for it (nothing else may be outstanding).
+
+        Spins only for an opcode whose last round trip was shorter than the
+        spin budget: a command that ran longer (an attend over a long context)
+        will again, and spinning through it takes a core from the drive's
+        kernel threads on a small machine; blocking costs one wake-up."""
+        t0 = time.monotonic_ns()
         self.submit(opc, **kw)
-        return Completion(*self.wait_raw(1)[0])
+        spin = SPIN_NS if self._last_ns.get(opc, 0) <= SPIN_NS else 0
+        e = self.wait_raw(1, spin_ns=spin)[0]
+        self._last_ns[opc] = time.monotonic_ns() - t0
+        return Completion(*e)

@@ -9,26 +9,40 @@ the venv's site-packages on sys.path before csdemu is imported.
 
 The plugin is an ordinary csdemu client: every NBD connection attaches to the
 daemon as its own client (its own arena and queue pairs). nbdkit runs the
-plugin with THREAD_MODEL_PARALLEL, so several requests of one connection can
-be in flight at once; each nbdkit worker thread that serves a connection gets
-its own I/O queue pair and staging buffer in that connection's arena (a
-Queue is single-threaded; different queues of one client are independent),
-so a client at iodepth 8 keeps up to 8 commands outstanding in the drive.
-Waiting for a completion releases the GIL: the thread blocks on its queue's
-interrupt eventfd at once (spin=N first polls N times with sched_yield; on a
-2-core machine shared with the daemon and fio, blocking at once measured
-about twice the 4 KiB QD8 IOPS of polling), so other threads submit meanwhile.
+plugin with THREAD_MODEL_PARALLEL. A request borrows a lane (an I/O queue
+pair and a staging buffer) from the connection's pool and gives it back, so
+fio at iodepth 8 keeps 8 commands in the drive while the daemon polls only as
+many queues as requests were ever in flight at once, not one per worker
+thread (each queue costs its poll loop a look per pass). A waiting thread
+polls its CQ spin=N times (default 2) with sched_yield between, then arms
+the CQ and sleeps in one read(2) of its lane's interrupt eventfd, GIL
+released. A spinning daemon often completes a 4 KiB read within two yields,
+which saves its interrupt write and this thread's sleep and wake-up; more
+polls hand the GIL between waiting threads for nothing (on the 2-core test
+machine spin=2 gave 0.88-0.91 of the bytearray plugin's QD8 IOPS where
+spin=0 gave 0.69-0.80 and spin=4 or 8 less than spin=2).
+
+nbdkit takes the GIL per callback with PyGILState_Ensure, which in a worker
+thread without a Python thread state creates one and frees it on return (an
+mmap, munmap and gettid per request). The first callback in each worker
+takes one extra reference so the state lives as long as the thread; close()
+frees those of the finished workers.
 
 NBD -> NVMe: pread -> Read, pwrite -> Write (FUA flag -> FUA bit), flush ->
 Flush, trim -> Dataset Management (deallocate), zero -> Write Zeroes.
-Unaligned requests are handled by read-modify-write of the edge blocks.
+Reads and writes move through the lane's staging buffer (SGL into the arena,
+one copy to or from nbdkit's buffer). Unaligned requests are handled by
+read-modify-write of the edge blocks.
 Parameters: socket= (required), nsid= (default 1), root=, site=,
-arena= (bytes per connection, default 32M), staging= (bytes per thread,
-default 1M), spin= (polls before blocking, default 0).
+arena= (bytes per connection, default 32M), staging= (bytes per lane,
+default 1M), spin= (polls before blocking, default 2), lanes= (most queue
+pairs per connection, default 15: one interrupt vector each).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import sys
 import threading
 
@@ -37,37 +51,44 @@ import nbdkit
 API_VERSION = 2
 
 _cfg = {"socket": None, "nsid": 1, "root": None, "site": None,
-        "arena": 32 << 20, "staging": 1 << 20, "spin": 0}
+        "arena": 32 << 20, "staging": 1 << 20, "spin": 2, "lanes": 15}
+LANE_DEPTH = 2           # one command outstanding per lane (depth - 1)
 
 # filled by config_complete() once sys.path is set up
 _mods = {}
+_api = ctypes.pythonapi
+_api.PyGILState_GetThisThreadState.restype = ctypes.c_void_p
+_api.PyThreadState_Clear.argtypes = [ctypes.c_void_p]
+_api.PyThreadState_Delete.argtypes = [ctypes.c_void_p]
 
 
 def config(key, value):
     if key in ("socket", "root", "site"):
         _cfg[key] = value
-    elif key in ("nsid", "spin"):
+    elif key in ("nsid", "spin", "lanes"):
         _cfg[key] = int(value, 0)
     elif key in ("arena", "staging"):
         _cfg[key] = nbdkit.parse_size(value)
     else:
         raise RuntimeError(f"unknown parameter {key!r} (socket, nsid, root, site, arena, "
-                           "staging, spin)")
+                           "staging, spin, lanes)")
 
 
 def config_complete():
     if not _cfg["socket"]:
         raise RuntimeError("socket=PATH (the csdemu daemon's control socket) is required")
+    if _cfg["lanes"] < 1:
+        raise RuntimeError("lanes must be at least 1")
     for p in (_cfg["site"], _cfg["root"]):
         if p and p not in sys.path:
             sys.path.insert(0, p)
     from csdemu.client import SGL_FLAGS, Device
     from csdemu.errors import NVMeError
-    from nvme_cmds.nvm import CDW11_DSM_AD, DSM_RANGE, lba_cdws
+    from nvme_cmds.nvm import CDW11_DSM_AD, CDW12_FUA, DSM_RANGE
     from nvme_cmds.opcodes import NvmOpcode
     from nvme_cmds.spec import CQE_STRUCT  # noqa: F401  (fail early if the tree is broken)
     from nvme_cmds.status import decode_status_field
-    _mods.update(Device=Device, NVMeError=NVMeError, SGL=SGL_FLAGS, lba_cdws=lba_cdws,
+    _mods.update(Device=Device, NVMeError=NVMeError, SGL=SGL_FLAGS, FUA=CDW12_FUA,
                  DSM_RANGE=DSM_RANGE, DSM_AD=CDW11_DSM_AD, op=NvmOpcode,
                  decode=decode_status_field)
 
@@ -76,18 +97,27 @@ def thread_model():
     return nbdkit.THREAD_MODEL_PARALLEL
 
 
-class Lane:
-    """One worker thread's queue pair and staging buffer inside a connection."""
-    __slots__ = ("q", "off", "nbytes")
+def _pin() -> int:
+    """Keep this nbdkit thread's Python thread state alive; -> its address, or
+    0 for a thread Python started itself (its state is Python's to free)."""
+    if not isinstance(threading.current_thread(), threading._DummyThread):
+        return 0
+    _api.PyGILState_Ensure()
+    return _api.PyGILState_GetThisThreadState()
 
-    def __init__(self, q, off, nbytes):
-        self.q, self.off, self.nbytes = q, off, nbytes
+
+class Lane:
+    """A queue pair and its staging buffer, used by one request at a time."""
+    __slots__ = ("q", "off", "view")
+
+    def __init__(self, q, off, view):
+        self.q, self.off, self.view = q, off, view
 
 
 class Handle:
     def __init__(self, readonly):
         D = _mods["Device"]
-        self.dev = D(_cfg["socket"], arena_bytes=_cfg["arena"], io_depth=4)
+        self.dev = D(_cfg["socket"], arena_bytes=_cfg["arena"], io_depth=LANE_DEPTH)
         self.nsid = _cfg["nsid"]
         ns = self.dev.identify_ns(self.nsid)
         self.bs = 1 << ns["lbaf0_lbads"]
@@ -95,41 +125,92 @@ class Handle:
         self.max_bytes = min(_cfg["staging"], self.dev.mdts_bytes())
         self.max_bytes -= self.max_bytes % self.bs
         self.readonly = readonly
-        self.lock = threading.Lock()
-        self.lanes: dict[int, Lane] = {}
+        self.mv = memoryview(self.dev.mm)
+        self.cond = threading.Condition()
+        self.waiters = 0
+        self.pool: list[Lane] = []
+        self.lanes: list[Lane] = []
+        self.pinned: dict[int, int] = {}       # worker thread -> its kept PyThreadState
+        # A blocked lane reads its own vector: lanes may not share one.
+        self.max_lanes = min(_cfg["lanes"], len(self.dev.vector_fds) - 1)
+        self._add_lane(self.dev.io)             # the Device's own I/O queue is lane 1
 
-    # One lane per nbdkit worker thread; the threads live as long as the connection.
-    def lane(self) -> Lane:
-        tid = threading.get_ident()
-        ln = self.lanes.get(tid)
-        if ln is not None:
-            return ln
-        with self.lock:
-            q = self.dev.create_queue(4)
-            ln = Lane(q, self.dev.alloc.alloc(_cfg["staging"]), _cfg["staging"])
-            self.lanes[tid] = ln
+    def _add_lane(self, q) -> Lane:
+        os.set_blocking(q.vector_fd, True)      # one read(2) per wait (Queue.wait_blocking)
+        off = self.dev.alloc.alloc(self.max_bytes)
+        ln = Lane(q, off, self.mv[off:off + self.max_bytes])
+        self.lanes.append(ln)
+        self.pool.append(ln)
         return ln
 
+    def take(self) -> Lane:
+        tid = threading.get_ident()
+        if tid not in self.pinned:
+            self.pinned[tid] = _pin()
+        try:
+            return self.pool.pop()
+        except IndexError:
+            return self._wait_lane()
+
+    def _wait_lane(self) -> Lane:
+        with self.cond:
+            self.waiters += 1
+            try:
+                while True:
+                    try:
+                        return self.pool.pop()
+                    except IndexError:
+                        pass
+                    if len(self.lanes) < self.max_lanes:
+                        self._add_lane(self.dev.create_queue(LANE_DEPTH))
+                        continue
+                    self.cond.wait(0.05)
+            finally:
+                self.waiters -= 1
+
+    def give(self, ln: Lane) -> None:
+        self.pool.append(ln)
+        if self.waiters:
+            with self.cond:
+                self.cond.notify()
+
     def close(self):
-        with self.lock:
-            self.dev.close()
+        # nbdkit joins a connection's workers before it calls close().
+        me = threading.get_ident()
+        for tid, ts in self.pinned.items():
+            if not ts:
+                continue
+            if tid == me:
+                _api.PyGILState_Release(0)      # PyGILState_LOCKED: drop our extra count
+            else:
+                _api.PyThreadState_Clear(ts)
+                _api.PyThreadState_Delete(ts)
+        self.pinned.clear()
+        for ln in self.lanes:
+            ln.view.release()
+        self.lanes = self.pool = []
+        self.mv.release()
+        self.dev.close()
 
 
-def _wait(q):
-    """Reap one completion: poll, yield the CPU (GIL released), then block."""
-    return q.wait_some(1, _cfg["spin"])[0]
-
-
-def _cmd(h, ln, opc, what, **kw):
+def _cmd(h, ln, opc, what, flags=0, prp1=0, prp2=0, cdw10=0, cdw11=0, cdw12=0):
     q = ln.q
-    q.submit(opc, nsid=h.nsid, **kw)
-    e = _wait(q)
+    q.submit(opc, nsid=h.nsid, cdw10=cdw10, cdw11=cdw11, cdw12=cdw12, flags=flags,
+             prp1=prp1, prp2=prp2)
+    e = q.wait_blocking(_cfg["spin"])[0]
     if e[5] & 0xFFFE:                        # status field without the phase tag
         st = _mods["decode"](e[5])[0]
         err = _mods["NVMeError"](st, what)
         nbdkit.set_error(errno.ENOSPC if "CAPACITY" in str(err) else errno.EIO)
         raise RuntimeError(str(err))
     return e
+
+
+def _rw(h, ln, opc, what, lba, nbytes, fua=False):
+    """One Read/Write of whole blocks through the lane's staging buffer."""
+    nlb = nbytes // h.bs - 1
+    _cmd(h, ln, opc, what, _mods["SGL"], ln.off, nbytes, lba & 0xFFFFFFFF, lba >> 32,
+         nlb | (_mods["FUA"] if fua else 0))
 
 
 # ------------------------------------------------------------------ callbacks
@@ -189,36 +270,40 @@ def can_cache(h):
 
 def _read_blocks(h, ln, lba, out: memoryview):
     """Read len(out) bytes (a whole number of blocks) at `lba` into `out`."""
-    mm, bs, step = h.dev.mm, h.bs, h.max_bytes
-    rd, lba_cdws = _mods["op"].READ, _mods["lba_cdws"]
+    bs, step, rd, view = h.bs, h.max_bytes, _mods["op"].READ, ln.view
     for pos in range(0, len(out), step):
         n = min(step, len(out) - pos)
-        _cmd(h, ln, rd, "read", flags=_mods["SGL"], prp1=ln.off, prp2=n,
-             **lba_cdws(lba + pos // bs, n // bs))
-        out[pos:pos + n] = mm[ln.off:ln.off + n]
+        _rw(h, ln, rd, "read", lba + pos // bs, n)
+        out[pos:pos + n] = view[:n]
 
 
 def _write_blocks(h, ln, lba, data: memoryview, fua: bool):
-    mm, bs, step = h.dev.mm, h.bs, h.max_bytes
-    wr, lba_cdws = _mods["op"].WRITE, _mods["lba_cdws"]
+    bs, step, wr, view = h.bs, h.max_bytes, _mods["op"].WRITE, ln.view
     for pos in range(0, len(data), step):
         n = min(step, len(data) - pos)
-        mm[ln.off:ln.off + n] = data[pos:pos + n]
-        _cmd(h, ln, wr, "write", flags=_mods["SGL"], prp1=ln.off, prp2=n,
-             **lba_cdws(lba + pos // bs, n // bs, fua))
+        view[:n] = data[pos:pos + n]
+        _rw(h, ln, wr, "write", lba + pos // bs, n, fua)
 
 
 def pread(h, buf, offset, flags):
-    ln, bs = h.lane(), h.bs
-    mv = memoryview(buf).cast("B")
-    if offset % bs == 0 and len(mv) % bs == 0:
-        _read_blocks(h, ln, offset // bs, mv)
-        return
-    lo = offset - offset % bs
-    hi = -(-(offset + len(mv)) // bs) * bs
-    tmp = bytearray(hi - lo)
-    _read_blocks(h, ln, lo // bs, memoryview(tmp))
-    mv[:] = tmp[offset - lo:offset - lo + len(mv)]
+    ln = h.take()
+    try:
+        bs = h.bs
+        n = len(buf)
+        if offset % bs == 0 and n % bs == 0:
+            if n <= h.max_bytes:              # the common case: one command
+                _rw(h, ln, _mods["op"].READ, "read", offset // bs, n)
+                buf[:] = ln.view[:n]
+            else:
+                _read_blocks(h, ln, offset // bs, memoryview(buf).cast("B"))
+            return
+        lo = offset - offset % bs
+        hi = -(-(offset + n) // bs) * bs
+        tmp = bytearray(hi - lo)
+        _read_blocks(h, ln, lo // bs, memoryview(tmp))
+        buf[:] = tmp[offset - lo:offset - lo + n]
+    finally:
+        h.give(ln)
 
 
 def _rmw(h, ln, offset, data: memoryview, fua: bool):
@@ -235,17 +320,25 @@ def _rmw(h, ln, offset, data: memoryview, fua: bool):
 
 
 def pwrite(h, buf, offset, flags):
-    ln, bs = h.lane(), h.bs
-    fua = bool(flags & nbdkit.FLAG_FUA)
-    mv = memoryview(buf).cast("B")
-    if offset % bs == 0 and len(mv) % bs == 0:
-        _write_blocks(h, ln, offset // bs, mv, fua)
-    else:
-        _rmw(h, ln, offset, mv, fua)
+    ln = h.take()
+    try:
+        bs = h.bs
+        fua = bool(flags & nbdkit.FLAG_FUA)
+        mv = memoryview(buf).cast("B")
+        if offset % bs == 0 and len(mv) % bs == 0:
+            _write_blocks(h, ln, offset // bs, mv, fua)
+        else:
+            _rmw(h, ln, offset, mv, fua)
+    finally:
+        h.give(ln)
 
 
 def flush(h, flags):
-    _cmd(h, h.lane(), _mods["op"].FLUSH, "flush")
+    ln = h.take()
+    try:
+        _cmd(h, ln, _mods["op"].FLUSH, "flush")
+    finally:
+        h.give(ln)
 
 
 def _edges(h, count, offset):
@@ -261,37 +354,43 @@ def _edges(h, count, offset):
 
 
 def zero(h, count, offset, flags):
-    ln = h.lane()
-    fua = bool(flags & nbdkit.FLAG_FUA)
-    head, whole, tail = _edges(h, count, offset)
-    for part in (head, tail):
-        if part and part[1]:
-            _rmw(h, ln, part[0], memoryview(bytes(part[1])), fua)
-    if whole:
-        lba, n = whole
-        wz, lba_cdws = _mods["op"].WRITE_ZEROES, _mods["lba_cdws"]
-        for i in range(0, n, 65536):
-            k = min(65536, n - i)
-            cd = lba_cdws(lba + i, k, fua)
-            _cmd(h, ln, wz, "write zeroes", **cd)
+    ln = h.take()
+    try:
+        fua = bool(flags & nbdkit.FLAG_FUA)
+        head, whole, tail = _edges(h, count, offset)
+        for part in (head, tail):
+            if part and part[1]:
+                _rmw(h, ln, part[0], memoryview(bytes(part[1])), fua)
+        if whole:
+            lba, n = whole
+            for i in range(0, n, 65536):
+                k = min(65536, n - i)
+                _cmd(h, ln, _mods["op"].WRITE_ZEROES, "write zeroes", 0, 0, 0,
+                     (lba + i) & 0xFFFFFFFF, (lba + i) >> 32,
+                     (k - 1) | (_mods["FUA"] if fua else 0))
+    finally:
+        h.give(ln)
 
 
 def trim(h, count, offset, flags):
     # Trim is advisory in NBD: deallocate the whole blocks, leave partial ones.
-    ln = h.lane()
     _, whole, _ = _edges(h, count, offset)
-    if whole:
-        import numpy as np
-        lba, n = whole
-        ranges = []
-        while n > 0:
-            k = min(n, 0xFFFFFFFF)
-            ranges.append((0, k, lba))
-            lba, n = lba + k, n - k
-        part = np.array(ranges[:256], _mods["DSM_RANGE"])
-        raw = part.tobytes()
-        h.dev.mm[ln.off:ln.off + len(raw)] = raw
-        _cmd(h, ln, _mods["op"].DATASET_MANAGEMENT, "trim", flags=_mods["SGL"], prp1=ln.off,
-             prp2=len(raw), cdw10=len(part) - 1, cdw11=_mods["DSM_AD"])
-    if flags & nbdkit.FLAG_FUA:
-        flush(h, 0)
+    ln = h.take()
+    try:
+        if whole:
+            import numpy as np
+            lba, n = whole
+            ranges = []
+            while n > 0:
+                k = min(n, 0xFFFFFFFF)
+                ranges.append((0, k, lba))
+                lba, n = lba + k, n - k
+            part = np.array(ranges[:256], _mods["DSM_RANGE"])
+            raw = part.tobytes()
+            ln.view[:len(raw)] = raw
+            _cmd(h, ln, _mods["op"].DATASET_MANAGEMENT, "trim", _mods["SGL"], ln.off,
+                 len(raw), len(part) - 1, _mods["DSM_AD"])
+        if flags & nbdkit.FLAG_FUA:
+            _cmd(h, ln, _mods["op"].FLUSH, "flush")
+    finally:
+        h.give(ln)

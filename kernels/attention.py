@@ -13,8 +13,8 @@ import numpy as np
 from . import config
 from . import counters as C
 from .dense import (dense_attention_kernel, dense_attention_serial,
-                    dense_partials_kernel, dense_partials_serial,
-                    merge_partials_kernel, merge_partials_serial)
+                    dense_partials_kernel, dense_partials_serial)
+from .merge import merge_partials_kernel, merge_partials_serial
 from .sparf import sparf_kernel
 
 __all__ = ["dense_attention", "dense_partials", "merge_partials",
@@ -303,15 +303,19 @@ def sparf_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     kd_pages : int64 [B, Hkv, D // Dp, TBmax] page references
     dim_channel : int32 [B, D // Dp, TBmax] channel of each dim page
     v_mean : float32 [B, Hkv, D] mean of V over all tokens of (b, kv head)
-    r : dims kept per q head (1..D); k : tokens kept by top-k (>= 0);
+    r : dims kept per kv head (1..D); k : tokens kept by top-k (>= 0);
     window : newest tokens always kept (>= 0)
     alpha_out : optional float32 [B, Hq], receives the approximate mass alpha
-    touched : optional (bool [B, Hkv, Gmax], bool [B, Hkv, D // Dp]): set where a
-        token group's K/V pages, or a dim block's pages, were read (else False)
+    touched : optional (int32 [B, Hkv, Gmax], bool [B, Hkv, D // Dp]): the number
+        of selected tokens in each token group (its K and V pages are read iff
+        it is > 0, and only those rows cross the flash channel -- a NAND column
+        read), and whether a dim block's K-copy pages were read (whole pages)
 
     ``out = alpha * softmax(q.K[sel]^T * scale) V[sel] + (1 - alpha) * v_mean``
     where sel = the newest ``window`` tokens + the top-``k`` of the others by
-    the approximate score.  Returns ``counters``.
+    the approximate softmax probability summed over the q heads of the kv
+    head (one selection, and one set of r dims by summed |q|, per kv head;
+    alpha per q head).  Returns ``counters``.
     """
     (code, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
      nchannels, scale, counters, (B, Hq, D, Hkv, T)) = _common(
@@ -356,13 +360,13 @@ def sparf_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
           or alpha_out.shape != (B, Hq) or not alpha_out.flags.c_contiguous):
         raise ValueError("alpha_out must be float32 [B, Hq]")
     if touched is None:
-        touched = (np.zeros((B, Hkv, k_pages.shape[2]), np.bool_),
+        touched = (np.zeros((B, Hkv, k_pages.shape[2]), np.int32),
                    np.zeros((B, Hkv, NDB), np.bool_))
     t_tok, t_db = touched
-    if (t_tok.dtype != np.bool_ or t_tok.shape != (B, Hkv, k_pages.shape[2])
+    if (t_tok.dtype != np.int32 or t_tok.shape != (B, Hkv, k_pages.shape[2])
             or t_db.dtype != np.bool_ or t_db.shape != (B, Hkv, NDB)):
-        raise ValueError("touched must be (bool [B, Hkv, Gmax], bool [B, Hkv, D // Dp])")
-    t_tok[...] = False
+        raise ValueError("touched must be (int32 [B, Hkv, Gmax], bool [B, Hkv, D // Dp])")
+    t_tok[...] = 0
     t_db[...] = False
     if B:
         sparf_kernel(q, pool, dram_pool, code, k_pages, v_pages, seq_lens,

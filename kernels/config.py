@@ -60,6 +60,11 @@ NUM_THREADS = (int(os.environ["CSDEMU_KERNELS_THREADS"])
 #: compile time (on/off).
 PREFETCH = int(os.environ.get("CSDEMU_KERNELS_PREFETCH", "2"))
 
+#: ``llvm.prefetch`` locality of those prefetches: 2 = ``prefetcht1``, into
+#: L2.  3 (``prefetcht0``, into L1) queues on L1's few miss buffers and did
+#: not beat no prefetch at all over a shuffled pool on the bench machine.
+PREFETCH_LOCALITY = int(os.environ.get("CSDEMU_KERNELS_PREFETCH_LOCALITY", "2"))
+
 def _host_has_f16c():
     try:
         import llvmlite.binding as llb

@@ -11,7 +11,8 @@ is either read from flash, read from the DRAM buffer, or skipped, so
 ``K_READ + K_DRAM + K_SKIP`` = token-indexed K pages that exist (same for V
 and KD).  A page needed by several q heads of one kv head (GQA) counts once.
 Bytes are whole pages (``page rows x cols x itemsize``) even for a partially
-filled tail page.
+filled tail page, except in SparF's exact pass: there a token page moves only
+its selected rows (``rows x cols x itemsize``), as a NAND column read would.
 
 Attribution: token-indexed pages and everything done per token (exact
 scores, exps, filtering) go to the channel of the token's group
@@ -28,8 +29,8 @@ KD_SKIP = 5      #: dim pages not read (SparF approximate stage)
 K_DRAM = 6       #: token-indexed K pages read from the device-DRAM buffer
 V_DRAM = 7       #: token-indexed V pages read from the device-DRAM buffer
 KD_DRAM = 8      #: dim pages read from the device-DRAM buffer
-FLASH_BYTES = 9  #: bytes read from flash (whole pages)
-DRAM_BYTES = 10  #: bytes read from the DRAM buffer (whole pages)
+FLASH_BYTES = 9  #: bytes read from flash (moved over the channel)
+DRAM_BYTES = 10  #: bytes read from the DRAM buffer
 MACS = 11        #: multiply-adds (q.K scores + p.V sums, approx scores)
 EXPS = 12        #: softmax exponentials
 FILTER = 13      #: elements passed through a top-k filter (SparF)

@@ -37,8 +37,8 @@ def _prefetch_line(typingctx, arr, offset):
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # rw = 0 (read), locality = 3 (keep in all levels), cache type 1 (data)
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+        # rw = 0 (read), cache type 1 (data)
+        builder.call(fn, [ptr, i32(0), i32(config.PREFETCH_LOCALITY), i32(1)])
         return context.get_dummy_value()
 
     return types.none(arr, offset), codegen

@@ -53,6 +53,9 @@ def from_u128(pair) -> int:
     return int(pair[0]) | (int(pair[1]) << 64)
 
 # Vendor log C1h: attention engine statistics, 4096 bytes.
+# pages_read_flash counts NAND pages sensed (one tR each); bytes_read_flash and
+# channel_bytes count bytes moved over the flash channels, which for SparF's
+# exact pass is only the selected tokens' rows of a page (column reads).
 ENGINE_LOG = np.dtype({
     "names": ["version", "nchannels", "kv_namespaces", "sequences", "attends", "sparf_attends",
               "appends", "tokens_appended", "pages_programmed", "reclaims",

@@ -136,12 +136,14 @@ def test_plugin_read_write_fua_flush_trim_zero(plugin):
     assert buf == data
     # FUA reaches the NVMe Write as CDW12 bit 30
     seen = []
-    lane = h.lane()
-    orig = lane.q.submit
-    lane.q.submit = lambda opc, **kw: (seen.append((opc, kw.get("cdw12", 0))), orig(opc, **kw))[1]
+    for lane in h.lanes:                           # whichever lane the request borrows
+        orig = lane.q.submit
+        lane.q.submit = (lambda opc, orig=orig, **kw:
+                         (seen.append((opc, kw.get("cdw12", 0))), orig(opc, **kw))[1])
     mod.pwrite(h, bytearray(4096), 0, fake.FLAG_FUA)
     mod.flush(h, 0)
-    lane.q.submit = orig
+    for lane in h.lanes:
+        del lane.q.submit
     assert seen[0][0] == 0x01 and seen[0][1] & (1 << 30)
     assert seen[1][0] == 0x00                      # Flush
     # unaligned write and read (read-modify-write of the edge blocks)
@@ -167,3 +169,39 @@ def test_plugin_read_write_fua_flush_trim_zero(plugin):
     with pytest.raises(RuntimeError, match="LBA_OUT_OF_RANGE"):
         mod.pread(h, bytearray(4096), mod.get_size(h), 0)
     assert fake.errors
+
+
+def test_plugin_threads_share_few_lanes(plugin):
+    """More threads than lanes: requests wait for a free lane; data stays right."""
+    import threading
+    mod, _, fake = plugin
+    mod.config("lanes", "2")
+    try:
+        h = mod.open(False)
+    finally:
+        mod.config("lanes", "15")
+    errors = []
+
+    def worker(k):
+        try:
+            rng = np.random.default_rng(k)
+            for i in range(40):
+                off = (k * 64 + i % 16) * 4096
+                data = bytearray(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+                mod.pwrite(h, data, off, 0)
+                back = bytearray(4096)
+                mod.pread(h, back, off, 0)
+                assert back == data, (k, i)
+        except BaseException as exc:             # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not errors, errors
+        assert len(h.lanes) == 2 and len(h.pool) == 2
+    finally:
+        mod.close(h)

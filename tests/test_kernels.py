@@ -27,6 +27,7 @@ from tests import naive
 ATOL, RTOL = config.ATOL, config.RTOL
 PAGE_COLS = [C.K_READ, C.V_READ, C.KD_READ, C.K_SKIP, C.V_SKIP, C.KD_SKIP,
              C.K_DRAM, C.V_DRAM, C.KD_DRAM]
+BYTE_COLS = [C.FLASH_BYTES, C.DRAM_BYTES]
 
 
 # --- configuration discipline (STUMPY's check_fastmath) ---------------------
@@ -338,13 +339,28 @@ def test_sparf_matches_naive(kv_dtype, Hq, Hkv, r, k, window):
     q, lay, vm = _sparf_setup(rng, lens, Hq, Hkv, D, T, Dp, Tp, nch, kv_dtype)
     out = np.empty_like(q)
     alpha = np.empty(q.shape[:2], np.float32)
+    touched = (np.full(lay.k_pages.shape, -1, np.int32),
+               np.zeros((len(lens), Hkv, D // Dp), np.bool_))
     ctr = sparf_attention(q, v_mean=vm, out=out, r=r, k=k, window=window,
-                          alpha_out=alpha, **lay.sparf_args())
+                          alpha_out=alpha, touched=touched, **lay.sparf_args())
     ref, ref_alpha, dims, sels = naive.sparf(q, lay.K, lay.V, lens, vm, r, k, window)
     npt.assert_allclose(alpha, ref_alpha, atol=config.SPARF_ATOL, rtol=config.SPARF_RTOL)
     npt.assert_allclose(out, ref, atol=config.SPARF_ATOL, rtol=config.SPARF_RTOL)
     exp = naive.sparf_counters(lay, dims, sels, Hq // Hkv, T, Dp, Tp, nch)
     npt.assert_array_equal(ctr[:, PAGE_COLS], exp[:, PAGE_COLS])
+    npt.assert_array_equal(ctr[:, BYTE_COLS], exp[:, BYTE_COLS])
+    # touched: selected tokens per token group (one selection per kv head),
+    # and the dim blocks of its r dims
+    want_tok = np.zeros(lay.k_pages.shape, np.int32)
+    want_db = np.zeros((len(lens), Hkv, D // Dp), np.bool_)
+    for b, S in enumerate(lens):
+        for kv in range(Hkv if S else 0):
+            h = kv * (Hq // Hkv)
+            assert len(sels[b, h]) == min(S, k + window)
+            np.add.at(want_tok[b, kv], sels[b, h] // T, 1)
+            want_db[b, kv, np.asarray(dims[b, h]) // Dp] = True
+    npt.assert_array_equal(touched[0], want_tok)
+    npt.assert_array_equal(touched[1], want_db)
     # every page that exists is read (flash or DRAM) or skipped
     tok = sum(-(-n // T) for n in lens) * Hkv
     dimp = sum(-(-n // Tp) for n in lens) * Hkv * (D // Dp)
@@ -367,6 +383,7 @@ def test_sparf_page_placement(placement):
     npt.assert_allclose(out, ref, atol=config.SPARF_ATOL, rtol=config.SPARF_RTOL)
     exp = naive.sparf_counters(lay, dims, sels, 2, T, Dp, Tp, 4)
     npt.assert_array_equal(ctr[:, PAGE_COLS], exp[:, PAGE_COLS])
+    npt.assert_array_equal(ctr[:, BYTE_COLS], exp[:, BYTE_COLS])
     if placement == "all_dram":
         assert ctr[:, C.FLASH_BYTES].sum() == 0
 
@@ -406,7 +423,9 @@ def test_sparf_hand_built_page_skips():
     want[0, C.K_SKIP] = want[0, C.V_SKIP] = 1      # page 2 on ch 0
     want[1, C.K_SKIP] = want[1, C.V_SKIP] = 1      # page 1 on ch 1
     npt.assert_array_equal(ctr[:, PAGE_COLS], want[:, PAGE_COLS])
-    assert ctr[:, C.FLASH_BYTES].sum() == 2 * Dp * Tp * 4 + 4 * T * D * 4
+    # K-copy pages move whole; of a token page only its selected rows cross
+    # the channel (column read): tokens 1, 2, 15, in K and in V
+    assert ctr[:, C.FLASH_BYTES].sum() == 2 * Dp * Tp * 4 + 2 * 3 * D * 4
     ref, alpha, dims, sels = naive.sparf(q, lay.K, lay.V, [S], vm, 2, 2, 1)
     assert list(dims[0, 0]) == [0, 1] and list(sels[0, 0]) == [1, 2, 15]
     npt.assert_allclose(out, ref, atol=ATOL, rtol=RTOL)
@@ -424,6 +443,35 @@ def test_sparf_gqa_union_counts_once():
                            window=2, **dict(lay.sparf_args()))  # MQA with 1 head
     npt.assert_array_equal(ctr2[:, PAGE_COLS], ctr1[:, PAGE_COLS])
     assert ctr2[:, C.K_SKIP].sum() > 0
+
+
+def test_sparf_gqa_shares_one_selection():
+    """Four different q heads per kv head: one set of r dims and one set of
+    k + window tokens per kv head, so the K copy reads r dim rows (Dp = 1)
+    and the exact pass moves k + window rows of K and of V -- the same as one
+    head would; alpha stays per q head."""
+    rng = np.random.default_rng(16)
+    lens = [100, 37]
+    Hq, Hkv, D, T, Dp, Tp, nch = 8, 2, 32, 8, 1, 16, 3
+    r, k, window = 4, 10, 5
+    q, lay, vm = _sparf_setup(rng, lens, Hq, Hkv, D, T, Dp, Tp, nch, "fp16")
+    out = np.empty_like(q)
+    alpha = np.empty(q.shape[:2], np.float32)
+    touched = (np.zeros(lay.k_pages.shape, np.int32), np.zeros((2, Hkv, D), np.bool_))
+    ctr = sparf_attention(q, v_mean=vm, out=out, r=r, k=k, window=window, alpha_out=alpha,
+                          touched=touched, **lay.sparf_args())
+    ntb = sum(-(-S // Tp) for S in lens)
+    assert ctr[:, [C.KD_READ, C.KD_DRAM]].sum() == Hkv * r * ntb
+    npt.assert_array_equal(touched[1].sum(axis=2), r)
+    npt.assert_array_equal(touched[0].sum(axis=2),
+                           np.repeat(np.minimum(lens, k + window)[:, None], Hkv, axis=1))
+    moved = touched[0].sum() * 2 * D * lay.pool.itemsize
+    assert ctr[:, C.FLASH_BYTES].sum() + ctr[:, C.DRAM_BYTES].sum() == \
+        moved + Hkv * r * ntb * Tp * lay.pool.itemsize
+    assert len(np.unique(alpha[0])) > 1          # alpha is per q head
+    ref, ref_alpha, _, _ = naive.sparf(q, lay.K, lay.V, lens, vm, r, k, window)
+    npt.assert_allclose(alpha, ref_alpha, atol=config.SPARF_ATOL, rtol=config.SPARF_RTOL)
+    npt.assert_allclose(out, ref, atol=config.SPARF_ATOL, rtol=config.SPARF_RTOL)
 
 
 def test_sparf_edge_cases():
@@ -466,7 +514,7 @@ def test_sparf_validation_errors():
 from numba import njit                                           # noqa: E402
 
 from kernels import simd                                         # noqa: E402
-from kernels.sparf import kth_largest, topk_ascending            # noqa: E402
+from kernels.topk import kth_largest, topk_ascending             # noqa: E402
 from kernels.widen import widen_f16_1d_bits                      # noqa: E402
 
 
@@ -515,11 +563,12 @@ def _stored(rng, shape, kv_dtype):
 
 
 @pytest.mark.parametrize("kv_dtype", ["fp16", "bf16", "fp32"])
-@pytest.mark.parametrize("D", [16, 64, 128])
+@pytest.mark.parametrize("D", [16, 48, 64, 80, 128])
 def test_simd_qk_pv_heads(kv_dtype, D):
     """All head-group sizes (1-4 and their combinations up to 9), ragged
-    token counts; nothing outside the target rows/columns is touched
-    (except the documented up to 15 spare score columns)."""
+    token counts, head dims that leave a partial register block of o (48,
+    80); nothing outside the target rows/columns is touched (except the
+    documented up to 15 spare score columns)."""
     rng = np.random.default_rng(D)
     code = {"fp16": config.DTYPE_F16, "bf16": config.DTYPE_BF16, "fp32": config.DTYPE_F32}[kv_dtype]
     K, Kw = _stored(rng, (48, D), kv_dtype)

@@ -261,3 +261,58 @@ def test_attend_with_append_equals_append_then_attend(dev):
     finally:
         a.delete()
         b.delete()
+
+
+def test_batched_token_append_equals_per_sequence_appends(tmp_path):
+    """A decode step's one-token append to a whole batch (the fused Attend's
+    path) stores, programs and charges exactly what one append per sequence
+    does, including the channel-indexed K copy, and the page tables (and
+    pages to read) cached between attends follow every group edge."""
+    import time
+
+    from csdemu.device import build_controller
+    from csdemu.kv.store import KVStore
+
+    def drive(name):
+        ctrl, _ = build_controller(str(tmp_path / name), "femu-bbssd",
+                                   overrides=["geometry.blocks_per_plane=16",
+                                              "geometry.pages_per_block=64"])
+        d = {"layers": 2, "q_heads": 4, "kv_heads": 2, "head_dim": 64,
+             "dtype": int(KVDtype.FLOAT16), "flags": 1, "tokens_per_page": 0, "dims_per_page": 16}
+        shape = ctrl.kv.shape_from(d)
+        return ctrl.kv.engine, KVStore(shape, ctrl.kv.engine.ftl, 16, ctrl.kv.new_stream)
+
+    (eng_a, a), (eng_b, b) = drive("a"), drive("b")
+    assert a.shape.tokens_per_page == 32 and a.shape.tokens_per_dim_page == 128
+    rng = np.random.default_rng(5)
+    lens, now = [125, 30, 64, 1], time.monotonic_ns()
+    for store in (a, b):
+        for sid, L in enumerate(lens):
+            kv = rng.standard_normal((2, L, 2, 64)).astype(np.float16).view(np.uint16)
+            for layer in (0, 1):
+                store.append(store.get(sid, create=True), layer, kv[0], kv[1], now)
+        rng = np.random.default_rng(5)
+    seqs_a, seqs_b = [a.get(i) for i in range(4)], [b.get(i) for i in range(4)]
+    q = rng.standard_normal((4, 4, 64)).astype(np.float32)
+    for step in range(40):                      # crosses T = 32 and Tp = 128 edges
+        now += 1_000_000
+        k, v = rng.standard_normal((2, 4, 2, 64)).astype(np.float16).view(np.uint16)
+        for i, seq in enumerate(seqs_a):
+            a.append(seq, 1, k[i:i + 1], v[i:i + 1], now)
+        b.append_token(seqs_b, 1, k, v, now)
+        for sparse in (None, (8, 16, 4)):
+            outs = []
+            a._batches.clear()              # a builds every table afresh; b keeps its cache
+            for eng, store, seqs in ((eng_a, a, seqs_a), (eng_b, b, seqs_b)):
+                out = np.empty_like(q)
+                outs.append((eng.attend(store, seqs, 1, q, out, now, sparse), out))
+            assert outs[0][0] == outs[1][0] and np.array_equal(outs[0][1], outs[1][1])
+        for x, y in zip(a.token_tables(seqs_a, 1), b.token_tables(seqs_b, 1)):
+            assert np.array_equal(x, y)
+        assert np.array_equal(a.dim_tables(seqs_a, 1), b.dim_tables(seqs_b, 1))
+    for sa, sb in zip(seqs_a, seqs_b):
+        assert np.array_equal(sa.length, sb.length) and np.array_equal(sa.v_sum, sb.v_sum)
+    ca, cb = eng_a.ftl.clocks, eng_b.ftl.clocks
+    assert np.array_equal(ca.state, cb.state) and np.array_equal(ca.iv, cb.iv)
+    ra, rb = a.read(seqs_a[0], 1, 0, 165, now), b.read(seqs_b[0], 1, 0, 165, now)
+    assert ra[0] and np.array_equal(ra[1], rb[1]) and np.array_equal(ra[2], rb[2])

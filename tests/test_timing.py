@@ -124,3 +124,22 @@ def test_start_times_and_next_idle(clk):
     assert done.tolist() == [100 + TR + XFER, 5_000 + TR + XFER]
     assert clk.next_idle_ns() == 5_000 + TR + XFER
     assert clk.lun_busy[0, 0] == TR
+
+
+def test_column_reads_sense_whole_pages_and_move_only_their_bytes(clk):
+    """Per-read transfer sizes (an array) with the sensed size apart: each
+    read costs tR on its LUN for the whole page, then only its own bytes on
+    the channel (ONFI Change Read Column)."""
+    t = timing(tR_4k_ns=30_000)
+    # one channel, four LUNs: the senses overlap, the transfers queue
+    nb = np.array([512, 1024, 256, 4096])
+    done = advance_batch(Op.READ, np.zeros(4), np.arange(4), 0, nb, clk, t, sense_bytes=8192)
+    assert done.tolist() == (TR + np.cumsum(nb)).tolist()      # 1000 MB/s: 1 B/ns
+    assert clk.ch_busy[0] == nb.sum()
+    assert clk.lun_busy[0].tolist() == [TR] * 4                 # an 8 KiB page: full tR
+    # the sensed size picks tR: a 4 KiB sense gets tR_4k whatever it moves
+    done = advance_batch(Op.READ, [1, 2], [0, 0], 0, [512, 100], clk, t,
+                         sense_bytes=np.array([4096, 4096]))
+    assert done.tolist() == [30_000 + 512, 30_000 + 100]
+    # without sense_bytes a read senses what it moves (as before)
+    assert advance(Op.READ, 3, 0, 0, 8192, clk, t) == TR + 8192

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fio benchmark: csdemu through nbdkit against nbdkit serving a plain bytearray.
 
-    .venv/bin/python tools/bench_fio.py [--seconds 10] [--rounds 2]
+    .venv/bin/python tools/bench_fio.py [--seconds 10] [--rounds 2] [--read-only]
 
 `run_fio_bench()` returns one flat dict:
 - 4 KiB random read at QD8 (tools/fio/randread.fio) through nbdkit into
@@ -43,7 +43,8 @@ def _clat_us(data: dict, kind: str, p: str) -> float:
     return round(j.get(p, 0) / 1000.0, 1)
 
 
-def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None) -> dict:
+def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None,
+                  read_only: bool = False) -> dict:
     import run_fio
     from csdemu.cli_bench import machine
     from csdemu.cli_nbd import NbdServer
@@ -96,6 +97,9 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None) -> dict:
                 "randread_p50_us_csdemu": _clat_us(best_c, "read", "50.000000"),
                 "randread_p50_us_bytearray": _clat_us(best_b, "read", "50.000000"),
             })
+            if read_only:
+                out["machine"] = machine()
+                return out
             say("randwrite.fio at 90 % fill")
             before = device_counters(d.socket_path)
             w = fio("randwrite", srv.uri)
@@ -120,9 +124,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per fio job")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the read comparison")
+    ap.add_argument("--read-only", action="store_true",
+                    help="only the randread comparison (skip randwrite at 90 %% fill)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args()
-    res = run_fio_bench(a.seconds, a.rounds, echo=lambda m: print("+", m, file=sys.stderr))
+    res = run_fio_bench(a.seconds, a.rounds, echo=lambda m: print("+", m, file=sys.stderr),
+                        read_only=a.read_only)
     text = json.dumps(res, indent=2)
     if a.out:
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)

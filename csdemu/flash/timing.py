@@ -13,8 +13,11 @@ The step order follows NVMeVirt's ``ssd_advance_nand()``:
              LUN:  loaded --tPROG--> done
     ERASE    LUN:  [max(t, lun_free)] --tBERS--> done
 
-``tR`` is ``tR_4k_ns`` for transfers of at most 4 KiB when that knob is set
-(NVMeVirt's partial-page read), else ``tR_ns``. Transfer times are
+``tR`` is ``tR_4k_ns`` for reads sensing at most 4 KiB when that knob is set
+(NVMeVirt's partial-page read), else ``tR_ns``. A read senses ``nbytes``
+unless ``sense_bytes`` says otherwise: a column read (ONFI 4.x "Change Read
+Column", 05h-E0h) senses the whole page into the die's page register, then
+clocks only the columns it needs over the channel. Transfer times are
 ``nbytes * 1000 / mbps`` ns (MB = 10^6 B) plus ``channel_xfer_overhead_ns``;
 a bandwidth of 0 means "not modeled" (transfer takes 0 ns).
 
@@ -135,6 +138,13 @@ class Clocks:
             a.fill(now_ns)
         self.iv_n.fill(0)
 
+    def forget_before(self, floor_ns: int) -> None:
+        """Drop bus intervals that end by `floor_ns` (what any booking with
+        that floor does first). Callers whose batch forms pass no floor use it
+        so a bus never scans, or merges into, history that cannot matter."""
+        _forget(self.state, self.iv, 2 * self.channels * self.ways + 2 * self.channels + 2,
+                int(floor_ns))
+
 
 def xfer_ns(nbytes: int, mbps: int) -> int:
     """Transfer time of `nbytes` at `mbps` (10^6 B/s); 0 if not modeled."""
@@ -210,8 +220,35 @@ def _book(iv, st, nb_off, b, ready, dur, floor):
 
 
 @numba.njit(cache=True, nogil=True)
+def _forget(st, iv, nb_off, floor):
+    for b in range(iv.shape[1]):
+        ive = iv[1, b]
+        n = st[nb_off + b]
+        k = 0
+        while k < n and ive[k] <= floor:
+            k += 1
+        if k:
+            ivs = iv[0, b]
+            for j in range(n - k):
+                ivs[j] = ivs[j + k]
+                ive[j] = ive[j + k]
+            st[nb_off + b] = n - k
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
 def _run(op, ch, lun, nbytes, start, do_pcie, floor, st, iv, C, L, prm, out):
-    """Charge ops in order on the state buffer `st` (layout: Clocks.create)."""
+    """Charge ops in order on the state buffer `st` (layout: Clocks.create);
+    a read senses as many bytes as it transfers."""
+    return _run_sensed(op, ch, lun, nbytes, nbytes, start, do_pcie, floor, st, iv, C, L,
+                       prm, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L, prm, out):
+    """`_run` where a read senses `sense` bytes (tR) and moves `nbytes` (the
+    channel and link); each of `nbytes`, `sense`, `start` has one entry per
+    op or one for all."""
     tR, tR4k, tPROG, tBERS = prm[0], prm[1], prm[2], prm[3]
     ch_mbps, ch_ovh, pcie_mbps, pcie_lat = prm[4], prm[5], prm[6], prm[7]
     o_lb = C * L                  # lun_busy
@@ -225,11 +262,12 @@ def _run(op, ch, lun, nbytes, start, do_pcie, floor, st, iv, C, L, prm, out):
         c = ch[i]
         li = c * L + lun[i]
         nb = nbytes[i] if nbytes.shape[0] > 1 else nbytes[0]
+        sb = sense[i] if sense.shape[0] > 1 else sense[0]
         t0 = start[i] if start.shape[0] > 1 else start[0]
         la = st[li]
         s = t0 if t0 > la else la
         if op == 0:                                  # READ: array, then bus
-            r = tR4k if nb <= 4096 else tR
+            r = tR4k if sb <= 4096 else tR
             d = _xfer(nb, ch_mbps) + ch_ovh
             xs = _book(iv, st, o_n, c, s + r, d, floor)
             xe = xs + d
@@ -283,7 +321,7 @@ def _as_i64(x) -> np.ndarray:
 
 def advance_batch(op: Op, ch, lun, start_ns, nbytes, clocks: Clocks, timing,
                   *, pcie: bool = False, floor_ns: int = 0,
-                  out: np.ndarray | None = None) -> np.ndarray:
+                  out: np.ndarray | None = None, sense_bytes=None) -> np.ndarray:
     """Charge len(ch) operations of one kind, in order; return their done times.
 
     `ch`, `lun` are int arrays; `start_ns` and `nbytes` are scalars or arrays of
@@ -291,15 +329,19 @@ def advance_batch(op: Op, ch, lun, start_ns, nbytes, clocks: Clocks, timing,
     host link after its channel transfer (NVMeVirt's interleave_pci_dma), and
     the returned time is when it reached the host. `floor_ns` is a time no
     later operation will start before (e.g. the current command's arrival);
-    bus history older than it is dropped.
+    bus history older than it is dropped. `sense_bytes` (reads; scalar or
+    array, default `nbytes`) is what each read senses, which sets its tR,
+    when it moves fewer bytes than that (a column read of part of a page).
     """
     ch = _as_i64(ch)
     lun = _as_i64(lun)
     if out is None:
         out = np.empty(ch.shape[0], np.int64)
     prm = timing if isinstance(timing, np.ndarray) else timing.packed()
-    _run(int(op), ch, lun, _as_i64(nbytes), _as_i64(start_ns), bool(pcie), int(floor_ns),
-         clocks.state, clocks.iv, clocks.channels, clocks.ways, prm, out)
+    nb = _as_i64(nbytes)
+    sense = nb if sense_bytes is None else _as_i64(sense_bytes)
+    _run_sensed(int(op), ch, lun, nb, sense, _as_i64(start_ns), bool(pcie), int(floor_ns),
+                clocks.state, clocks.iv, clocks.channels, clocks.ways, prm, out)
     return out
 
 

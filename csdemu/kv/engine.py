@@ -4,7 +4,12 @@ layer's pages and charges the command on the drive's clocks.
 Dense: every flash page of the batch's layer is read (its real channel and
 LUN from the PPN), the kernels compute per-channel partials and merge them
 by log-sum-exp, and csdemu.kv.timing turns the pages and the FLOP counts into
-the modeled time. SparF: only the pages the kernel's filters pass are read.
+the modeled time. SparF: only the pages the kernel's filters pass are read;
+the K copy's pages move whole, but of a token page only the selected tokens'
+rows cross the channel (a NAND column read: the page is sensed whole into the
+die's page register, ONFI 4.x Change Read Column picks the columns clocked
+out). So `pages_read_flash` counts pages sensed (tR each) and
+`bytes_read_flash` the bytes moved over the channels.
 """
 from __future__ import annotations
 
@@ -83,14 +88,23 @@ class Engine:
             dense_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
                             self.nch, out, kv_dtype=s.kernel_dtype(), counters=cnt)
             work = dense_work(lens, s.q_heads, s.head_dim)
-            ppns = flash_pages(k_tab, v_tab, np.broadcast_to(read, k_tab.shape))
+            # The pages (and their channels) change only with the tables, which
+            # a decode loop's batch keeps for T steps: derive them once.
+            memo = store.table_memo(seqs, layer)
+            where = memo.get("dense")
+            if where is None:
+                ppns = flash_pages(k_tab, v_tab, np.broadcast_to(read, k_tab.shape))
+                ch = self.geom.ch_of(ppns)
+                where = memo["dense"] = (ppns, ch, self.geom.lun_of(ppns),
+                                         np.bincount(ch, minlength=self.nch))
+            ppns = where[0]
         else:
             r, k, window = sparse
             kd_tab = store.dim_tables(seqs, layer)
             TB = kd_tab.shape[3]
             dim_channel = np.broadcast_to((np.arange(TB, dtype=np.int32) % self.nch)[None, None, :],
                                           (B, s.dim_blocks, TB))
-            touched = (np.empty((B, H, G), np.bool_), np.empty((B, H, s.dim_blocks), np.bool_))
+            touched = (np.empty((B, H, G), np.int32), np.empty((B, H, s.dim_blocks), np.bool_))
             sparf_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
                             store.kd_pool, store.kd_dram.pages, kd_tab, dim_channel,
                             store.v_mean(seqs, layer), self.nch, out, r=r, k=k, window=window,
@@ -99,33 +113,45 @@ class Engine:
             blocks = (lens.astype(np.int64) + s.tokens_per_dim_page - 1) // s.tokens_per_dim_page
             kd_read = (touched[1][:, :, :, None]
                        & (np.arange(TB)[None, None, None, :] < blocks[:, None, None, None]))
-            ppns = np.concatenate([flash_pages(k_tab, v_tab, touched[0] & read),
-                                   kd_tab[kd_read & (kd_tab >= 0)]])
+            tok_ppns, rows = flash_page_rows(k_tab, v_tab, np.where(read, touched[0], 0))
+            kd_ppns = kd_tab[kd_read & (kd_tab >= 0)]
+            ppns = np.concatenate([tok_ppns, kd_ppns])
+            xfer = np.concatenate([rows * (s.head_dim * s.elem_bytes),
+                                   np.full(kd_ppns.size, s.page_bytes, np.int64)])
             self.stats.c["sparf_attends"] += 1
         self.stats.c["kernel_wall_ns"] += time.perf_counter_ns() - t0
-        return self._charge(ppns, work, cnt, now, s.page_bytes)
+        if sparse is None:
+            return self._charge(ppns, work, cnt, now, s.page_bytes, where=where)
+        return self._charge(ppns, work, cnt, now, s.page_bytes, xfer)
 
-    def _charge(self, ppns, work: AttendWork, cnt, now, page_bytes) -> int:
+    def _charge(self, ppns, work: AttendWork, cnt, now, page_bytes, xfer=None, where=None) -> int:
+        """Charge the reads of `ppns` (each sensed whole; `xfer` bytes each
+        moved over its channel, whole pages if None) and the engine work.
+        `where`: (ppns, channels, LUNs, pages per channel) already derived."""
         g = self.geom
-        ch, lun = g.ch_of(ppns), g.lun_of(ppns)
+        ch, lun = (where[1], where[2]) if where is not None else (g.ch_of(ppns), g.lun_of(ppns))
         if self.ftl.faults.active and ppns.size and self.ftl.read_fault(ppns.size):
             raise MediaReadError()
         t = attend_time(now, ch, lun, page_bytes, work, self.ftl.clocks, self.ftl.prm,
-                        self.rates, self.clock)
+                        self.rates, self.clock, xfer_bytes=xfer)
+        moved = int(ppns.size) * page_bytes if xfer is None else int(xfer.sum())
         st = self.stats
         c = st.c
         c["attends"] += 1
         c["pages_read_flash"] += int(ppns.size)
         c["pages_read_dram"] += int(cnt[:, C.K_DRAM].sum() + cnt[:, C.V_DRAM].sum() + cnt[:, C.KD_DRAM].sum())
         c["pages_skipped"] += int(cnt[:, C.K_SKIP].sum() + cnt[:, C.V_SKIP].sum() + cnt[:, C.KD_SKIP].sum())
-        c["bytes_read_flash"] += int(ppns.size) * page_bytes
+        c["bytes_read_flash"] += moved
         for key in ("pcie_in_ns", "flash_ns", "compute_ns", "pcie_out_ns"):
             c[key] += int(t.breakdown[key])
         c["device_ns"] += t.done_ns - now
         if ppns.size:
-            per = np.bincount(ch, minlength=self.nch)
+            per = where[3] if where is not None else np.bincount(ch, minlength=self.nch)
             st.channel_pages += per
-            st.channel_bytes += per * page_bytes
+            if xfer is None:
+                st.channel_bytes += per * page_bytes
+            else:
+                st.channel_bytes += np.bincount(ch, weights=xfer, minlength=self.nch).astype(np.int64)
         self.ftl.counters["nand_pages_read"] += int(ppns.size)
         return t.done_ns
 
@@ -136,6 +162,15 @@ def flash_pages(k_tab, v_tab, mask):
     both = np.stack([k_tab, v_tab], axis=2)                # [B, H, 2, G]
     m = np.stack([mask, mask], axis=2) & (both >= 0)
     return both[m]
+
+
+def flash_page_rows(k_tab, v_tab, rows):
+    """`flash_pages` of the groups with rows > 0, and each page's row count
+    (the tokens a column read moves), in the same order."""
+    both = np.stack([k_tab, v_tab], axis=2)
+    r = np.stack([rows, rows], axis=2).astype(np.int64)
+    m = (r > 0) & (both >= 0)
+    return both[m], r[m]
 
 
 class MediaReadError(Exception):

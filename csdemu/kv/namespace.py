@@ -59,6 +59,13 @@ class KVNamespace:
 
     # ------------------------------------------------------------ commands
     def process_io(self, req: Request) -> Result:
+        ftl = self.engine.ftl
+        if req.arrival_ns > ftl.floor:
+            # Nothing later starts before this arrival (as for flash commands).
+            # Without it every bus keeps BUS_SLOTS stale intervals, and charging
+            # an attend's thousands of reads scans and merges them each time.
+            ftl.floor = req.arrival_ns
+            ftl.clocks.forget_before(req.arrival_ns)
         try:
             return _HANDLERS[req.opcode](self, req)
         except StoreFull:
@@ -81,21 +88,34 @@ class KVNamespace:
     def _append(self, layer: int, ids: np.ndarray, kv: np.ndarray, t_in: int) -> int:
         """kv [2, batch, tokens, H, D] into each sequence's layer; -> status."""
         store = self.store
-        new = {int(i) for i in ids.tolist() if int(i) not in store.seqs}
-        if len(store.seqs) + len(new) > store.max_seqs:
-            return Status.CAPACITY_EXCEEDED
         tokens = kv.shape[2]
         programmed = store.pages_programmed
-        for b, sid in enumerate(ids.tolist()):
-            seq = store.get(sid, create=True)
-            if seq.length[layer] + tokens > (1 << 31):
+        seqs = self._existing(ids) if tokens == 1 else None
+        if seqs is not None and all(q.length[layer] < (1 << 31) for q in seqs):
+            store.append_token(seqs, layer, kv[0, :, 0], kv[1, :, 0], t_in)
+        else:
+            new = {int(i) for i in ids.tolist() if int(i) not in store.seqs}
+            if len(store.seqs) + len(new) > store.max_seqs:
                 return Status.CAPACITY_EXCEEDED
-            store.append(seq, layer, kv[0, b], kv[1, b], t_in)
+            for b, sid in enumerate(ids.tolist()):
+                seq = store.get(sid, create=True)
+                if seq.length[layer] + tokens > (1 << 31):
+                    return Status.CAPACITY_EXCEEDED
+                store.append(seq, layer, kv[0, b], kv[1, b], t_in)
         st = self.engine.stats.c
         st["appends"] += 1
         st["tokens_appended"] += tokens * len(ids)
         st["pages_programmed"] += store.pages_programmed - programmed
         return 0
+
+    def _existing(self, ids: np.ndarray) -> list | None:
+        """The batch's sequences if all exist and none repeats (what the
+        batched one-token append needs), else None."""
+        get = self.store.seqs.get
+        seqs = [get(i) for i in ids.tolist()]
+        if None in seqs or len({id(q) for q in seqs}) != len(seqs):
+            return None
+        return seqs
 
     def attend(self, req: Request) -> Result:
         s = self.shape
@@ -117,8 +137,8 @@ class KVNamespace:
             st = self._append(layer, ids, kv.reshape(2, batch, 1, s.kv_heads, s.head_dim), start)
             if st:
                 return Result(st, req.arrival_ns)
-        seqs = [self.store.get(int(i)) for i in ids.tolist()]
-        if any(q is None for q in seqs):
+        seqs = [self.store.get(i) for i in ids.tolist()]
+        if None in seqs:
             return Result(Status.INVALID_FIELD, req.arrival_ns)
         q = np.frombuffer(req.data, np.float32).reshape(batch, s.q_heads, s.head_dim)
         n = q.size

@@ -30,6 +30,7 @@ class KVStore:
         if s.sparse:
             self.kd_pool = self.pool.reshape(npages, s.dims_per_page, s.tokens_per_dim_page)
         self.pages_programmed = 0
+        self._batches: dict[tuple, _Batch] = {}
 
     # ------------------------------------------------------------ sequences
     def get(self, sid: int, create: bool = False) -> Sequence | None:
@@ -46,6 +47,7 @@ class KVStore:
         seq = self.seqs.pop(sid, None)
         if seq is None:
             return now
+        self._batches.clear()         # they may hold this sequence and its slots
         seq.release_dram(self.dram, self.kd_dram)
         return self.ftl.release_stream(seq.stream, now)
 
@@ -95,6 +97,51 @@ class KVStore:
         seq.length[layer] = L + k.shape[0]
         return done
 
+    def append_token(self, seqs: list[Sequence], layer: int, k: np.ndarray, v: np.ndarray,
+                     now: int) -> None:
+        """One new token for each sequence of a batch (k, v [B, H, D]): the
+        same as append() of one token to each in turn, without its
+        per-sequence numpy work (a decode step's fused append)."""
+        s = self.shape
+        T = s.tokens_per_page
+        lens = self.lengths(seqs, layer)
+        bt = self.batch(seqs, layer)
+        pos = lens % T
+        self.dram.pages[bt.tails[K], pos[:, None]] = k
+        self.dram.pages[bt.tails[V], pos[:, None]] = v
+        fill = pos == T - 1
+        if s.sparse:
+            Tp = s.tokens_per_dim_page
+            posp = lens % Tp
+            self.kd_dram.pages[bt.kd_tails, :, posp[:, None, None]] = k.reshape(
+                k.shape[0], s.kv_heads, s.dim_blocks, s.dims_per_page)
+            fill_kd = posp == Tp - 1
+        wv = s.widen(v)
+        for b, q in enumerate(seqs):
+            q.v_sum[layer] += wv[b]
+            L = int(lens[b])
+            pages, keys = [], []
+            if fill[b]:
+                for kind in (K, V):
+                    pages.append(self.dram.pages[bt.tails[kind, b]].reshape(s.kv_heads, -1))
+                    keys += [page_key(layer, h, kind, L // T) for h in range(s.kv_heads)]
+            if s.sparse and fill_kd[b]:
+                pages.append(self.kd_dram.pages[bt.kd_tails[b]].reshape(-1, s.dims_per_page * Tp))
+                keys += [page_key(layer, h, KD, (db << 16) | (L // Tp))
+                         for h in range(s.kv_heads) for db in range(s.dim_blocks)]
+            if pages:
+                ppns, _ = self._program(q, pages, keys, now)
+                off = 0
+                if fill[b]:
+                    for kind in (K, V):
+                        tab = q.pages[kind] = _grow(q.pages[kind], L // T + 1)
+                        tab[layer, :, L // T] = ppns[off:off + s.kv_heads]
+                        off += s.kv_heads
+                if off < len(ppns):
+                    tab = q.kd_pages = _grow(q.kd_pages, L // Tp + 1)
+                    tab[layer, :, :, L // Tp] = ppns[off:].reshape(s.kv_heads, s.dim_blocks)
+            q.length[layer] = L + 1
+
     def _append_kd(self, seq, layer, k, L):
         """The channel-indexed copy of K: [Dp dims x Tp tokens] pages."""
         s = self.shape
@@ -122,12 +169,42 @@ class KVStore:
         return ppns, done
 
     # ------------------------------------------------------------ tables for the engine
+    def batch(self, seqs: list[Sequence], layer: int) -> "_Batch":
+        """The cached view of one batch of sequences at one layer. A decode
+        loop sends the same batch every step, and its page tables change only
+        when a group fills or a new one starts (every T tokens), so they are
+        kept between commands and rebuilt when a length crosses a group edge."""
+        key = (layer, tuple(q.sid for q in seqs))
+        b = self._batches.get(key)
+        if b is None:
+            if len(self._batches) >= 4 * self.shape.layers + 64:
+                self._batches.clear()
+            b = self._batches[key] = _Batch(seqs, layer)
+        return b
+
+    def table_memo(self, seqs: list[Sequence], layer: int) -> dict:
+        """Scratch for what a consumer derives from the current token tables
+        (emptied whenever they are rebuilt)."""
+        return self.batch(seqs, layer).memo
+
+    def lengths(self, seqs: list[Sequence], layer: int) -> np.ndarray:
+        return np.fromiter([q.length[layer] for q in seqs], np.int64, len(seqs))
+
     def token_tables(self, seqs: list[Sequence], layer: int):
         """-> (k_pages, v_pages [B, H, G] refs, seq_lens [B]); refs past a
-        sequence's last group are 0 and must be masked by its length."""
+        sequence's last group are 0 and must be masked by its length. The
+        tables are shared with later calls: read them, never write them."""
+        T = self.shape.tokens_per_page
+        lens = self.lengths(seqs, layer)
+        b = self.batch(seqs, layer)
+        sig = (lens // T).tobytes() + (lens % T != 0).tobytes()
+        if b.sig != sig:
+            b.sig, b.tabs, b.memo = sig, self._token_tables(seqs, layer, lens), {}
+        return b.tabs[K], b.tabs[V], lens.astype(np.int32)
+
+    def _token_tables(self, seqs, layer, lens):
         s = self.shape
         T = s.tokens_per_page
-        lens = np.array([q.length[layer] for q in seqs], np.int64)
         G = int(max(1, ((lens + T - 1) // T).max())) if len(seqs) else 1
         tabs = np.zeros((2, len(seqs), s.kv_heads, G), np.int64)
         for b, q in enumerate(seqs):
@@ -137,13 +214,22 @@ class KVStore:
                 tabs[kind, b, :, :nfull] = q.pages[kind][layer, :, :nfull]
                 if L % T:
                     tabs[kind, b, :, nfull] = -(q.tail[kind, layer] + 1)
-        return tabs[K], tabs[V], lens.astype(np.int32)
+        return tabs
 
     def dim_tables(self, seqs: list[Sequence], layer: int):
-        """-> kd_pages [B, H, NDB, TB] refs for the channel-indexed K copy."""
+        """-> kd_pages [B, H, NDB, TB] refs for the channel-indexed K copy
+        (cached like token_tables: read only)."""
+        Tp = self.shape.tokens_per_dim_page
+        lens = self.lengths(seqs, layer)
+        b = self.batch(seqs, layer)
+        sig = (lens // Tp).tobytes() + (lens % Tp != 0).tobytes()
+        if b.kd_sig != sig:
+            b.kd_sig, b.kd_tab = sig, self._dim_tables(seqs, layer, lens)
+        return b.kd_tab
+
+    def _dim_tables(self, seqs, layer, lens):
         s = self.shape
         Tp = s.tokens_per_dim_page
-        lens = np.array([q.length[layer] for q in seqs], np.int64)
         TB = int(max(1, ((lens + Tp - 1) // Tp).max())) if len(seqs) else 1
         tab = np.zeros((len(seqs), s.kv_heads, s.dim_blocks, TB), np.int64)
         for b, q in enumerate(seqs):
@@ -189,3 +275,18 @@ class KVStore:
             if not ok:
                 return False, None, None, done
         return True, out[0], out[1], done
+
+
+class _Batch:
+    """One (layer, batch of sequences): DRAM tail slots, which stay put while
+    the sequences live, and the last page tables with the lengths' signature
+    they were built for. `memo` holds what a consumer derives from the
+    tables (e.g. the pages an attend reads); it is dropped with them."""
+
+    def __init__(self, seqs: list[Sequence], layer: int):
+        self.tails = np.stack([q.tail[:, layer] for q in seqs], axis=1)      # [2, B, H]
+        self.kd_tails = (np.stack([q.kd_tail[layer] for q in seqs])          # [B, H, NDB]
+                         if seqs and hasattr(seqs[0], "kd_tail") else None)
+        self.sig = self.kd_sig = None
+        self.tabs = self.kd_tab = None
+        self.memo: dict = {}

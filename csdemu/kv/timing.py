@@ -7,6 +7,11 @@ what-if answer and a live command are charged by the same arithmetic:
     channel bus; csdemu.flash.timing) ─► engine compute at the profile's rates,
     pipelined behind the reads ─► output over PCIe
 
+A page read senses the whole page (tR), but may move only part of it over
+the channel: SparF's exact pass clocks out just the selected tokens' rows
+(ONFI 4.x Change Read Column), so `attend_time` takes per-page transfer
+sizes next to the page size.
+
 Work is counted in the units of the paper's Table I: GeMV FLOPs (scores and
 the weighted value sum), softmax work, and bytes through the SparF filter.
 
@@ -122,12 +127,16 @@ class AttendTime:
 
 def attend_time(start_ns: int, page_ch: np.ndarray, page_lun: np.ndarray, page_bytes: int,
                 work: AttendWork, clocks: Clocks, nand: NandTiming, rates: EngineRates,
-                engine: EngineClock, fw_ns: int = 0) -> AttendTime:
-    """Charge one Attend against the clocks; return when its output reaches the host."""
+                engine: EngineClock, fw_ns: int = 0, xfer_bytes=None) -> AttendTime:
+    """Charge one Attend against the clocks; return when its output reaches the host.
+    Every page senses `page_bytes`; it moves `xfer_bytes` (int array, one per
+    page) over its channel, or the whole page when that is None."""
     t_q = pcie_transfer(start_ns + fw_ns, work.q_bytes, clocks, nand)
     npages = int(len(page_ch))
     if npages:
-        arrivals = advance_batch(Op.READ, page_ch, page_lun, t_q, page_bytes, clocks, nand)
+        moved = page_bytes if xfer_bytes is None else xfer_bytes
+        arrivals = advance_batch(Op.READ, page_ch, page_lun, t_q, moved, clocks, nand,
+                                 sense_bytes=page_bytes)
         flash_done = int(arrivals.max())
     else:
         flash_done = t_q

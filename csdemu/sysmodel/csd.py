@@ -12,16 +12,18 @@ order, then the V pages (csdemu.kv.engine.flash_pages). A page read moves
 `geometry.page_bytes` over the channel.
   * q and the output are float32 (4 B per element) over the drive's PCIe link.
   * the drive is idle (fresh clocks) and no firmware time is charged (fw_ns=0).
-  * SparF (sparse=...): first the channel-indexed copy of K, one head dim per
-    page (page_bytes / dtype_bytes tokens of that dim), for the union of the
-    top-r dims of the q heads sharing the kv head; then the K and V pages of
-    the token groups that hold a selected token. Which groups hold one is
-    data-dependent; the model takes the top-k tokens as spread uniformly over
-    the non-window tokens, so a group of T tokens is read with probability
-    1 - (1 - k/(len - window))^(T*g) (g q heads per kv head select
-    independently), plus every group of the local window. The groups read are
-    spaced evenly along the sequence. K's second copy is listed after the
-    token pages' K and V, per sequence-head.
+  * SparF (sparse=...): the q heads sharing a kv head share one selection
+    (csdemu.kv.engine, kernels/sparf.py). First the channel-indexed copy of K,
+    one head dim per page (page_bytes / dtype_bytes tokens of that dim), for
+    the r selected dims, whole pages; then the K and V pages of the token
+    groups that hold a selected token. Which groups hold one is data-dependent;
+    the model takes the top-k tokens as spread uniformly over the non-window
+    tokens, so a group of T tokens is sensed with probability
+    p = 1 - (1 - f)^T, f = k/(len - window), and moves only its selected rows
+    over the channel (a column read): on average T*f/p rows. Every group of
+    the local window is read whole. The groups read are spaced evenly along
+    the sequence. K's second copy is listed after the token pages' K and V,
+    per sequence-head.
 """
 from __future__ import annotations
 
@@ -66,65 +68,76 @@ def _dense_pattern(geom: Geometry, kv_heads: int, seq_len: int, T: int):
     return geom.ch_of(pos), geom.lun_of(pos)
 
 
-def _sparse_pattern(seq_len: int, g: int, head_dim: int, dtype_bytes: int, T: int,
-                    page_bytes: int, channels: int, ways: int, r: int, k: int, window: int):
+def sparse_selection(seq_len: int, T: int, k: int, window: int):
+    """(token groups, groups sensed outside the window, expected selected rows
+    in such a group) for one (sequence, kv head) under the uniform model."""
     n = math.ceil(seq_len / T)
     w_groups = min(n, math.ceil(window / T)) if window else 0
     rest = n - w_groups
     cand = max(0, seq_len - window)
     f = min(1.0, k / cand) if cand > 0 else 0.0
-    p = 1.0 - (1.0 - f) ** (T * g)
+    p = 1.0 - (1.0 - f) ** T
     hit = int(round(rest * p))
-    if hit >= rest:
-        groups = np.arange(n, dtype=np.int64)
-    else:
-        picked = np.floor(np.arange(hit) * (rest / hit)).astype(np.int64) if hit else \
-            np.zeros(0, np.int64)
-        groups = np.concatenate([picked, np.arange(rest, n, dtype=np.int64)])
+    rows = min(float(T), T * f / p) if p > 0 else 0.0
+    return n, hit, rows
+
+
+def _sparse_pattern(seq_len: int, head_dim: int, dtype_bytes: int, T: int,
+                    page_bytes: int, channels: int, ways: int, r: int, k: int, window: int):
+    n, hit, rows = sparse_selection(seq_len, T, k, window)
+    rest = n - (min(n, math.ceil(window / T)) if window else 0)
+    hit = min(hit, rest)
+    picked = np.floor(np.arange(hit) * (rest / hit)).astype(np.int64) if hit else np.zeros(0, np.int64)
+    groups = np.concatenate([picked, np.arange(rest, n, dtype=np.int64)])
     ch = groups % channels
     lun = (groups // channels) % ways
-    dims = head_dim * (1.0 - (1.0 - r / head_dim) ** g)
-    dims = max(1, min(head_dim, int(math.ceil(dims - 1e-9))))
+    moved = np.concatenate([np.full(hit, int(round(rows * head_dim * dtype_bytes)), np.int64),
+                            np.full(n - rest, page_bytes, np.int64)])
     tpp = max(1, page_bytes // dtype_bytes)
-    napprox = dims * math.ceil(seq_len / tpp)
+    napprox = max(1, min(head_dim, r)) * math.ceil(seq_len / tpp)
     ach, alun = spread_pages(napprox, channels, ways)
-    return (np.concatenate([ch, ch, ach]), np.concatenate([lun, lun, alun]))
+    return (np.concatenate([ch, ch, ach]), np.concatenate([lun, lun, alun]),
+            np.concatenate([moved, moved, np.full(napprox, page_bytes, np.int64)]))
 
 
 def attend_pages(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, dtype_bytes: int,
                  tokens_per_page: int, sparse=None):
-    """(page_ch, page_lun, work) of one Attend command for one layer."""
+    """(page_ch, page_lun, work, bytes moved per page) of one Attend command
+    for one layer; every page is sensed whole."""
     prof = _profile(profile)
     g = prof.geometry
     if q_heads % kv_heads:
         raise ValueError(f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
-    grp = q_heads // kv_heads
     lens = [int(x) for x in np.atleast_1d(seq_lens)]
     geom = Geometry(prof)
     cache: dict[int, tuple] = {}
-    chs, luns = [], []
+    chs, luns, moved = [], [], []
     work = AttendWork()
     for L in lens:
         if L not in cache:
             if sparse is None:
                 ch, lun = _dense_pattern(geom, kv_heads, L, tokens_per_page)
+                mv = np.full(len(ch), g.page_bytes, np.int64)
                 wk = dense_work([L], q_heads, head_dim)
             else:
                 r, k, w = sparse_params(sparse, head_dim, L, tokens_per_page)
-                pat = _sparse_pattern(L, grp, head_dim, dtype_bytes, tokens_per_page, g.page_bytes,
-                                      g.channels, g.ways, r, k, w)
-                ch = np.tile(pat[0], kv_heads)
+                pch, _, pmv = _sparse_pattern(L, head_dim, dtype_bytes, tokens_per_page,
+                                              g.page_bytes, g.channels, g.ways, r, k, w)
+                ch, mv = np.tile(pch, kv_heads), np.tile(pmv, kv_heads)
                 lun = frontier_ways(ch, g.channels, g.ways)
                 wk = sparf_work([L], q_heads, head_dim, r, k, w)
-            cache[L] = (ch, lun, wk)
-        ch, lun, wk = cache[L]
+            cache[L] = (ch, lun, wk, mv)
+        ch, lun, wk, mv = cache[L]
         chs.append(ch)
         luns.append(lun)
+        moved.append(mv)
         work += AttendWork(wk.q_bytes, wk.out_bytes, wk.gemv_flops, wk.softmax_flops,
                            wk.filter_bytes)
     if not chs:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), work
-    return np.concatenate(chs).astype(np.int64), np.concatenate(luns).astype(np.int64), work
+        z = np.zeros(0, np.int64)
+        return z, z, work, z
+    return (np.concatenate(chs).astype(np.int64), np.concatenate(luns).astype(np.int64), work,
+            np.concatenate(moved))
 
 
 def frontier_ways(ch: np.ndarray, channels: int, ways: int) -> np.ndarray:
@@ -144,12 +157,12 @@ def csd_attend(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, dt
                tokens_per_page: int, sparse=None):
     """The AttendTime (csdemu.kv.timing) of one Attend on an idle drive."""
     prof = _profile(profile)
-    ch, lun, work = attend_pages(prof, q_heads, kv_heads, head_dim, seq_lens, dtype_bytes,
-                                 tokens_per_page, sparse)
+    ch, lun, work, moved = attend_pages(prof, q_heads, kv_heads, head_dim, seq_lens, dtype_bytes,
+                                        tokens_per_page, sparse)
     clocks = Clocks.create(prof.geometry.channels, prof.geometry.ways)
     return attend_time(0, ch, lun, prof.geometry.page_bytes, work, clocks,
                        NandTiming.from_profile(prof), EngineRates.from_profile(prof),
-                       EngineClock())
+                       EngineClock(), xfer_bytes=None if sparse is None else moved)
 
 
 def csd_attend_ns(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, dtype_bytes: int,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csdemu.profile import Profile
-from csdemu.sysmodel.csd import layer_attend, sparse_params
+from csdemu.sysmodel.csd import layer_attend, sparse_params, sparse_selection
 from csdemu.sysmodel.hardware import Hardware
 from csdemu.sysmodel.models import ModelShape
 
@@ -149,20 +149,15 @@ def _gib(x):
 
 
 def _sparse_read_fraction(c: SysConfig, L: int, block_tokens: int):
-    """(approx K bytes, exact token pages) per (sequence, kv head) for SparQ/SparF
-    at context L, with the same selection model as csd.py."""
+    """(approx K bytes, exact token blocks) per (sequence, kv head) for SparQ
+    at context L, with csd.py's selection model (one selection per kv head).
+    An SSD returns whole blocks: no column reads through NVMe."""
     m = c.model
-    g = m.q_heads // m.kv_heads
     r, k, w = sparse_params(c.sparse, m.head_dim, L, block_tokens)
-    n = math.ceil(L / block_tokens)
+    n, hit, _ = sparse_selection(L, block_tokens, k, w)
     wg = min(n, math.ceil(w / block_tokens)) if w else 0
-    cand = max(0, L - w)
-    f = min(1.0, k / cand) if cand else 0.0
-    p = 1.0 - (1.0 - f) ** (block_tokens * g)
-    pages = wg + round((n - wg) * p)
-    dims = min(m.head_dim, math.ceil(m.head_dim * (1 - (1 - r / m.head_dim) ** g) - 1e-9))
-    approx = dims * L * m.dtype_bytes
-    return approx, pages
+    approx = min(m.head_dim, r) * L * m.dtype_bytes
+    return approx, wg + min(hit, n - wg)
 
 
 # ----------------------------------------------------------------- FlexGen
