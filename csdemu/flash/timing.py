@@ -169,15 +169,7 @@ def _book(iv, st, nb_off, b, ready, dur, floor):
     st[nb_off + b] how many there are."""
     ivs = iv[0, b]
     ive = iv[1, b]
-    n = st[nb_off + b]
-    k = 0
-    while k < n and ive[k] <= floor:
-        k += 1
-    if k:
-        for j in range(n - k):
-            ivs[j] = ivs[j + k]
-            ive[j] = ive[j + k]
-        n -= k
+    n = _drop_before(iv, st, nb_off, b, floor)
     if n == ivs.shape[0]:                            # full: merge the two earliest
         ive[0] = ive[1]
         for j in range(1, n - 1):
@@ -220,19 +212,27 @@ def _book(iv, st, nb_off, b, ready, dur, floor):
 
 
 @numba.njit(cache=True, nogil=True)
+def _drop_before(iv, st, nb_off, b, floor):
+    """Forget bus b's intervals that ended by `floor`; -> intervals left."""
+    ivs = iv[0, b]
+    ive = iv[1, b]
+    n = st[nb_off + b]
+    k = 0
+    while k < n and ive[k] <= floor:
+        k += 1
+    if k:
+        for j in range(n - k):
+            ivs[j] = ivs[j + k]
+            ive[j] = ive[j + k]
+        n -= k
+        st[nb_off + b] = n
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
 def _forget(st, iv, nb_off, floor):
     for b in range(iv.shape[1]):
-        ive = iv[1, b]
-        n = st[nb_off + b]
-        k = 0
-        while k < n and ive[k] <= floor:
-            k += 1
-        if k:
-            ivs = iv[0, b]
-            for j in range(n - k):
-                ivs[j] = ivs[j + k]
-                ive[j] = ive[j + k]
-            st[nb_off + b] = n - k
+        _drop_before(iv, st, nb_off, b, floor)
     return 0
 
 
