@@ -148,7 +148,10 @@ def _fd_count(pid) -> int:
 
 def run_client_death(victims: int, seed: int, window_s: float = 3.0, log=print) -> dict:
     rnd = random.Random(seed)
-    d = small_daemon().start()
+    # 4x the small drive (832 MiB): the victims' writes (up to 128 MiB) then
+    # leave the bystander's writes clear of GC copies, so its throughput after
+    # the churn measures what dead sessions cost, not a fuller drive.
+    d = small_daemon(extra=["--set", "geometry.blocks_per_plane=64"]).start()
     res = {"victims": 0, "reclaim_ms_max": 0.0, "reclaim_ms_mean": 0.0, "not_reclaimed_1s": 0,
            "kv_namespaces_left": 0, "sessions_left": 0, "seed": seed}
     try:
