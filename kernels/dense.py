@@ -38,7 +38,7 @@ from . import config
 from . import counters as C
 from .page_ops import (direct_ok, page_of, page_scores, page_values, pos_ref,
                        prefetch_pos)
-from .simd import PREFETCH_IN_LOOP, W, exp_nonpos, row_max
+from .simd import PREFETCH_IN_LOOP, W, exp_shifted
 
 _direct_ok = direct_ok          # the name sparf.py imports
 
@@ -98,14 +98,7 @@ def _dense_unit(qb, pool, dram, code, k_pages, v_pages, S, gchan, kvh, c, G,
     # pass 2: batched exps
     for j in range(G):
         row = sbuf[j, :nt]
-        m = row_max(row, nt)
-        s = np.float32(0.0)
-        for t in range(nt):
-            p = exp_nonpos(row[t] - m)
-            row[t] = p
-            s += p
-        mrow[j] = m
-        lrow[j] = s
+        mrow[j], lrow[j] = exp_shifted(row, row, nt)
     # pass 3: value sums
     obuf[:G, :] = 0.0
     nt = 0

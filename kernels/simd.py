@@ -9,7 +9,8 @@ Numba intrinsics:
 * ``values.pv_heads`` -- ``o += p . V`` of a page for up to 4 q heads, ``o``
   held in registers across the page; ``values.pv_rows`` -- the same over
   selected rows for one head (SparF);
-* ``softmax.exp_nonpos`` / ``softmax.row_max`` -- vectorizable exp and max.
+* ``softmax.exp_nonpos`` / ``softmax.row_max`` -- vectorizable exp and max;
+  ``softmax.exp_shifted`` -- the softmax numerators of a row with them.
 
 All read a page as float32 or straight from ``uint16`` fp16 (``vcvtph2ps``
 with F16C, ``config.F16C``) or bf16 bits (a shift); ``head_dim`` must be a
@@ -18,9 +19,9 @@ has a plain-Python body used under ``NUMBA_DISABLE_JIT``.
 """
 
 from .scores import QK_TOKENS, qk_heads
-from .softmax import exp_nonpos, row_max
+from .softmax import exp_nonpos, exp_shifted, row_max
 from .values import pv_heads, pv_rows
 from .vecir import PREFETCH_IN_LOOP, W
 
 __all__ = ["W", "PREFETCH_IN_LOOP", "QK_TOKENS", "qk_heads", "pv_heads", "pv_rows",
-           "exp_nonpos", "row_max"]
+           "exp_nonpos", "exp_shifted", "row_max"]

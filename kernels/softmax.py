@@ -102,3 +102,16 @@ def row_max(s, n):
 @overload(row_max, jit_options={"fastmath": config.FASTMATH})
 def _ol_row_max(s, n):
     return lambda s, n: _row_max(s, n)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def exp_shifted(src, dst, n):
+    """``dst[:n] = exp(src[:n] - m)``, ``m = max(src[:n])`` (0 when n == 0);
+    -> (m, sum).  The numerators of a safe softmax; ``dst`` may be ``src``."""
+    m = row_max(src, n) if n > 0 else np.float32(0.0)
+    s = np.float32(0.0)
+    for t in range(n):
+        p = exp_nonpos(src[t] - m)
+        dst[t] = p
+        s += p
+    return m, s

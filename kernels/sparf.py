@@ -43,7 +43,7 @@ from . import config
 from . import counters as C
 from .dense import page_of
 from .prefetch import prefetch_page
-from .simd import W, exp_nonpos, pv_heads, qk_heads, row_max
+from .simd import W, exp_shifted, pv_heads, qk_heads
 from .topk import topk_ascending_buf
 from .widen import widen_into
 
@@ -116,14 +116,8 @@ def _select_tokens(shat, es, psum, etot, S, G, k, window, sel, alpha, khist, kca
     for t in range(S):
         psum[t] = 0.0
     for j in range(G):
-        srow = shat[j, :S]
         erow = es[j, :S]
-        m = row_max(srow, S)
-        tot = np.float32(0.0)
-        for t in range(S):
-            e = exp_nonpos(srow[t] - m)
-            erow[t] = e
-            tot += e
+        _, tot = exp_shifted(shat[j, :S], erow, S)
         etot[j] = tot
         inv = np.float32(1.0) / tot
         if G > 1:
@@ -266,13 +260,7 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                     es[j, i0 + i] = acc
     for j in range(G):
         erow = es[j, :c]
-        m = row_max(erow, c) if c > 0 else np.float32(0.0)
-        s = np.float32(0.0)
-        for i in range(c):
-            p = exp_nonpos(erow[i] - m)
-            erow[i] = p
-            s += p
-        lsum[j] = s
+        _, lsum[j] = exp_shifted(erow, erow, c)
         for d in range(D):
             obuf[j, d] = 0.0
     # ... then the value sums, each gathered V row read once for all heads
