@@ -99,6 +99,16 @@ class Queue:
     def wait_raw(self, count: int = 1, timeout: float | None = COMMAND_TIMEOUT_S,
                  spin_ns: int = SPIN_NS) -> list[tuple]:
         """Reap until at least `count` completions arrived (spin, then block)."""
+        out = self.reap_until(count, timeout, spin_ns)
+        if len(out) < count:
+            raise TimeoutError(f"queue {self.qid}: {len(out)} of {count} completions "
+                               f"after {timeout}s")
+        return out
+
+    def reap_until(self, count: int, timeout: float | None,
+                   spin_ns: int = SPIN_NS) -> list[tuple]:
+        """Reap until `count` completions arrived or `timeout` s passed (spin,
+        then block); -> what arrived, fewer than `count` on a timeout."""
         out = self.reap_raw()
         if len(out) >= count:
             return out
@@ -110,8 +120,7 @@ class Queue:
                 return out
             now = time.monotonic_ns()
             if deadline is not None and now > deadline:
-                raise TimeoutError(f"queue {self.qid}: {len(out)} of {count} completions "
-                                   f"after {timeout}s")
+                return out
             if now - start > spin_ns:
                 self._block(deadline)
 

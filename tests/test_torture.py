@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import csdemu
 from nvme_cmds.status import Status
-from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, wait_completions
+from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon
 from tools.torture.fuzz import FuzzTarget, Gen
 from tools.torture.run import failures, run_all, write_results
 from nvme_cmds.opcodes import AdminOpcode, NvmOpcode, VendorAdminOpcode, VendorIoOpcode
@@ -152,7 +152,7 @@ def test_recreated_queue_ignores_stale_cq_head_doorbell():
         dev.delete_queue(q)
         q = dev.create_queue(16)                     # same qid, head doorbell still 100
         q.submit(VendorIoOpcode.NOP)
-        got = wait_completions(q, 1, 5.0)
+        got = q.reap_until(1, 5.0)
         assert len(got) == 1 and field_status(got[0][5]) == 0, "new queue never completes (stale CQ head doorbell)"
 
 

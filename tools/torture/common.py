@@ -1,4 +1,4 @@
-"""Shared pieces of the torture suite: small drives, bounded waits, patterns.
+"""Shared pieces of the torture suite: small drives, patterns, status checks.
 
 Everything here talks to a real daemon process (csdemu.spawn.DaemonProcess)
 through real shared memory; nothing is mocked.
@@ -6,9 +6,7 @@ through real shared memory; nothing is mocked.
 from __future__ import annotations
 
 import os
-import select
 import sys
-import time
 
 import numpy as np
 
@@ -46,39 +44,6 @@ def rss_kib(pid: int) -> int:
 
 def field_status(field: int) -> int:
     return decode_status_field(field)[0]
-
-
-def wait_completions(q, count: int, deadline_s: float) -> list[tuple]:
-    """Reap until `count` CQEs arrived or the deadline passed (never hangs).
-
-    Returns what arrived (fewer than `count` means a hang). Spins briefly,
-    then blocks on the CQ's interrupt eventfd in short slices."""
-    out = q.reap_raw()
-    if len(out) >= count:
-        return out
-    start = time.monotonic()
-    end = start + deadline_s
-    poller = select.poll()          # not select(): fds may be >= FD_SETSIZE in long runs
-    poller.register(q.vector_fd, select.POLLIN)
-    while len(out) < count:
-        now = time.monotonic()
-        if now > end:
-            break
-        if now - start < 0.0002:
-            out += q.reap_raw()
-            continue
-        q.cq.arm(True)
-        try:
-            if not q.cq.ready():
-                if poller.poll(int(1000 * min(0.02, max(0.0, end - now)))):
-                    try:
-                        os.eventfd_read(q.vector_fd)
-                    except BlockingIOError:
-                        pass
-        finally:
-            q.cq.arm(False)
-        out += q.reap_raw()
-    return out
 
 
 # ---------------------------------------------------------------- block patterns

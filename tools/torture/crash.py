@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from tools.torture.common import (BS, SMALL_DRIVE, field_status, identify_block,
-                                  part_main, patterns, wait_completions)
+                                  part_main, patterns)
 
 import csdemu  # noqa: E402
 from csdemu.spawn import DaemonProcess  # noqa: E402
@@ -80,7 +80,7 @@ class Writer(threading.Thread):
         q.submit(**kw)
         t0 = time.monotonic()
         while not self.stop.is_set() and time.monotonic() - t0 < 60:
-            got = wait_completions(q, 1, 0.05)
+            got = q.reap_until(1, 0.05)
             if got:
                 st = field_status(got[0][5])
                 if st:

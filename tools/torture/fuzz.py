@@ -38,7 +38,7 @@ from collections import Counter
 import numpy as np
 
 from tools.torture.fuzz_gen import GUARD, Gen
-from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, wait_completions, part_main
+from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, part_main
 
 import csdemu  # noqa: E402
 from csdemu.control import request  # noqa: E402
@@ -263,7 +263,7 @@ class FuzzTarget:
             q.sq.push_raw(bytes(e))
         q.ring()
         self.stats.commands += len(batch)
-        got = wait_completions(q, len(batch), IO_DEADLINE_S)
+        got = q.reap_until(len(batch), IO_DEADLINE_S)
         ok = self._check(q, batch, got, len(batch), "io")
         if not self._after_batch("io", batch):
             return False
@@ -300,7 +300,7 @@ class FuzzTarget:
             q.sq.push_raw(bytes(e))
         q.ring()
         self.stats.commands += len(batch)
-        got = wait_completions(q, expected, ADMIN_DEADLINE_S)
+        got = q.reap_until(expected, ADMIN_DEADLINE_S)
         ok = self._check(q, batch, got, expected, "admin")
         if not self._after_batch("admin", batch):
             return False
@@ -352,7 +352,7 @@ class FuzzTarget:
         ok = True
         try:
             self.ctl.io.submit(VI.NOP)
-            got = wait_completions(self.ctl.io, 1, ADMIN_DEADLINE_S)
+            got = self.ctl.io.reap_until(1, ADMIN_DEADLINE_S)
             ok = len(got) == 1 and field_status(got[0][5]) == 0
             k2, _ = self.ctl_kv.read(0, 11, 0, 40)
             ok = ok and np.array_equal(k2.view(np.uint16), self.ctl_k[0].view(np.uint16))
