@@ -47,7 +47,7 @@ def _kv_paths(dev, csdemu) -> None:
 
 def _block_paths(dev) -> None:
     nlbas = dev.identify_ns(1)["nsze"]
-    chunk = np.arange(256 * 4096, dtype=np.uint32).view(np.uint8)[:256 * 4096]
+    chunk = np.full(256 * 4096, 0xA5, np.uint8)
     for i in range(0, int(nlbas * 1.5) // 256):             # past the GC threshold
         dev.write((i * 256) % (nlbas - 256), chunk, fua=(i % 50 == 0))
     dev.read(0, 300)

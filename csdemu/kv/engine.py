@@ -159,18 +159,16 @@ class Engine:
 def flash_pages(k_tab, v_tab, mask):
     """PPNs an attend reads, in the order they are charged: per sequence, per
     kv head, its K pages in token order, then its V pages (DRAM refs dropped)."""
-    both = np.stack([k_tab, v_tab], axis=2)                # [B, H, 2, G]
-    m = np.stack([mask, mask], axis=2) & (both >= 0)
-    return both[m]
+    return flash_page_rows(k_tab, v_tab, mask)[0]
 
 
 def flash_page_rows(k_tab, v_tab, rows):
-    """`flash_pages` of the groups with rows > 0, and each page's row count
-    (the tokens a column read moves), in the same order."""
-    both = np.stack([k_tab, v_tab], axis=2)
-    r = np.stack([rows, rows], axis=2).astype(np.int64)
+    """`flash_pages` of the groups with rows > 0 (or True), and each page's
+    row count (the tokens a column read moves), in the same order."""
+    both = np.stack([k_tab, v_tab], axis=2)                # [B, H, 2, G]
+    r = np.stack([rows, rows], axis=2)
     m = (r > 0) & (both >= 0)
-    return both[m], r[m]
+    return both[m], r[m].astype(np.int64)
 
 
 class MediaReadError(Exception):
