@@ -79,6 +79,12 @@ class NandTiming:
 
 
 BUS_SLOTS = 256          # busy intervals remembered per bus (channel or link)
+#: intervals fused into one when a bus runs out of slots. Fusing only the two
+#: earliest freed one slot per shift of the whole list, and a busy attend
+#: (30k column reads leaving sub-transfer gaps) then paid that on every page.
+BUS_MERGE = 17
+#: intervals on a channel's bus before it is trimmed to its earliest free die
+BUS_TRIM_AT = 32
 
 
 @dataclass(slots=True)
@@ -93,8 +99,8 @@ class Clocks:
     or the link for the other LUNs. ``ch_avail`` / ``pcie_avail`` are the end
     of the last booked transfer. Intervals ending before the ``floor_ns`` a
     caller passes (the arrival time of the current command, which only grows)
-    are forgotten; if a bus runs out of slots its two earliest intervals are
-    merged, which only ever makes the model more conservative.
+    are forgotten; if a bus runs out of slots its BUS_MERGE earliest intervals
+    are fused into one, which only ever makes the model more conservative.
 
     All counters live in one int64 buffer (`state`) and all intervals in one
     (`iv`), so a compiled kernel takes two arrays; the named fields are views.
@@ -155,75 +161,84 @@ def xfer_ns(nbytes: int, mbps: int) -> int:
 
 # --------------------------------------------------------------------------- kernels
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _xfer(nbytes, mbps):
     if mbps <= 0:
         return 0
     return (nbytes * 1000 + mbps // 2) // mbps
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _book(iv, st, nb_off, b, ready, dur, floor):
     """Earliest start >= ready of a `dur`-long transfer on bus b; books it.
     iv[0, b] / iv[1, b] hold the sorted, disjoint busy intervals of bus b and
-    st[nb_off + b] how many there are."""
-    ivs = iv[0, b]
-    ive = iv[1, b]
+    st[nb_off + b] how many there are. Indexed in place: a row view
+    (``iv[0, b]``) costs two atomic reference counts per call, which was
+    most of charging a 30k-page attend."""
     n = _drop_before(iv, st, nb_off, b, floor)
-    if n == ivs.shape[0]:                            # full: merge the two earliest
-        ive[0] = ive[1]
-        for j in range(1, n - 1):
-            ivs[j] = ivs[j + 1]
-            ive[j] = ive[j + 1]
-        n -= 1
+    if n == iv.shape[2]:                            # full: merge the earliest
+        m = BUS_MERGE                                # into one, BUS_MERGE - 1
+        iv[1, b, 0] = iv[1, b, m - 1]                # slots freed at one shift
+        for j in range(1, n - m + 1):
+            iv[0, b, j] = iv[0, b, j + m - 1]
+            iv[1, b, j] = iv[1, b, j + m - 1]
+        n -= m - 1
     if dur <= 0:
         st[nb_off + b] = n
         return ready
     t = ready
-    i = 0
+    # intervals are sorted and disjoint, so their ends are sorted too: skip
+    # every interval over by `ready` in log time (a busy bus holds ~BUS_SLOTS)
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if iv[1, b, mid] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    i = lo
     while i < n:
-        if ive[i] <= t:
+        if iv[1, b, i] <= t:
             i += 1
-        elif ivs[i] >= t + dur:
+        elif iv[0, b, i] >= t + dur:
             break
         else:
-            t = ive[i]
+            t = iv[1, b, i]
             i += 1
     e = t + dur
-    if i > 0 and ive[i - 1] == t:                    # extend the previous interval
-        ive[i - 1] = e
-        if i < n and ivs[i] == e:                    # ... and fuse with the next
-            ive[i - 1] = ive[i]
+    if i > 0 and iv[1, b, i - 1] == t:                    # extend the previous interval
+        iv[1, b, i - 1] = e
+        if i < n and iv[0, b, i] == e:                    # ... and fuse with the next
+            iv[1, b, i - 1] = iv[1, b, i]
             for j in range(i, n - 1):
-                ivs[j] = ivs[j + 1]
-                ive[j] = ive[j + 1]
+                iv[0, b, j] = iv[0, b, j + 1]
+                iv[1, b, j] = iv[1, b, j + 1]
             n -= 1
-    elif i < n and ivs[i] == e:                      # extend the next interval back
-        ivs[i] = t
+    elif i < n and iv[0, b, i] == e:                      # extend the next interval back
+        iv[0, b, i] = t
     else:                                            # insert a new interval at i
         for j in range(n, i, -1):
-            ivs[j] = ivs[j - 1]
-            ive[j] = ive[j - 1]
-        ivs[i] = t
-        ive[i] = e
+            iv[0, b, j] = iv[0, b, j - 1]
+            iv[1, b, j] = iv[1, b, j - 1]
+        iv[0, b, i] = t
+        iv[1, b, i] = e
         n += 1
     st[nb_off + b] = n
     return t
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _drop_before(iv, st, nb_off, b, floor):
     """Forget bus b's intervals that ended by `floor`; -> intervals left."""
-    ivs = iv[0, b]
-    ive = iv[1, b]
     n = st[nb_off + b]
     k = 0
-    while k < n and ive[k] <= floor:
+    while k < n and iv[1, b, k] <= floor:
         k += 1
     if k:
         for j in range(n - k):
-            ivs[j] = ivs[j + k]
-            ive[j] = ive[j + k]
+            iv[0, b, j] = iv[0, b, j + k]
+            iv[1, b, j] = iv[1, b, j + k]
         n -= k
         st[nb_off + b] = n
     return n
@@ -234,6 +249,23 @@ def _forget(st, iv, nb_off, floor):
     for b in range(iv.shape[1]):
         _drop_before(iv, st, nb_off, b, floor)
     return 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bus_floor(st, o_n, c, L, floor):
+    """A floor for channel c's bus that loses nothing: every transfer on it
+    starts once its die is free (a read after tR, a program at once), and a
+    die's free time only grows, so intervals that ended before the channel's
+    earliest free die can never hold a gap that is used. Checked only on a
+    long list: one attend queues ~30k reads whose history ``floor`` (the
+    command's arrival) cannot trim."""
+    if st[o_n + c] < BUS_TRIM_AT:
+        return floor
+    m = st[c * L]
+    for li in range(c * L + 1, c * L + L):
+        if st[li] < m:
+            m = st[li]
+    return m if m > floor else floor
 
 
 @numba.njit(cache=True, nogil=True)
@@ -258,18 +290,27 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
     o_pb = o_pa + 1               # pcie_busy
     o_n = o_pb + 1                # interval counts
     n = ch.shape[0]
+    # a 64-bit divide per op was most of a 30k-page attend's charge; runs of
+    # one size (whole pages, or one row count) reuse the last quotient
+    last_nb = -1
+    ch_d = 0
+    pcie_d = 0
     for i in range(n):
         c = ch[i]
         li = c * L + lun[i]
         nb = nbytes[i] if nbytes.shape[0] > 1 else nbytes[0]
+        if nb != last_nb:
+            last_nb = nb
+            ch_d = _xfer(nb, ch_mbps) + ch_ovh
+            pcie_d = _xfer(nb, pcie_mbps)
         sb = sense[i] if sense.shape[0] > 1 else sense[0]
         t0 = start[i] if start.shape[0] > 1 else start[0]
         la = st[li]
         s = t0 if t0 > la else la
         if op == 0:                                  # READ: array, then bus
             r = tR4k if sb <= 4096 else tR
-            d = _xfer(nb, ch_mbps) + ch_ovh
-            xs = _book(iv, st, o_n, c, s + r, d, floor)
+            d = ch_d
+            xs = _book(iv, st, o_n, c, s + r, d, _bus_floor(st, o_n, c, L, floor))
             xe = xs + d
             if xe > st[o_ca + c]:
                 st[o_ca + c] = xe
@@ -278,15 +319,15 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
             st[o_lb + li] += r
             done = xe
             if do_pcie:
-                pd = _xfer(nb, pcie_mbps)
+                pd = pcie_d
                 ps = _book(iv, st, o_n, C, xe, pd, floor)
                 if ps + pd > st[o_pa]:
                     st[o_pa] = ps + pd
                 st[o_pb] += pd
                 done = ps + pd + pcie_lat
         elif op == 1:                                # PROGRAM: bus, then array
-            d = _xfer(nb, ch_mbps) + ch_ovh
-            xs = _book(iv, st, o_n, c, s, d, floor)
+            d = ch_d
+            xs = _book(iv, st, o_n, c, s, d, _bus_floor(st, o_n, c, L, floor))
             xe = xs + d
             if xe > st[o_ca + c]:
                 st[o_ca + c] = xe
