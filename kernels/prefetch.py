@@ -56,3 +56,25 @@ def _ol_prefetch_page(page):
                 _prefetch_line(page, off)
         return impl
     return None
+
+
+def prefetch_row(pool, p, row):
+    """Hint the CPU to fetch row ``row`` of page ``p`` of the 3-D C-contiguous
+    ``pool``, addressed by offset: slicing the row out would build a view,
+    whose reference counting costs more than the prefetch saves."""
+    return None
+
+
+@overload(prefetch_row, jit_options={"fastmath": config.FASTMATH})
+def _ol_prefetch_row(pool, p, row):
+    if isinstance(pool, types.Array):
+        if not config.PREFETCH:
+            return lambda pool, p, row: None
+
+        def impl(pool, p, row):
+            rowb = pool.shape[2] * pool.itemsize
+            base = (p * pool.shape[1] + row) * rowb
+            for off in range(0, rowb, LINE):
+                _prefetch_line(pool, base + off)
+        return impl
+    return None

@@ -41,11 +41,10 @@ from numba import njit, prange
 
 from . import config
 from . import counters as C
-from .dense import page_of
-from .prefetch import prefetch_page
+from .prefetch import prefetch_row
 from .simd import W, exp_shifted, pv_heads, qk_heads
 from .topk import topk_ascending_buf
-from .widen import widen_into
+from .widen import widen_elem
 
 DTYPE_F32 = config.DTYPE_F32
 #: selected rows gathered per chunk of the exact pass (a multiple of 16, as
@@ -63,21 +62,40 @@ def _count_page(ctr, ch, on_flash, col_flash, col_dram, nbytes):
         ctr[ch, C.DRAM_BYTES] += nbytes
 
 
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def _widen_row(pool, dram, pid, row, code, dst, di, n):
+    """``dst[di, :n] =`` row ``row`` of page ``pid`` (flash pool if >= 0, else
+    DRAM slot ``-pid - 1``), widened; indexed in place, as views cost two
+    atomic reference counts each and a SparF attend widens ~70k rows."""
+    if pid >= 0:
+        for x in range(n):
+            dst[di, x] = widen_elem(pool[pid, row, x], code)
+    else:
+        for x in range(n):
+            dst[di, x] = widen_elem(dram[-pid - 1, row, x], code)
+
+
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _gather_rows(pool, dram, pages, sel, i0, n, c, T, code, gbuf):
     """Widen the rows of tokens ``sel[i0:i0 + n]`` (page refs ``pages``, one
     per token group) into ``gbuf[:n]``; rows ``PF`` ahead are prefetched, as
     the pages are scattered over the pool."""
     PF = 8
+    D = pool.shape[2]
     for i in range(i0, min(i0 + PF, c)):
-        t = sel[i]
-        prefetch_page(page_of(pool, dram, pages[t // T])[t % T])
-    for i in range(n):
-        if i0 + i + PF < c:
-            t = sel[i0 + i + PF]
-            prefetch_page(page_of(pool, dram, pages[t // T])[t % T])
-        t = sel[i0 + i]
-        widen_into(page_of(pool, dram, pages[t // T])[t % T], code, gbuf[i])
+        _prefetch_token(pool, pages, sel[i], T)
+    for j in range(n):
+        if i0 + j + PF < c:
+            _prefetch_token(pool, pages, sel[i0 + j + PF], T)
+        t = sel[i0 + j]
+        _widen_row(pool, dram, pages[t // T], t % T, code, gbuf, j, D)
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def _prefetch_token(pool, pages, t, T):
+    p = pages[t // T]
+    if p >= 0:                                   # DRAM rows stay cached
+        prefetch_row(pool, p, t % T)
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -189,10 +207,9 @@ def _sparf_unit(q, pool, dram, code, k_pages, v_pages, seq_lens, group_channel,
                 ctr[ch, C.KD_SKIP] += 1
                 continue
             pid = kd_pages[b, kvh, db, tb]
-            src = page_of(kd_pool, kd_dram, pid)
             for i in range(Dp):
                 if rowneed[db, i]:
-                    widen_into(src[i], code, dbuf[i])
+                    _widen_row(kd_pool, kd_dram, pid, i, code, dbuf, i, nvalid)
             if pid >= 0:
                 ctr[ch, C.KD_READ] += 1
                 ctr[ch, C.FLASH_BYTES] += kd_bytes

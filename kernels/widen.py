@@ -103,23 +103,30 @@ def _ol_f32_to_bits(x):
 # arithmetic to 64 bits, and 64-bit lanes halve the vector width (this loop
 # ran at 0.34 ns/element with int64, 0.12 ns/element like this, AVX-512).
 
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
+def f16_bits_to_f32(src_h):
+    """float32 of fp16 bits ``src_h`` with integer bit operations only (the
+    path without F16C); every branch is a select, so loops vectorize."""
+    two_m24 = np.float32(5.9604644775390625e-08)  # 2**-24
+    h = np.uint32(src_h)
+    em = np.uint32(h & np.uint32(0x7FFF))
+    sgn = np.uint32((h & np.uint32(0x8000)) << np.uint32(16))
+    # subnormal/zero: em * 2**-24 via int->float (exact, immune to DAZ)
+    sub = np.uint32(f32_to_bits(np.float32(np.int32(em)) * two_m24))
+    sh = np.uint32(em << np.uint32(13))
+    nrm = np.uint32(sh + np.uint32(0x38000000))     # rebias 15 -> 127
+    nan = np.uint32(sh | np.uint32(0x7F800000))     # inf/nan, payload kept
+    b = nrm if em >= np.uint32(0x0400) else sub
+    b = nan if em >= np.uint32(0x7C00) else b
+    return bits_to_f32(np.uint32(b | sgn))
+
+
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def widen_f16_1d_bits(src, dst):
     """dst[i] = float32(fp16 bits src[i]) for a 1-D uint16 ``src``, integer
     bit operations only (the path without F16C)."""
-    two_m24 = np.float32(5.9604644775390625e-08)  # 2**-24
     for i in range(src.shape[0]):
-        h = np.uint32(src[i])
-        em = np.uint32(h & np.uint32(0x7FFF))
-        sgn = np.uint32((h & np.uint32(0x8000)) << np.uint32(16))
-        # subnormal/zero: em * 2**-24 via int->float (exact, immune to DAZ)
-        sub = np.uint32(f32_to_bits(np.float32(np.int32(em)) * two_m24))
-        sh = np.uint32(em << np.uint32(13))
-        nrm = np.uint32(sh + np.uint32(0x38000000))     # rebias 15 -> 127
-        nan = np.uint32(sh | np.uint32(0x7F800000))     # inf/nan, payload kept
-        b = nrm if em >= np.uint32(0x0400) else sub
-        b = nan if em >= np.uint32(0x7C00) else b
-        dst[i] = bits_to_f32(np.uint32(b | sgn))
+        dst[i] = f16_bits_to_f32(src[i])
 
 
 @intrinsic
@@ -182,6 +189,37 @@ def copy_f32_1d(src, dst):
 
 
 # --- dtype-dispatched page widening -----------------------------------------
+
+def widen_elem(x, code):
+    """float32 of one stored element: float32 as is, uint16 as fp16 bits
+    (``code == DTYPE_F16``) or bf16 bits. For loops that index a pool in
+    place: slicing a row out of a pool builds a view, and each view costs two
+    atomic reference counts, which was most of SparF's row gathers."""
+    if isinstance(x, (np.float32, float)):
+        return np.float32(x)
+    if code == DTYPE_F16:
+        return f16_to_f32(x)
+    return bits_to_f32(int(x) << 16)
+
+
+@overload(widen_elem, jit_options={"fastmath": config.FASTMATH}, inline="always")
+def _ol_widen_elem(x, code):
+    if x == types.float32:
+        return lambda x, code: x
+    if x == types.uint16:
+        if config.F16C:
+            def impl(x, code):
+                if code == DTYPE_F16:
+                    return f16_to_f32(x)
+                return bits_to_f32(np.uint32(np.uint32(x) << np.uint32(16)))
+        else:
+            def impl(x, code):
+                if code == DTYPE_F16:
+                    return f16_bits_to_f32(x)
+                return bits_to_f32(np.uint32(np.uint32(x) << np.uint32(16)))
+        return impl
+    return None
+
 
 def widen_into(src, code, dst):
     """Widen ``src`` (uint16 fp16/bf16 bits, or float32) into float32 ``dst``.
