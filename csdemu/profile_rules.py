@@ -100,10 +100,9 @@ def check_value(where: str, sec: str, key: str, value):
     return value
 
 
-
 def cross_checks(where: str, p) -> None:
     """Rules that tie keys together (geometry fits the PPA fields, ...)."""
-    g, d, t, gc = p.geometry, p.device, p.timing, p.gc
+    g, d, gc = p.geometry, p.device, p.gc
     if g.channels > MAX_CHANNELS:
         raise ProfileError(f"{where}: [geometry] channels must be at most {MAX_CHANNELS}, got {g.channels}")
     if g.ways > 255 or g.planes > 15 or g.pages_per_block > 65535 or g.blocks_per_plane > (1 << 20) - 1:
