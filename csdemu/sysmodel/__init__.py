@@ -8,7 +8,7 @@ Public API:
     csd_attend_ns(profile, q_heads, kv_heads, head_dim, seq_lens, dtype_bytes,
                   tokens_per_page, sparse=None) -> int
     load_model(name_or_config_json) -> ModelShape
-    load_hardware(gpu=None, host=None, ssd=None) -> Hardware
+    load_hardware(gpu=None, host=None, ssd=None, flexgen=None) -> Hardware
     SysConfig(model, hw, csd_profile, gpus, csds, ssds, input_len, output_len, sparse)
     run(config, batches, systems=SYSTEMS) -> list of rows
     reproduce(...) -> (rows, params)
@@ -25,19 +25,20 @@ __all__ = ["csd_attend_ns", "csd_attend", "attend_pages", "load_model", "shape_f
 
 def reproduce(model="opt-13b", gpus=1, csds=1, ssds=1, input_len=1024, output_len=1024,
               batches=(1, 4, 8, 16, 32, 64, 128, 256), sparse=0.125, profile="instinfer",
-              overrides=None, gpu=None, host=None, ssd=None, systems=SYSTEMS):
+              overrides=None, gpu=None, host=None, ssd=None, systems=SYSTEMS,
+              flexgen=None):
     """Run the model for every system and batch; return (rows, params)."""
     from csdemu.profile import load_profile
     shape = load_model(model)
     prof = load_profile(profile, overrides or None)
-    cfg = SysConfig(shape, load_hardware(gpu, host, ssd), prof, gpus=gpus, csds=csds, ssds=ssds,
+    cfg = SysConfig(shape, load_hardware(gpu, host, ssd, flexgen), prof, gpus=gpus, csds=csds, ssds=ssds,
                     input_len=input_len, output_len=output_len, sparse=sparse)
     rows = run(cfg, batches, systems)
     params = {"model": shape.name, "gpus": gpus, "csds": csds, "ssds": ssds, "input": input_len,
               "output": output_len, "batches": list(batches), "sparse": sparse,
               "profile": prof.name, "overrides": dict(overrides or {}),
               "gpu": cfg.hw.gpu.description, "host": cfg.hw.host.description,
-              "ssd": cfg.hw.ssd.description,
+              "ssd": cfg.hw.ssd.description, "flexgen_path": cfg.hw.flexgen.description,
               "csd": {"channels": prof.geometry.channels, "ways": prof.geometry.ways,
                       "channel_mbps": prof.timing.channel_mbps, "pcie_mbps": prof.pcie.bandwidth_mbps,
                       "tokens_per_page": cfg.tokens_per_page},

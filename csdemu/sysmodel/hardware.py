@@ -2,7 +2,10 @@
 
 A hardware profile is a TOML file with any of the sections [gpu], [host],
 [ssd]; every number carries its datasheet source as a comment. The CSDs are
-the daemon's own profiles (csdemu.profile.load_profile).
+the daemon's own profiles (csdemu.profile.load_profile). One more section,
+[flexgen] (hw/flexgen.toml), describes FlexGen's software path to the disk
+(measured by FlexGen's authors, cited in the file): it is a property of the
+baseline's code, not of the SSD, so it lives apart from the SSD datasheet.
 
 PCIe: a link of generation g and width w moves
     raw(g) * w * EFFICIENCY  bytes/s,
@@ -76,17 +79,32 @@ class Ssd:
 
 
 @dataclass(frozen=True)
+class FlexGenPath:
+    description: str
+    disk_read_fraction: float = 1.0     # share of the SSD's rated read FlexGen's path reaches
+    disk_write_fraction: float = 1.0    # same for writes
+    relay_buffer_elems: int = 1 << 30   # pinned relay of each copy thread, in fp16 elements
+
+    def __post_init__(self):
+        for k in ("disk_read_fraction", "disk_write_fraction"):
+            v = getattr(self, k)
+            if not 0.0 < v <= 1.0:
+                raise HardwareError(f"[flexgen] {k} must be in (0, 1], got {v!r}")
+
+
+@dataclass(frozen=True)
 class Hardware:
     gpu: Gpu
     host: Host
     ssd: Ssd
+    flexgen: FlexGenPath = FlexGenPath("rated SSD bandwidth (no software loss)")
 
     def with_(self, **kw) -> "Hardware":
         return replace(self, **kw)
 
 
-_CLASSES = {"gpu": Gpu, "host": Host, "ssd": Ssd}
-DEFAULTS = {"gpu": "a6000", "host": "xeon-ddr4-96g", "ssd": "980pro"}
+_CLASSES = {"gpu": Gpu, "host": Host, "ssd": Ssd, "flexgen": FlexGenPath}
+DEFAULTS = {"gpu": "a6000", "host": "xeon-ddr4-96g", "ssd": "980pro", "flexgen": "flexgen"}
 
 
 def _load_section(kind: str, name_or_path) -> object:
@@ -120,9 +138,12 @@ def _load_section(kind: str, name_or_path) -> object:
         return cls(**body)
     except TypeError as e:
         raise HardwareError(f"{where}: [{kind}] {e}") from None
+    except HardwareError as e:
+        raise HardwareError(f"{where}: {e}") from None
 
 
-def load_hardware(gpu=None, host=None, ssd=None) -> Hardware:
+def load_hardware(gpu=None, host=None, ssd=None, flexgen=None) -> Hardware:
     return Hardware(_load_section("gpu", gpu or DEFAULTS["gpu"]),
                     _load_section("host", host or DEFAULTS["host"]),
-                    _load_section("ssd", ssd or DEFAULTS["ssd"]))
+                    _load_section("ssd", ssd or DEFAULTS["ssd"]),
+                    _load_section("flexgen", flexgen or DEFAULTS["flexgen"]))

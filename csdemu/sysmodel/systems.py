@@ -180,12 +180,23 @@ def _flexgen(c: SysConfig, b: int, sparse: bool):
         if m.weight_bytes > host_cap:
             return _row(name, b, c, {}, {}, f"host memory: weights {_gib(m.weight_bytes)} > "
                         f"{_gib(host_cap)}")
+    fg = hw.flexgen
+    # One layer's K (or V) cache is one (s+n-1, b*H_kv, d) fp16 tensor that a copy thread
+    # relays whole through its pinned buffer (copy_worker_func): larger ones cannot be loaded.
+    layer_elems = (c.max_len - 1) * b * m.kv_heads * m.head_dim
+    if not sparse and layer_elems > fg.relay_buffer_elems:
+        return _row(name, b, c, {}, {}, f"FlexGen pinned relay buffer: one layer's K cache "
+                    f"{layer_elems / 2**30:.2f} G elements > {fg.relay_buffer_elems / 2**30:.2f} G")
     kv_total = b * c.max_len * m.kv_bytes_per_token * (1.5 if sparse else 1.0)
     if kv_total > c.ssds * hw.ssd.capacity_gb * GB:
         return _row(name, b, c, {}, {}, f"SSD capacity: KV {_gib(kv_total)}")
-    rd = c.ssds * hw.ssd.read_gbps * GB
-    wr = c.ssds * hw.ssd.write_gbps * GB
-    kv_path = min(rd, _gpu_link(c))            # SSD -> pinned host relay -> GPU, pipelined
+    # FlexGen's disk path reaches the measured share of the SSD's rating (hw/flexgen.toml).
+    rd = c.ssds * hw.ssd.read_gbps * GB * fg.disk_read_fraction
+    wr = c.ssds * hw.ssd.write_gbps * GB * fg.disk_write_fraction
+    # K and V of a layer are two copy items read concurrently from the disk into the relays;
+    # each thread then copies its relay to the GPU with a blocking copy_, and the next layer's
+    # load is issued only after this one completes: read and H2D add up per layer.
+    kv_path = 1.0 / (1.0 / rd + 1.0 / _gpu_link(c))
     w_stream = 0.0 if weights_on_gpu else m.weight_bytes / _gpu_link(c)
     T_blk = max(1, hw.ssd.block_bytes // (m.head_dim * m.dtype_bytes))
 
