@@ -75,6 +75,18 @@ class Queue:
             self.ring()
         return cid
 
+    def submit_io(self, opc, nsid, flags, prp1, prp2, cdw10, cdw11, cdw12) -> int:
+        """submit() of a block I/O command, positional: keyword parsing of
+        fifteen fields costs a microsecond per command on a hot path."""
+        if self.outstanding >= self.sq.depth - 1:
+            raise RuntimeError(f"queue {self.qid} is full ({self.outstanding} outstanding)")
+        cid = self.free_cids.pop()
+        self.sq.push(opc, flags, cid, nsid, 0, 0, 0, prp1, prp2, cdw10, cdw11, cdw12, 0, 0, 0)
+        self.outstanding += 1
+        if self.sq.ring():
+            os.eventfd_write(self.dev.kick_fd, 1)
+        return cid
+
     def submit_raw(self, entry: bytes, ring=True) -> None:
         """Queue 64 raw bytes as they are (tests, fuzzing). The caller owns the CID."""
         self.sq.push_raw(entry)

@@ -14,13 +14,10 @@ pair and a staging buffer) from the connection's pool and gives it back, so
 fio at iodepth 8 keeps 8 commands in the drive while the daemon polls only as
 many queues as requests were ever in flight at once, not one per worker
 thread (each queue costs its poll loop a look per pass). A waiting thread
-polls its CQ spin=N times (default 2) with sched_yield between, then arms
+polls its CQ spin=N times (default 8) with sched_yield between, then arms
 the CQ and sleeps in one read(2) of its lane's interrupt eventfd, GIL
-released. A spinning daemon often completes a 4 KiB read within two yields,
-which saves its interrupt write and this thread's sleep and wake-up; more
-polls hand the GIL between waiting threads for nothing (on the 2-core test
-machine spin=2 gave 0.88-0.91 of the bytearray plugin's QD8 IOPS where
-spin=0 gave 0.69-0.80 and spin=4 or 8 less than spin=2).
+released: a 4 KiB read is served sooner than a sleep and wake-up cost
+(figures in docs/fio-and-stress.md).
 
 nbdkit takes the GIL per callback with PyGILState_Ensure, which in a worker
 thread without a Python thread state creates one and frees it on return (an
@@ -35,7 +32,7 @@ one copy to or from nbdkit's buffer). Unaligned requests are handled by
 read-modify-write of the edge blocks.
 Parameters: socket= (required), nsid= (default 1), root=, site=,
 arena= (bytes per connection, default 32M), staging= (bytes per lane,
-default 1M), spin= (polls before blocking, default 2), lanes= (most queue
+default 1M), spin= (polls before blocking, default 8), lanes= (most queue
 pairs per connection, default 15: one interrupt vector each).
 """
 from __future__ import annotations
@@ -51,7 +48,7 @@ import nbdkit
 API_VERSION = 2
 
 _cfg = {"socket": None, "nsid": 1, "root": None, "site": None,
-        "arena": 32 << 20, "staging": 1 << 20, "spin": 2, "lanes": 15}
+        "arena": 32 << 20, "staging": 1 << 20, "spin": 8, "lanes": 15}
 LANE_DEPTH = 2           # one command outstanding per lane (depth - 1)
 
 # filled by config_complete() once sys.path is set up
@@ -125,6 +122,7 @@ class Handle:
         self.max_bytes = min(_cfg["staging"], self.dev.mdts_bytes())
         self.max_bytes -= self.max_bytes % self.bs
         self.readonly = readonly
+        self.read_op, self.sgl, self.spin = int(_mods["op"].READ), _mods["SGL"], _cfg["spin"]
         self.mv = memoryview(self.dev.mm)
         self.cond = threading.Condition()
         self.waiters = 0
@@ -197,10 +195,13 @@ def _cmd(h, ln, opc, what, flags=0, prp1=0, prp2=0, cdw10=0, cdw11=0, cdw12=0):
     q = ln.q
     q.submit(opc, nsid=h.nsid, cdw10=cdw10, cdw11=cdw11, cdw12=cdw12, flags=flags,
              prp1=prp1, prp2=prp2)
-    e = q.wait_blocking(_cfg["spin"])[0]
+    return _wait(q, _cfg["spin"], what)
+
+
+def _wait(q, spin, what):
+    e = q.wait_blocking(spin)[0]
     if e[5] & 0xFFFE:                        # status field without the phase tag
-        st = _mods["decode"](e[5])[0]
-        err = _mods["NVMeError"](st, what)
+        err = _mods["NVMeError"](_mods["decode"](e[5])[0], what)
         nbdkit.set_error(errno.ENOSPC if "CAPACITY" in str(err) else errno.EIO)
         raise RuntimeError(str(err))
     return e
@@ -291,8 +292,12 @@ def pread(h, buf, offset, flags):
         bs = h.bs
         n = len(buf)
         if offset % bs == 0 and n % bs == 0:
-            if n <= h.max_bytes:              # the common case: one command
-                _rw(h, ln, _mods["op"].READ, "read", offset // bs, n)
+            if n <= h.max_bytes:              # the common case: one command, kept lean
+                lba = offset // bs
+                q = ln.q
+                q.submit_io(h.read_op, h.nsid, h.sgl, ln.off, n, lba & 0xFFFFFFFF, lba >> 32,
+                            n // bs - 1)
+                _wait(q, h.spin, "read")
                 buf[:] = ln.view[:n]
             else:
                 _read_blocks(h, ln, offset // bs, memoryview(buf).cast("B"))

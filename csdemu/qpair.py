@@ -167,6 +167,7 @@ class HostCQ:
 class DeviceSQ:
     def __init__(self, arena: ArenaView, qid: int, off: int, depth: int, cqid: int):
         self.arena, self.qid, self.off, self.depth, self.cqid = arena, qid, off, depth, cqid
+        self.cq = None                     # its DeviceCQ, looked up by the controller
         self.head = 0
         self.db_word = (DOORBELL_OFF + 8 * qid) // 4
         self.inflight = bytearray(65536)   # by CID: 1 while a command is outstanding
@@ -184,6 +185,9 @@ class DeviceSQ:
         n = min((tail - head) % self.depth, limit)
         end = head + n
         mm, off = self.arena.mm, self.off
+        if n == 1:                   # the usual case at low depth per queue: no slice copy
+            self.head = end % self.depth
+            return [SQE_STRUCT.unpack_from(mm, off + 64 * head)]
         if end <= self.depth:
             out = list(SQE_STRUCT.iter_unpack(mm[off + 64 * head: off + 64 * end]))
         else:
