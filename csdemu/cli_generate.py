@@ -84,12 +84,14 @@ def eval_sparse(contexts, ratios, eval_tokens, batch, profile, socket_path, as_j
         raise click.BadParameter(str(exc), param_hint="--ratios") from None
     model, tok = load_smollm2()
     if not as_json:
-        click.echo(f"{'context':>8} {'mode':>11} {'perplexity':>11} {'top-1 agree':>12} {'device ms/step':>15}")
+        click.echo(f"{'context':>8} {'mode':>11} {'perplexity':>11} {'top-1 agree':>12} "
+                   f"{'device ms/step':>15} {'pages vs dense':>15}")
 
     def show(row):
         if not as_json:
             click.echo(f"{row['context']:>8} {row['mode']:>11} {row['perplexity']:>11.3f} "
-                       f"{row['top1_agreement']:>12.3f} {row['device_ms_per_step']:>15.3f}")
+                       f"{row['top1_agreement']:>12.3f} {row['device_ms_per_step']:>15.3f} "
+                       f"{row['flash_pages_vs_dense']:>15.3f}")
     with daemon_for(socket_path, profile) as path, connect(path) as dev:
         try:
             res = evaluate(dev, model, tok, ctx, rts, eval_tokens, batch, progress=show)

@@ -61,3 +61,24 @@ def test_drive_decoding_is_token_identical(daemon, model_tok, reference, dtype):
     assert after["attends"] - before["attends"] == steps * layers
     assert after["pages_read_flash"] > before["pages_read_flash"]
     assert after["pages_read_dram"] > before["pages_read_dram"]
+
+
+def test_eval_sparse_rows_report_pages_sensed(daemon, model_tok):
+    from csdemu.hf.eval_sparse import evaluate
+    model, tok = model_tok
+    try:
+        with csdemu.connect(daemon.socket_path) as dev:
+            res = evaluate(dev, model, tok, contexts=(512,), ratios=(1 / 8,), n_eval=4, batch=1)
+    finally:
+        model.set_attn_implementation("sdpa")
+    dense, sparf = res["rows"]
+    assert (dense["mode"], sparf["mode"]) == ("dense", "sparf-1/8")
+    assert dense["top1_agreement"] == 1.0 and 0 <= sparf["top1_agreement"] <= 1
+    # every decode step's dense attends sense the pages of all 512+ tokens
+    kv_pages = model.config.num_hidden_layers * model.config.num_key_value_heads * 2 * 512 \
+        * model.config.head_dim * 2 // 4096
+    assert dense["flash_pages_per_step"] >= kv_pages * 0.9
+    assert dense["flash_pages_vs_dense"] == 1.0
+    assert 0 < sparf["flash_pages_per_step"]
+    assert sparf["flash_pages_vs_dense"] == pytest.approx(
+        sparf["flash_pages_per_step"] / dense["flash_pages_per_step"], abs=1e-3)
