@@ -150,6 +150,9 @@ def daemon_section(socket_path: str, context: int = 4096, attends: int = 20) -> 
                 out[f"{name}_modeled_ms"] = modeled / 1e6 / attends
                 out[f"{name}_flash_bytes"] = (after["bytes_read_flash"] - before["bytes_read_flash"]) / attends
                 out[f"{name}_pages_sensed"] = (after["pages_read_flash"] - before["pages_read_flash"]) / attends
+                # where the wall time goes: the kernel, and charging the timing model
+                for key in ("kernel", "charge"):
+                    out[f"{name}_{key}_ms"] = (after[f"{key}_wall_ns"] - before[f"{key}_wall_ns"]) / attends / 1e6
         finally:
             kv.delete()
     out["realtime_factor"] = out["dense_realtime_factor"]

@@ -61,12 +61,12 @@ ENGINE_LOG = np.dtype({
               "appends", "tokens_appended", "pages_programmed", "reclaims",
               "pages_read_flash", "pages_read_dram", "pages_skipped", "bytes_read_flash",
               "pcie_in_ns", "flash_ns", "compute_ns", "pcie_out_ns", "device_ns",
-              "kernel_wall_ns", "channel_bytes", "channel_pages"],
+              "kernel_wall_ns", "charge_wall_ns", "channel_bytes", "channel_pages"],
     "formats": ["<u4", "<u4", "<u4", "<u4", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
-                "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
+                "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
                 ("<u8", MAX_CHANNELS), ("<u8", MAX_CHANNELS)],
     "offsets": [0, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128,
-                136, 1024, 1536],
+                136, 144, 1024, 1536],
     "itemsize": 4096,
 })
 assert ENGINE_LOG.itemsize == 4096

@@ -132,6 +132,9 @@ def test_engine_log_counts_pages_per_channel(dev):
         assert pages.sum() == 4 * 4 * 16 * 2              # every K and V page of the layer
         assert (pages > 0).all()                           # every channel took part
         assert log["device_ns"] > before["device_ns"]
+        # the emulator's own costs of the attend: kernel, then the timing model
+        assert log["kernel_wall_ns"] > before["kernel_wall_ns"]
+        assert log["charge_wall_ns"] > before["charge_wall_ns"]
     finally:
         kv.delete()
 

@@ -83,8 +83,6 @@ BUS_SLOTS = 256          # busy intervals remembered per bus (channel or link)
 #: earliest freed one slot per shift of the whole list, and a busy attend
 #: (30k column reads leaving sub-transfer gaps) then paid that on every page.
 BUS_MERGE = 17
-#: intervals on a channel's bus before it is trimmed to its earliest free die
-BUS_TRIM_AT = 32
 
 
 @dataclass(slots=True)
@@ -169,14 +167,21 @@ def _xfer(nbytes, mbps):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _book(iv, st, nb_off, b, ready, dur, floor):
+def _book(iv, st, nb_off, b, ready, dur, floor, dies, L):
     """Earliest start >= ready of a `dur`-long transfer on bus b; books it.
     iv[0, b] / iv[1, b] hold the sorted, disjoint busy intervals of bus b and
     st[nb_off + b] how many there are. Indexed in place: a row view
     (``iv[0, b]``) costs two atomic reference counts per call, which was
-    most of charging a 30k-page attend."""
+    most of charging a 30k-page attend. `dies`, `L`: where the free times of
+    the bus's L dies are in `st` (L = 0 for the host link)."""
     n = _drop_before(iv, st, nb_off, b, floor)
-    if n == iv.shape[2]:                            # full: merge the earliest
+    if n == iv.shape[2]:
+        # Full: first forget what ended before the bus's earliest free die
+        # (exact: see _bus_floor); done only now, as trimming on every
+        # booking cost more than the bookings (a SparF attend keeps ~150
+        # intervals per bus), and a search skips those intervals anyway.
+        n = _drop_before(iv, st, nb_off, b, _bus_floor(st, dies, L, floor))
+    if n == iv.shape[2]:                            # still full: merge the earliest
         m = BUS_MERGE                                # into one, BUS_MERGE - 1
         iv[1, b, 0] = iv[1, b, m - 1]                # slots freed at one shift
         for j in range(1, n - m + 1):
@@ -252,17 +257,15 @@ def _forget(st, iv, nb_off, floor):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _bus_floor(st, o_n, c, L, floor):
-    """A floor for channel c's bus that loses nothing: every transfer on it
+def _bus_floor(st, dies, L, floor):
+    """A floor for a channel's bus that loses nothing: every transfer on it
     starts once its die is free (a read after tR, a program at once), and a
     die's free time only grows, so intervals that ended before the channel's
-    earliest free die can never hold a gap that is used. Checked only on a
-    long list: one attend queues ~30k reads whose history ``floor`` (the
-    command's arrival) cannot trim."""
-    if st[o_n + c] < BUS_TRIM_AT:
+    earliest free die (st[dies : dies + L]) can never hold a gap that is used."""
+    if L == 0:
         return floor
-    m = st[c * L]
-    for li in range(c * L + 1, c * L + L):
+    m = st[dies]
+    for li in range(dies + 1, dies + L):
         if st[li] < m:
             m = st[li]
     return m if m > floor else floor
@@ -310,7 +313,7 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
         if op == 0:                                  # READ: array, then bus
             r = tR4k if sb <= 4096 else tR
             d = ch_d
-            xs = _book(iv, st, o_n, c, s + r, d, _bus_floor(st, o_n, c, L, floor))
+            xs = _book(iv, st, o_n, c, s + r, d, floor, c * L, L)
             xe = xs + d
             if xe > st[o_ca + c]:
                 st[o_ca + c] = xe
@@ -320,14 +323,14 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
             done = xe
             if do_pcie:
                 pd = pcie_d
-                ps = _book(iv, st, o_n, C, xe, pd, floor)
+                ps = _book(iv, st, o_n, C, xe, pd, floor, 0, 0)
                 if ps + pd > st[o_pa]:
                     st[o_pa] = ps + pd
                 st[o_pb] += pd
                 done = ps + pd + pcie_lat
         elif op == 1:                                # PROGRAM: bus, then array
             d = ch_d
-            xs = _book(iv, st, o_n, c, s, d, _bus_floor(st, o_n, c, L, floor))
+            xs = _book(iv, st, o_n, c, s, d, floor, c * L, L)
             xe = xs + d
             if xe > st[o_ca + c]:
                 st[o_ca + c] = xe
@@ -347,7 +350,7 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
 def _pcie(start, nbytes, floor, st, iv, C, L, mbps, lat):
     o_pa = 2 * C * L + 2 * C
     d = _xfer(nbytes, mbps)
-    s = _book(iv, st, o_pa + 2, C, start, d, floor)
+    s = _book(iv, st, o_pa + 2, C, start, d, floor, 0, 0)
     if s + d > st[o_pa]:
         st[o_pa] = s + d
     st[o_pa + 1] += d
