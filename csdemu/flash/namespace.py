@@ -143,21 +143,20 @@ class FlashNamespace:
         nbytes = nlb * self.lba_size
         t0 = req.arrival_ns + (self._fw[1] if nbytes <= 4096 else self._fw[0])
         lpp = self.lpp
-        host = self.host
-        host["read_cmds"] += 1
+        self.host["read_cmds"] += 1
         if lpp == 1:
             ok, data, done = self.ftl.read(slba, nlb, t0)
             if not ok:
                 return Result(Status.UNRECOVERED_READ_ERROR, done)
-            host["bytes_read"] += nbytes
-            return Result(Status.SUCCESS, done, 0, 0, data.reshape(-1))
+            self.host["bytes_read"] += nbytes
+            return Result(Status.SUCCESS, done, data=data.reshape(-1))
         lp0, lp1 = slba // lpp, (slba + nlb - 1) // lpp
         ok, data, done = self.ftl.read(lp0, lp1 - lp0 + 1, t0)
         if not ok:
             return Result(Status.UNRECOVERED_READ_ERROR, done)
         off = (slba - lp0 * lpp) * self.lba_size
-        host["bytes_read"] += nbytes
-        return Result(Status.SUCCESS, done, 0, 0, data.reshape(-1)[off:off + nbytes])
+        self.host["bytes_read"] += nbytes
+        return Result(Status.SUCCESS, done, data=data.reshape(-1)[off:off + nbytes])
 
     # ------------------------------------------------------------------ WRITE
     def _write(self, req: Request) -> Result:
