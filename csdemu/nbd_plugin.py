@@ -122,7 +122,7 @@ class Handle:
         self.max_bytes = min(_cfg["staging"], self.dev.mdts_bytes())
         self.max_bytes -= self.max_bytes % self.bs
         self.readonly = readonly
-        self.read_op, self.sgl, self.spin = int(_mods["op"].READ), _mods["SGL"], _cfg["spin"]
+        self.read_op, self.sgl = int(_mods["op"].READ), _mods["SGL"]
         self.mv = memoryview(self.dev.mm)
         self.cond = threading.Condition()
         self.waiters = 0
@@ -193,15 +193,11 @@ class Handle:
 
 def _cmd(h, ln, opc, what, flags=0, prp1=0, prp2=0, cdw10=0, cdw11=0, cdw12=0):
     q = ln.q
-    q.submit(opc, nsid=h.nsid, cdw10=cdw10, cdw11=cdw11, cdw12=cdw12, flags=flags,
-             prp1=prp1, prp2=prp2)
-    return _wait(q, _cfg["spin"], what)
-
-
-def _wait(q, spin, what):
-    e = q.wait_blocking(spin)[0]
+    q.submit(opc, h.nsid, cdw10, cdw11, cdw12, 0, 0, 0, prp1, prp2, flags)  # positional: hot path
+    e = q.wait_blocking(_cfg["spin"])[0]
     if e[5] & 0xFFFE:                        # status field without the phase tag
-        err = _mods["NVMeError"](_mods["decode"](e[5])[0], what)
+        st = _mods["decode"](e[5])[0]
+        err = _mods["NVMeError"](st, what)
         nbdkit.set_error(errno.ENOSPC if "CAPACITY" in str(err) else errno.EIO)
         raise RuntimeError(str(err))
     return e
@@ -210,7 +206,7 @@ def _wait(q, spin, what):
 def _rw(h, ln, opc, what, lba, nbytes, fua=False):
     """One Read/Write of whole blocks through the lane's staging buffer."""
     nlb = nbytes // h.bs - 1
-    _cmd(h, ln, opc, what, _mods["SGL"], ln.off, nbytes, lba & 0xFFFFFFFF, lba >> 32,
+    _cmd(h, ln, opc, what, h.sgl, ln.off, nbytes, lba & 0xFFFFFFFF, lba >> 32,
          nlb | (_mods["FUA"] if fua else 0))
 
 
@@ -292,12 +288,8 @@ def pread(h, buf, offset, flags):
         bs = h.bs
         n = len(buf)
         if offset % bs == 0 and n % bs == 0:
-            if n <= h.max_bytes:              # the common case: one command, kept lean
-                lba = offset // bs
-                q = ln.q
-                q.submit_io(h.read_op, h.nsid, h.sgl, ln.off, n, lba & 0xFFFFFFFF, lba >> 32,
-                            n // bs - 1)
-                _wait(q, h.spin, "read")
+            if n <= h.max_bytes:              # the common case: one command
+                _rw(h, ln, h.read_op, "read", offset // bs, n)
                 buf[:] = ln.view[:n]
             else:
                 _read_blocks(h, ln, offset // bs, memoryview(buf).cast("B"))

@@ -1,6 +1,7 @@
 """fio through nbdkit into csdemu: data verified with GC running, and the NBD
 plugin's operations (read, write, FUA, flush, trim, zero, unaligned I/O)."""
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -137,9 +138,11 @@ def test_plugin_read_write_fua_flush_trim_zero(plugin):
     # FUA reaches the NVMe Write as CDW12 bit 30
     seen = []
     for lane in h.lanes:                           # whichever lane the request borrows
-        orig = lane.q.submit
-        lane.q.submit = (lambda opc, orig=orig, **kw:
-                         (seen.append((opc, kw.get("cdw12", 0))), orig(opc, **kw))[1])
+        def spy(*a, orig=lane.q.submit, **kw):     # fields by name, however they are passed
+            args = inspect.signature(orig).bind(*a, **kw).arguments
+            seen.append((args["opc"], args.get("cdw12", 0)))
+            return orig(*a, **kw)
+        lane.q.submit = spy
     mod.pwrite(h, bytearray(4096), 0, fake.FLAG_FUA)
     mod.flush(h, 0)
     for lane in h.lanes:
