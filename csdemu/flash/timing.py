@@ -45,6 +45,8 @@ from enum import IntEnum
 import numba
 import numpy as np
 
+from csdemu.flash.bus import BUS_SLOTS, book, forget_before
+
 
 class Op(IntEnum):
     READ = 0
@@ -76,13 +78,6 @@ class NandTiming:
         return np.array([self.tR_ns, self.tR_4k_ns, self.tPROG_ns, self.tBERS_ns,
                          self.channel_mbps, self.channel_xfer_overhead_ns,
                          self.pcie_mbps, self.pcie_latency_ns], dtype=np.int64)
-
-
-BUS_SLOTS = 256          # busy intervals remembered per bus (channel or link)
-#: intervals fused into one when a bus runs out of slots. Fusing only the two
-#: earliest freed one slot per shift of the whole list, and a busy attend
-#: (30k column reads leaving sub-transfer gaps) then paid that on every page.
-BUS_MERGE = 17
 
 
 @dataclass(slots=True)
@@ -146,7 +141,7 @@ class Clocks:
         """Drop bus intervals that end by `floor_ns` (what any booking with
         that floor does first). Callers whose batch forms pass no floor use it
         so a bus never scans, or merges into, history that cannot matter."""
-        _forget(self.state, self.iv, 2 * self.channels * self.ways + 2 * self.channels + 2,
+        forget_before(self.state, self.iv, 2 * self.channels * self.ways + 2 * self.channels + 2,
                 int(floor_ns))
 
 
@@ -164,111 +159,6 @@ def _xfer(nbytes, mbps):
     if mbps <= 0:
         return 0
     return (nbytes * 1000 + mbps // 2) // mbps
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _book(iv, st, nb_off, b, ready, dur, floor, dies, L):
-    """Earliest start >= ready of a `dur`-long transfer on bus b; books it.
-    iv[0, b] / iv[1, b] hold the sorted, disjoint busy intervals of bus b and
-    st[nb_off + b] how many there are. Indexed in place: a row view
-    (``iv[0, b]``) costs two atomic reference counts per call, which was
-    most of charging a 30k-page attend. `dies`, `L`: where the free times of
-    the bus's L dies are in `st` (L = 0 for the host link)."""
-    n = _drop_before(iv, st, nb_off, b, floor)
-    if n == iv.shape[2]:
-        # Full: first forget what ended before the bus's earliest free die
-        # (exact: see _bus_floor); done only now, as trimming on every
-        # booking cost more than the bookings (a SparF attend keeps ~150
-        # intervals per bus), and a search skips those intervals anyway.
-        n = _drop_before(iv, st, nb_off, b, _bus_floor(st, dies, L, floor))
-    if n == iv.shape[2]:                            # still full: merge the earliest
-        m = BUS_MERGE                                # into one, BUS_MERGE - 1
-        iv[1, b, 0] = iv[1, b, m - 1]                # slots freed at one shift
-        for j in range(1, n - m + 1):
-            iv[0, b, j] = iv[0, b, j + m - 1]
-            iv[1, b, j] = iv[1, b, j + m - 1]
-        n -= m - 1
-    if dur <= 0:
-        st[nb_off + b] = n
-        return ready
-    t = ready
-    # intervals are sorted and disjoint, so their ends are sorted too: skip
-    # every interval over by `ready` in log time (a busy bus holds ~BUS_SLOTS)
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if iv[1, b, mid] <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    i = lo
-    while i < n:
-        if iv[1, b, i] <= t:
-            i += 1
-        elif iv[0, b, i] >= t + dur:
-            break
-        else:
-            t = iv[1, b, i]
-            i += 1
-    e = t + dur
-    if i > 0 and iv[1, b, i - 1] == t:                    # extend the previous interval
-        iv[1, b, i - 1] = e
-        if i < n and iv[0, b, i] == e:                    # ... and fuse with the next
-            iv[1, b, i - 1] = iv[1, b, i]
-            for j in range(i, n - 1):
-                iv[0, b, j] = iv[0, b, j + 1]
-                iv[1, b, j] = iv[1, b, j + 1]
-            n -= 1
-    elif i < n and iv[0, b, i] == e:                      # extend the next interval back
-        iv[0, b, i] = t
-    else:                                            # insert a new interval at i
-        for j in range(n, i, -1):
-            iv[0, b, j] = iv[0, b, j - 1]
-            iv[1, b, j] = iv[1, b, j - 1]
-        iv[0, b, i] = t
-        iv[1, b, i] = e
-        n += 1
-    st[nb_off + b] = n
-    return t
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _drop_before(iv, st, nb_off, b, floor):
-    """Forget bus b's intervals that ended by `floor`; -> intervals left."""
-    n = st[nb_off + b]
-    k = 0
-    while k < n and iv[1, b, k] <= floor:
-        k += 1
-    if k:
-        for j in range(n - k):
-            iv[0, b, j] = iv[0, b, j + k]
-            iv[1, b, j] = iv[1, b, j + k]
-        n -= k
-        st[nb_off + b] = n
-    return n
-
-
-@numba.njit(cache=True, nogil=True)
-def _forget(st, iv, nb_off, floor):
-    for b in range(iv.shape[1]):
-        _drop_before(iv, st, nb_off, b, floor)
-    return 0
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _bus_floor(st, dies, L, floor):
-    """A floor for a channel's bus that loses nothing: every transfer on it
-    starts once its die is free (a read after tR, a program at once), and a
-    die's free time only grows, so intervals that ended before the channel's
-    earliest free die (st[dies : dies + L]) can never hold a gap that is used."""
-    if L == 0:
-        return floor
-    m = st[dies]
-    for li in range(dies + 1, dies + L):
-        if st[li] < m:
-            m = st[li]
-    return m if m > floor else floor
 
 
 @numba.njit(cache=True, nogil=True)
@@ -313,7 +203,7 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
         if op == 0:                                  # READ: array, then bus
             r = tR4k if sb <= 4096 else tR
             d = ch_d
-            xs = _book(iv, st, o_n, c, s + r, d, floor, c * L, L)
+            xs = book(iv, st, o_n, c, s + r, d, floor, c * L, L)
             xe = xs + d
             if xe > st[o_ca + c]:
                 st[o_ca + c] = xe
@@ -323,14 +213,14 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
             done = xe
             if do_pcie:
                 pd = pcie_d
-                ps = _book(iv, st, o_n, C, xe, pd, floor, 0, 0)
+                ps = book(iv, st, o_n, C, xe, pd, floor, 0, 0)
                 if ps + pd > st[o_pa]:
                     st[o_pa] = ps + pd
                 st[o_pb] += pd
                 done = ps + pd + pcie_lat
         elif op == 1:                                # PROGRAM: bus, then array
             d = ch_d
-            xs = _book(iv, st, o_n, c, s, d, floor, c * L, L)
+            xs = book(iv, st, o_n, c, s, d, floor, c * L, L)
             xe = xs + d
             if xe > st[o_ca + c]:
                 st[o_ca + c] = xe
@@ -350,7 +240,7 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
 def _pcie(start, nbytes, floor, st, iv, C, L, mbps, lat):
     o_pa = 2 * C * L + 2 * C
     d = _xfer(nbytes, mbps)
-    s = _book(iv, st, o_pa + 2, C, start, d, floor, 0, 0)
+    s = book(iv, st, o_pa + 2, C, start, d, floor, 0, 0)
     if s + d > st[o_pa]:
         st[o_pa] = s + d
     st[o_pa + 1] += d
