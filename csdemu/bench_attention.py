@@ -4,8 +4,10 @@ against numpy and torch, then the Attend command through a live daemon.
 Kernel section: batch 8, 32 q heads over 8 kv heads x 128 dims, fp16 pages
 of 16 tokens in a shuffled pool, contexts 1k..16k; the machine's streaming
 read bandwidth is a parallel Numba sum over a buffer as large as the largest
-KV, its peak FMA rate a Numba loop of independent FMA chains in registers on
-every kernel thread.  The roofline is min(stream bytes/s, peak FMA/s / FMA
+KV; the page-order rate the same sum over exactly the pages the kernel
+reads, in its order, prefetched one page ahead (what reading them costs
+before any arithmetic); the peak FMA rate a Numba loop of independent FMA
+chains in registers on every kernel thread.  The roofline is min(stream bytes/s, peak FMA/s / FMA
 per KV byte): each K element feeds g multiply-adds (one score per q head of
 its kv head) and each V element g more, so g/2 FMA per byte of fp16 K+V,
 taken from the kernel's own MAC and byte counters.
@@ -44,7 +46,7 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
 
     from kernels import counters as C
     from kernels.attention import dense_attention
-    from kernels.bench import measure_peak_gflops, measure_stream_gbps
+    from kernels.bench import measure_page_order_gbps, measure_peak_gflops, measure_stream_gbps
     from kernels.layout_testing import random_paged_kv
     try:
         import torch
@@ -66,6 +68,11 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
         ctr = kernel()
         fma_per_byte = ctr[:, C.MACS].sum() / (ctr[:, C.FLASH_BYTES].sum() + ctr[:, C.DRAM_BYTES].sum())
         t_kernel = _best(kernel, repeat)
+        # the same pages in the kernel's order (each unit's K pages, then its
+        # V pages), summed with no attention arithmetic
+        order = np.concatenate([np.concatenate([lay.k_pages[b, h], lay.v_pages[b, h]])
+                                for b in range(B) for h in range(HKV)])
+        page_order = measure_page_order_gbps(lay.pool, order[order >= 0], repeat) * 1e9
         # The same K and V as float32 dense arrays for the references.
         K = np.empty((B, HKV, ctx, D), np.float32)
         V = np.empty((B, HKV, ctx, D), np.float32)
@@ -83,6 +90,7 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
             return np.matmul(p, V)
         ref = numpy_ref().reshape(B, HQ, D)
         row = {"context": ctx, "kv_bytes": _kv_bytes(ctx), "kernel_s": t_kernel,
+               "page_order_bytes_per_s": page_order,
                "numpy_s": _best(numpy_ref, repeat),
                "max_abs_err_vs_numpy": float(np.abs(ref - out).max())}
         if torch is not None:
@@ -100,6 +108,11 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
         "contexts": rows,
     }
     res["kernel_vs_stream"] = res["kernel_bytes_per_s"] / stream
+    # Pages sit shuffled in the pool as the FTL scatters them; a 4 KiB page
+    # read out of order costs more than streaming here, kernel or not
+    res["page_order_bytes_per_s"] = big["page_order_bytes_per_s"]
+    res["page_order_vs_stream"] = big["page_order_bytes_per_s"] / stream
+    res["kernel_vs_page_order"] = res["kernel_bytes_per_s"] / big["page_order_bytes_per_s"]
     res["peak_fma_per_s"] = peak_fma
     res["fma_per_kv_byte"] = float(fma_per_byte)
     res["roofline_bytes_per_s"] = min(stream, peak_fma / fma_per_byte)

@@ -27,6 +27,7 @@ from . import config
 from . import counters as C
 from .attention import dense_attention, sparf_attention
 from .layout_testing import random_paged_kv
+from .prefetch import prefetch_page
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -47,14 +48,19 @@ def _stream_sum(a, nchunks):
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
-def _pages_sum(pages, order, nchunks):
-    """Sum of 4 KiB pages visited in ``order`` (a permutation): the access
-    pattern of page-table walks over a pool the FTL scattered."""
+def _pages_sum(pages, order, nchunks, prefetch):
+    """Sum of 4 KiB pages visited in ``order``: the access pattern of page
+    tables over a pool the FTL scattered.  With ``prefetch`` each page is
+    software-prefetched one page ahead, as the kernels do (no-op when
+    ``config.PREFETCH`` is 0)."""
     n = order.shape[0]
     part = np.zeros(nchunks, np.float64)
     for c in prange(nchunks):
         s = 0.0
-        for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+        hi = (c + 1) * n // nchunks
+        for i in range(c * n // nchunks, hi):
+            if prefetch and i + 1 < hi:
+                prefetch_page(pages[order[i + 1]])
             s += _sum_f32(pages[order[i]])
         part[c] = s
     return part.sum()
@@ -124,9 +130,22 @@ def measure_page_stream_gbps(nbytes=512 << 20, page_bytes=4096, repeat=5):
     pages = np.ones((nbytes // page_bytes, page_bytes // 4), np.float32)
     order = np.random.default_rng(0).permutation(pages.shape[0])
     nth = numba.get_num_threads()
-    _pages_sum(pages, order, 8 * nth)
-    t = _best(lambda: _pages_sum(pages, order, 8 * nth), repeat)
+    _pages_sum(pages, order, 8 * nth, False)
+    t = _best(lambda: _pages_sum(pages, order, 8 * nth, False), repeat)
     return pages.nbytes / t / 1e9
+
+
+def measure_page_order_gbps(pool, order, repeat=5):
+    """Bytes/s of a sum with no other arithmetic over the pages ``order``
+    names in ``pool`` (any dtype, 4-byte multiple rows), one page ahead
+    prefetched: what reading exactly the pages a kernel reads, in its order,
+    costs on this machine before any attention arithmetic."""
+    pages = pool.reshape(pool.shape[0], -1).view(np.float32)
+    order = np.ascontiguousarray(order, np.int64)
+    nth = numba.get_num_threads()
+    _pages_sum(pages, order, 8 * nth, True)
+    t = _best(lambda: _pages_sum(pages, order, 8 * nth, True), repeat)
+    return order.shape[0] * pages.shape[1] * 4 / t / 1e9
 
 
 def measure_peak_gflops(n=1024, reps=2000, repeat=5):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fio benchmark: csdemu through nbdkit against nbdkit serving a plain bytearray.
 
-    .venv/bin/python tools/bench_fio.py [--seconds 10] [--rounds 2] [--read-only]
+    .venv/bin/python tools/bench_fio.py [--seconds 10] [--rounds 4] [--read-only]
 
 `run_fio_bench()` returns one flat dict:
 - 4 KiB random read at QD8 (tools/fio/randread.fio) through nbdkit into
@@ -9,7 +9,11 @@
   bytearray of the same size (tools/fio/bytearray_plugin.py), measured in
   the same run, rounds interleaved (A B A B) and the best round of each kept;
   the ratio csdemu / bytearray (target >= 1.0: the csdemu path includes the
-  FTL and a second process, so this measures transport overhead);
+  FTL and a second process, so this measures transport overhead), and the
+  ratio of each round pair with their median (how much the machine moved);
+- where the CPU goes in each of those runs: CPU microseconds per I/O of fio,
+  nbdkit and (csdemu only) the daemon, from /proc/PID/stat and the children
+  times of fio, and how many of the machine's cores that kept busy;
 - 4 KiB random write at QD8 over 90 % of the namespace once it has been
   filled to 90 % (tools/fio/randwrite.fio), with the drive's WAF, GC runs
   and pages copied during that run (vendor log C0h deltas).
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import statistics
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -43,7 +48,28 @@ def _clat_us(data: dict, kind: str, p: str) -> float:
     return round(j.get(p, 0) / 1000.0, 1)
 
 
-def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None,
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a live process, seconds (/proc/PID/stat fields 14, 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fio_cpu_s() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def cpu_per_io(before: dict, after: dict, ios: int, wall_s: float) -> dict:
+    """CPU microseconds per I/O of each process between two `_cpu_snapshot`s,
+    and the cores they kept busy together."""
+    used = {k: after[k] - before[k] for k in before}
+    out = {f"{k}_us_per_io": round(v / ios * 1e6, 1) for k, v in used.items()} if ios else {}
+    out["cores_busy"] = round(sum(used.values()) / wall_s, 2) if wall_s > 0 else None
+    return out
+
+
+def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
                   read_only: bool = False) -> dict:
     import run_fio
     from csdemu.cli_bench import machine
@@ -59,11 +85,17 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None,
     out = {}
     extra = [a for s in BENCH_SET for a in ("--set", s)]
 
-    def fio(name, uri):
+    def fio(name, uri, procs=None):
+        """Run a job file; with `procs` ({name: pid}) also the CPU each used."""
+        snap = lambda: {"fio": _fio_cpu_s(), **{k: _cpu_s(p) for k, p in (procs or {}).items()}}
+        c0, t0 = snap(), time.monotonic()
         rc, data, err = run_fio.run_fio(os.path.join(FIO_DIR, f"{name}.fio"), uri,
                                         os.path.join(tmp, f"{name}.json"), seconds)
         if rc or data is None or any(j.get("error") for j in data["jobs"]):
             raise RuntimeError(f"fio {name}.fio failed ({rc}): {err[-500:]}")
+        if procs is not None:
+            ios = sum(j[k]["total_ios"] for j in data["jobs"] for k in ("read", "write"))
+            data["cpu"] = cpu_per_io(c0, snap(), ios, time.monotonic() - t0)
         return data
 
     with DaemonProcess(extra_args=extra) as d:
@@ -78,12 +110,14 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None,
             base = NbdServer(None, plugin=os.path.join(FIO_DIR, "bytearray_plugin.py"),
                              extra=[f"size={size}"])
             best_c = best_b = None
+            pairs = []
             with base:
                 for r in range(rounds):
                     say(f"round {r + 1}: randread.fio against csdemu")
-                    c = fio("randread", srv.uri)
+                    c = fio("randread", srv.uri, {"nbdkit": srv.proc.pid, "daemon": d.proc.pid})
                     say(f"round {r + 1}: randread.fio against the bytearray plugin")
-                    b = fio("randread", base.uri)
+                    b = fio("randread", base.uri, {"nbdkit": base.proc.pid})
+                    pairs.append(_iops(c, "read") / _iops(b, "read"))
                     if best_c is None or _iops(c, "read") > _iops(best_c, "read"):
                         best_c = c
                     if best_b is None or _iops(b, "read") > _iops(best_b, "read"):
@@ -94,8 +128,12 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 2, echo=None,
                 "randread_4k_qd8_iops_bytearray": round(bi, 1),
                 "randread_ratio_csdemu_over_bytearray": round(ci / bi, 4) if bi else None,
                 "randread_ratio_target": TARGET_RATIO,
+                "randread_ratio_rounds": [round(x, 3) for x in pairs],
+                "randread_ratio_median": round(statistics.median(pairs), 4),
                 "randread_p50_us_csdemu": _clat_us(best_c, "read", "50.000000"),
                 "randread_p50_us_bytearray": _clat_us(best_b, "read", "50.000000"),
+                "randread_cpu_csdemu": best_c["cpu"],
+                "randread_cpu_bytearray": best_b["cpu"],
             })
             if read_only:
                 out["machine"] = machine()
@@ -123,7 +161,7 @@ def main():
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per fio job")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the read comparison")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the read comparison")
     ap.add_argument("--read-only", action="store_true",
                     help="only the randread comparison (skip randwrite at 90 %% fill)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
