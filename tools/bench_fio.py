@@ -17,8 +17,8 @@
 - 4 KiB random write at QD8 over 90 % of the namespace once it has been
   filled to 90 % (tools/fio/randwrite.fio), with the drive's WAF, GC runs
   and pages copied during that run (vendor log C0h deltas).
-The drive is the instinfer profile cut to 2 ways x 16 lines (128 MiB raw,
-104 MiB user) so 90 % fill and GC come within seconds.
+The drive is the instinfer profile cut to 2 ways x 16 lines (32 MiB raw,
+26 MiB user) so 90 % fill and GC come within seconds.
 """
 from __future__ import annotations
 

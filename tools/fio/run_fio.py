@@ -29,7 +29,7 @@ from csdemu.device_counters import counter_deltas, device_counters, format_delta
 
 JOBS = ["seq", "randread", "randwrite", "randrw", "verify"]
 # A drive small enough that 90 % fill and GC come within a minute or two:
-# the instinfer profile with 2 ways and 16 lines (128 MiB raw, 104 MiB user).
+# the instinfer profile with 2 ways and 16 lines (32 MiB raw, 26 MiB user).
 DEFAULT_SET = ["geometry.ways=2", "geometry.blocks_per_plane=16", "device.kv_pct=0"]  # block only
 OUT_DIR = os.path.join(ROOT, "bench", "results", "fio")
 
