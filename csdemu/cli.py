@@ -10,6 +10,8 @@ import time
 import click
 
 from csdemu.control import reachable
+from csdemu.errors import DaemonError
+from csdemu.profile_rules import ProfileError
 from csdemu.paths import default_data_dir, default_socket
 
 SOCKET_OPT = click.option("--socket", "socket_path", default=None, metavar="PATH",
@@ -18,6 +20,18 @@ SOCKET_OPT = click.option("--socket", "socket_path", default=None, metavar="PATH
 
 def _fail(msg: str):
     raise click.ClickException(msg)
+
+
+def int_list(ctx, param, value):
+    """Click callback: "1024,2048" -> [1024, 2048], every item a positive
+    integer, or a one-line error naming the option."""
+    try:
+        out = [int(x) for x in str(value).replace(" ", "").split(",") if x]
+    except ValueError:
+        out = []
+    if not out or any(v <= 0 for v in out):
+        raise click.BadParameter(f"must be a comma-separated list of positive integers, got {value!r}")
+    return out
 
 
 def _connect(socket_path):
@@ -46,6 +60,9 @@ class OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("csdemu: aborted", err=True)
             sys.exit(1)
+        except (ProfileError, DaemonError) as exc:   # wherever a profile or a daemon is needed
+            click.echo(f"csdemu: error: {exc}", err=True)
+            sys.exit(2 if isinstance(exc, ProfileError) else 1)
         except click.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             where = f" {ctx.command_path.split(' ', 1)[1]}" if ctx and " " in ctx.command_path else ""
@@ -206,7 +223,8 @@ def smart(socket_path, as_json):
 @SOCKET_OPT
 @click.argument("lid", default="flash")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--length", default=4096, show_default=True)
+@click.option("--length", default=4096, show_default=True, type=click.IntRange(4, 1 << 20),
+              help="bytes to read (whole dwords)")
 def log(socket_path, lid, as_json, length):
     """Get Log Page: LID is flash (C0h), engine (C1h), smart (02h) or a number."""
     from csdemu import NVMeError

@@ -8,7 +8,8 @@ import time
 
 import click
 
-from csdemu.cli import SOCKET_OPT, main
+from csdemu.cli import SOCKET_OPT, int_list, main
+from csdemu.qpair import MAX_QUEUE_DEPTH
 
 
 def machine() -> dict:
@@ -48,9 +49,11 @@ def bench():
 
 @bench.command()
 @SOCKET_OPT
-@click.option("--seconds", default=3.0, show_default=True, help="QD32 throughput phase length")
-@click.option("--qd", default=32, show_default=True)
-@click.option("--samples", default=20000, show_default=True, help="QD1 round trips timed")
+@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+              help="QD32 throughput phase length")
+@click.option("--qd", default=32, show_default=True, type=click.IntRange(1, MAX_QUEUE_DEPTH // 2))
+@click.option("--samples", default=20000, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="QD1 round trips timed")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE", help="also write the JSON here")
 def qpair(socket_path, seconds, qd, samples, as_json, out):
@@ -65,11 +68,12 @@ def qpair(socket_path, seconds, qd, samples, as_json, out):
 
 @bench.command("generate")
 @SOCKET_OPT
-@click.option("--batch", default=8, show_default=True)
-@click.option("--context", default=2048, show_default=True)
-@click.option("--steps", default=16, show_default=True, help="decode steps timed (after one warm-up)")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--context", default=2048, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(2, 100_000),
+              help="decode steps; the first is a warm-up, the rest are timed")
 @click.option("--profile", default=None, metavar="NAME")
-@click.option("--engine-threads", default=2, show_default=True,
+@click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),
               help="kernel threads of the drive started for the run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE")
@@ -79,10 +83,13 @@ def generate_bench(socket_path, batch, context, steps, profile, engine_threads, 
     from csdemu.hf.bench import run_generate_bench
     from csdemu.hf.weights import load_smollm2
     from csdemu.spawn import daemon_for
-    model, tok = load_smollm2()
     with daemon_for(socket_path, profile, ["--engine-threads", str(engine_threads)]) as path, \
             connect(path) as dev:
-        result = run_generate_bench(dev, model, tok, batch, context, steps)
+        model, tok = load_smollm2()
+        try:
+            result = run_generate_bench(dev, model, tok, batch, context, steps)
+        except ValueError as exc:           # e.g. batch x context longer than the corpus
+            raise click.ClickException(str(exc)) from None
     result["engine_threads"] = engine_threads
     result["machine"] = machine()
     emit(result, out, as_json)
@@ -90,17 +97,21 @@ def generate_bench(socket_path, batch, context, steps, profile, engine_threads, 
 
 @bench.command("attention")
 @SOCKET_OPT
-@click.option("--repeat", default=3, show_default=True)
-@click.option("--contexts", default="1024,2048,4096,8192,16384", show_default=True)
-@click.option("--engine-threads", default=2, show_default=True,
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--contexts", default="1024,2048,4096,8192,16384", show_default=True, callback=int_list,
+              help="context lengths, multiples of 16")
+@click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),
               help="kernel threads of the drive started for the run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE")
 def attention_bench(socket_path, repeat, contexts, engine_threads, as_json, out):
     """Kernels vs streaming bandwidth, numpy and torch; Attend through the daemon."""
-    from csdemu.bench_attention import run_attention_bench
+    from csdemu.bench_attention import T, run_attention_bench
     from csdemu.spawn import daemon_for
-    ctx = tuple(int(c) for c in contexts.split(",") if c)
+    if any(c % T for c in contexts):
+        raise click.BadParameter(f"must be multiples of {T} (whole pages), got {contexts}",
+                                 param_hint="--contexts")
+    ctx = tuple(contexts)
     with daemon_for(socket_path, "instinfer", ["--engine-threads", str(engine_threads)]) as path:
         result = run_attention_bench(path, repeat, ctx)
     result["engine_threads"] = engine_threads

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from csdemu.cli import SOCKET_OPT, main
+from csdemu.cli import SOCKET_OPT, int_list, main
 
 DEFAULT_PROMPT = "Explain in two sentences why storage drives can compute attention."
 
@@ -34,8 +34,8 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
         raise click.BadParameter(str(exc), param_hint="--sparse") from None
     prompts = list(prompts) or [DEFAULT_PROMPT]
     rows = [prompts[i % len(prompts)] for i in range(batch or len(prompts))]
-    model, tok = load_smollm2()
     with daemon_for(socket_path, profile) as path, connect(path) as dev:
+        model, tok = load_smollm2()         # after the drive is up: a bad --profile fails first
         res = run(dev, model, tok, rows, max_new_tokens, ratio, kv_dtype, chat=not no_chat)
     if as_json:
         click.echo(json.dumps(res, indent=2))
@@ -51,15 +51,9 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
     click.echo("bytes read per channel: " + ", ".join(f"{b / 2**20:.2f} MiB" for b in res["bytes_read_per_channel"]))
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
-
-
 @main.command("eval-sparse")
-@click.option("--contexts", default="1024,2048,4096", show_default=True, help="context lengths")
+@click.option("--contexts", default="1024,2048,4096", show_default=True, callback=int_list,
+              help="context lengths")
 @click.option("--ratios", default="1/2,1/4,1/8", show_default=True, help="SparF ratios")
 @click.option("--eval-tokens", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="teacher-forced tokens scored per row")
@@ -77,15 +71,11 @@ def eval_sparse(contexts, ratios, eval_tokens, batch, profile, socket_path, as_j
     from csdemu.hf.generate import parse_ratio
     from csdemu.hf.weights import load_smollm2
     from csdemu.spawn import daemon_for
-    ctx = _int_list(contexts)
+    ctx = contexts
     try:
         rts = [parse_ratio(r) for r in ratios.split(",") if r]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ratios") from None
-    model, tok = load_smollm2()
-    if not as_json:
-        click.echo(f"{'context':>8} {'mode':>11} {'perplexity':>11} {'top-1 agree':>12} "
-                   f"{'device ms/step':>15} {'pages vs dense':>15}")
 
     def show(row):
         if not as_json:
@@ -93,6 +83,10 @@ def eval_sparse(contexts, ratios, eval_tokens, batch, profile, socket_path, as_j
                        f"{row['top1_agreement']:>12.3f} {row['device_ms_per_step']:>15.3f} "
                        f"{row['flash_pages_vs_dense']:>15.3f}")
     with daemon_for(socket_path, profile) as path, connect(path) as dev:
+        model, tok = load_smollm2()
+        if not as_json:
+            click.echo(f"{'context':>8} {'mode':>11} {'perplexity':>11} {'top-1 agree':>12} "
+                       f"{'device ms/step':>15} {'pages vs dense':>15}")
         try:
             res = evaluate(dev, model, tok, ctx, rts, eval_tokens, batch, progress=show)
         except ValueError as exc:

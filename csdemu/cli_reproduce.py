@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import click
 
-from csdemu.cli import main
-
-
-def _batches(ctx, param, value):
-    try:
-        out = [int(x) for x in str(value).replace(" ", "").split(",") if x]
-    except ValueError:
-        raise click.BadParameter(f"must be a comma-separated list of positive integers, got {value!r}")
-    if not out or any(b <= 0 for b in out):
-        raise click.BadParameter(f"must be a comma-separated list of positive integers, got {value!r}")
-    return out
+from csdemu.cli import int_list, main
 
 
 def _ratio(ctx, param, value):
@@ -35,7 +25,7 @@ def _ratio(ctx, param, value):
 @click.option("--input", "input_len", default=1024, show_default=True, type=click.IntRange(1, 1 << 20))
 @click.option("--output", "output_len", default=1024, show_default=True, type=click.IntRange(1, 1 << 20))
 @click.option("--batch", "batches", default="1,4,8,16,32,64,128,256", show_default=True,
-              callback=_batches, metavar="LIST")
+              callback=int_list, metavar="LIST")
 @click.option("--sparse", default=0.125, show_default=True, type=float, callback=_ratio,
               metavar="RATIO", help="SparQ/SparF compression r/d = k/s")
 @click.option("--profile", default="instinfer", show_default=True, metavar="P",

@@ -45,5 +45,5 @@ class NVMeError(Exception):
         super().__init__(f"{prefix}{status_name(status)} (SCT {self.sct:#x}, SC {self.sc:#04x})")
 
 
-class DaemonError(Exception):
-    """The daemon could not be reached or refused a control request."""
+class DaemonError(RuntimeError):
+    """The daemon could not be reached, started, or refused a control request."""

@@ -81,11 +81,22 @@ class DaemonProcess:
 def daemon_for(socket_path: str | None, profile: str | None = None, extra_args=()):
     """Yield a socket path: the given/default daemon if it answers, else a temporary one."""
     from csdemu.paths import default_socket
+    from csdemu.errors import DaemonError
+    from csdemu.profile import load_profile
     path = socket_path or default_socket()
     if reachable(path):
         yield path
         return
     if socket_path:
-        raise RuntimeError(f"no csdemu daemon at {socket_path}")
-    with DaemonProcess(profile=profile, extra_args=extra_args) as d:
-        yield d.socket_path
+        raise DaemonError(f"no csdemu daemon at {socket_path}; start one with `csdemu start`")
+    if profile:
+        load_profile(profile)        # a bad name fails here, in one line, not in the child
+    proc = DaemonProcess(profile=profile, extra_args=extra_args)
+    try:
+        try:
+            proc.start()
+        except RuntimeError as exc:
+            raise DaemonError(" ".join(str(exc).split())) from None
+        yield proc.socket_path
+    finally:
+        proc.cleanup()

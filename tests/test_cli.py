@@ -1,9 +1,12 @@
 """The command line against a real daemon: verbs work, bad input is one line."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def csdemu(*args, timeout=120):
@@ -43,6 +46,21 @@ def test_identify_smart_log_passthru(daemon):
     (["smart", "--socket", "/nonexistent.sock"], ["/nonexistent.sock"]),
     (["passthru", "--opcode", "zz"], ["--opcode"]),
     (["frobnicate"], ["frobnicate"]),
+    (["bench", "qpair", "--qd", "0"], ["--qd"]),
+    (["bench", "qpair", "--seconds", "-1"], ["--seconds"]),
+    (["bench", "generate", "--steps", "1"], ["--steps"]),
+    (["bench", "attention", "--contexts", "1k"], ["--contexts", "1k"]),
+    (["bench", "attention", "--contexts", "100"], ["--contexts", "16"]),
+    (["bench", "attention", "--repeat", "0"], ["--repeat"]),
+    (["eval-sparse", "--contexts", "0"], ["--contexts"]),
+    (["reproduce", "--batch", "1,x"], ["--batch"]),
+    (["log", "--length", "0"], ["--length"]),
+    (["bench", "flash", "--profile", "nope"], ["profile nope"]),
+    (["generate", "--profile", "nope"], ["profile nope"]),
+    (["eval-sparse", "--profile", "nope"], ["profile nope"]),
+    (["stress", os.path.join(ROOT, "tools", "stress", "decode-dense.ini"), "--profile", "nope"],
+     ["profile nope"]),
+    (["bench", "generate", "--socket", "/nonexistent.sock"], ["/nonexistent.sock"]),
 ])
 def test_bad_arguments_give_one_line(args, needles):
     one_line_error(csdemu(*args), *needles)
