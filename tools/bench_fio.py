@@ -160,8 +160,9 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
 def main():
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=10.0, help="seconds per fio job")
-    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the read comparison")
+    from run_fio import positive
+    ap.add_argument("--seconds", type=positive(float), default=10.0, help="seconds per fio job")
+    ap.add_argument("--rounds", type=positive(int), default=4, help="interleaved rounds of the read comparison")
     ap.add_argument("--read-only", action="store_true",
                     help="only the randread comparison (skip randwrite at 90 %% fill)")
     ap.add_argument("--out", default=None, help="also write the JSON here")

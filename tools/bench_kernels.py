@@ -32,8 +32,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="Numba threads for the kernels (default: all; the daemon uses 1)")
     args = ap.parse_args(argv)
-    if args.threads:
-        import numba
+    import numba
+    if args.repeat < 1:
+        ap.error(f"argument --repeat: must be at least 1, got {args.repeat}")
+    if args.threads is not None:
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            ap.error(f"argument --threads: must be 1..{numba.config.NUMBA_NUM_THREADS}, "
+                     f"got {args.threads}")
         numba.set_num_threads(args.threads)
     shapes = [s for s in SHAPES if not args.shape or s[0] in args.shape]
     res = run_kernel_bench(shapes=shapes, repeat=args.repeat, sparf=() if args.no_sparf else (8, 1))

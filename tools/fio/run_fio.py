@@ -112,6 +112,19 @@ def run_jobs(socket_path: str, jobs, out_dir: str, runtime: float, verify_loops:
     return summary
 
 
+def positive(kind):
+    """argparse type: a number of `kind` (int or float) above zero."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = 0
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
+        return v
+    return parse
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--socket", help="use this running daemon instead of a throwaway one")
@@ -120,8 +133,8 @@ def main(argv=None) -> int:
                     metavar="SECTION.KEY=VALUE",
                     help=f"profile override for the throwaway daemon (default: {' '.join(DEFAULT_SET)})")
     ap.add_argument("--jobs", default=",".join(JOBS), help="comma-separated job files to run, in order")
-    ap.add_argument("--runtime", type=float, default=10, help="seconds per time-based job")
-    ap.add_argument("--verify-loops", type=int, default=1, help="overwrite passes in verify.fio")
+    ap.add_argument("--runtime", type=positive(float), default=10, help="seconds per time-based job")
+    ap.add_argument("--verify-loops", type=positive(int), default=1, help="overwrite passes in verify.fio")
     ap.add_argument("--out-dir", default=OUT_DIR, help="where fio's JSON goes")
     a = ap.parse_args(argv)
     jobs = [j.strip() for j in a.jobs.split(",") if j.strip()]
