@@ -7,10 +7,10 @@ read bandwidth is a parallel Numba sum over a buffer as large as the largest
 KV; the page-order rate the same sum over exactly the pages the kernel
 reads, in its order, prefetched one page ahead (what reading them costs
 before any arithmetic); the peak FMA rate a Numba loop of independent FMA
-chains in registers on every kernel thread.  The roofline is min(stream bytes/s, peak FMA/s / FMA
-per KV byte): each K element feeds g multiply-adds (one score per q head of
-its kv head) and each V element g more, so g/2 FMA per byte of fp16 K+V,
-taken from the kernel's own MAC and byte counters.
+chains in registers on every kernel thread.  The roofline is min(stream
+bytes/s, peak FMA/s / FMA per KV byte): each K element feeds g multiply-adds
+(one score per q head of its kv head) and each V element g more, so g/2 FMA
+per byte of fp16 K+V, taken from the kernel's own MAC and byte counters.
 
 Daemon section: one layer on the `instinfer` profile, dense and SparF 1/8 on
 the same data: attends/s, wall ÷ modeled time (each attend started on an idle

@@ -35,7 +35,7 @@ def int_list(ctx, param, value):
 
 
 def _connect(socket_path):
-    from csdemu import DaemonError, connect
+    from csdemu import connect
     try:
         return connect(socket_path)
     except DaemonError as exc:

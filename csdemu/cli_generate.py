@@ -71,7 +71,6 @@ def eval_sparse(contexts, ratios, eval_tokens, batch, profile, socket_path, as_j
     from csdemu.hf.generate import parse_ratio
     from csdemu.hf.weights import load_smollm2
     from csdemu.spawn import daemon_for
-    ctx = contexts
     try:
         rts = [parse_ratio(r) for r in ratios.split(",") if r]
     except ValueError as exc:
@@ -88,7 +87,7 @@ def eval_sparse(contexts, ratios, eval_tokens, batch, profile, socket_path, as_j
             click.echo(f"{'context':>8} {'mode':>11} {'perplexity':>11} {'top-1 agree':>12} "
                        f"{'device ms/step':>15} {'pages vs dense':>15}")
         try:
-            res = evaluate(dev, model, tok, ctx, rts, eval_tokens, batch, progress=show)
+            res = evaluate(dev, model, tok, contexts, rts, eval_tokens, batch, progress=show)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     res["machine"] = machine()

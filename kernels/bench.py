@@ -129,10 +129,17 @@ def measure_page_stream_gbps(nbytes=512 << 20, page_bytes=4096, repeat=5):
     """Like :func:`measure_stream_gbps` but over 4 KiB pages in random order."""
     pages = np.ones((nbytes // page_bytes, page_bytes // 4), np.float32)
     order = np.random.default_rng(0).permutation(pages.shape[0])
+    return _pages_gbps(pages, order, False, repeat)
+
+
+def _pages_gbps(pages, order, prefetch, repeat):
+    """GB/s of `_pages_sum` over the pages ``order`` names (best of ``repeat``
+    after a warm-up call)."""
+    order = np.ascontiguousarray(order, np.int64)
     nth = numba.get_num_threads()
-    _pages_sum(pages, order, 8 * nth, False)
-    t = _best(lambda: _pages_sum(pages, order, 8 * nth, False), repeat)
-    return pages.nbytes / t / 1e9
+    _pages_sum(pages, order, 8 * nth, prefetch)
+    t = _best(lambda: _pages_sum(pages, order, 8 * nth, prefetch), repeat)
+    return order.shape[0] * pages.shape[1] * pages.itemsize / t / 1e9
 
 
 def measure_page_order_gbps(pool, order, repeat=5):
@@ -140,12 +147,7 @@ def measure_page_order_gbps(pool, order, repeat=5):
     names in ``pool`` (any dtype, 4-byte multiple rows), one page ahead
     prefetched: what reading exactly the pages a kernel reads, in its order,
     costs on this machine before any attention arithmetic."""
-    pages = pool.reshape(pool.shape[0], -1).view(np.float32)
-    order = np.ascontiguousarray(order, np.int64)
-    nth = numba.get_num_threads()
-    _pages_sum(pages, order, 8 * nth, True)
-    t = _best(lambda: _pages_sum(pages, order, 8 * nth, True), repeat)
-    return order.shape[0] * pages.shape[1] * 4 / t / 1e9
+    return _pages_gbps(pool.reshape(pool.shape[0], -1).view(np.float32), order, True, repeat)
 
 
 def measure_peak_gflops(n=1024, reps=2000, repeat=5):

@@ -61,8 +61,8 @@ def _fio_cpu_s() -> float:
 
 
 def cpu_per_io(before: dict, after: dict, ios: int, wall_s: float) -> dict:
-    """CPU microseconds per I/O of each process between two `_cpu_snapshot`s,
-    and the cores they kept busy together."""
+    """CPU microseconds per I/O of each process between two snapshots
+    ({name: CPU seconds}), and the cores they kept busy together."""
     used = {k: after[k] - before[k] for k in before}
     out = {f"{k}_us_per_io": round(v / ios * 1e6, 1) for k, v in used.items()} if ios else {}
     out["cores_busy"] = round(sum(used.values()) / wall_s, 2) if wall_s > 0 else None
