@@ -2,9 +2,12 @@
 against numpy and torch, then the Attend command through a live daemon.
 
 Kernel section: batch 8, 32 q heads over 8 kv heads x 128 dims, fp16 pages
-of 16 tokens in a shuffled pool, contexts 1k..16k; the machine's streaming
-read bandwidth is a parallel Numba sum over a buffer as large as the largest
-KV; the page-order rate the same sum over exactly the pages the kernel
+of 16 tokens in a shuffled pool, K pages dims-major as a namespace without
+the SparF layout stores them, contexts 1k..16k; the pool, the streaming
+buffer and the references' K and V are all backed by transparent huge pages
+(kernels.hugepages: the daemon's NAND file mapping gets large folios); the
+machine's streaming read bandwidth is a parallel Numba sum over a buffer as
+large as the largest KV; the page-order rate the same sum over exactly the pages the kernel
 reads, in its order, prefetched one page ahead (what reading them costs
 before any arithmetic); the peak FMA rate a Numba loop of independent FMA
 chains in registers on every kernel thread.  The roofline is min(stream
@@ -47,6 +50,7 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
     from kernels import counters as C
     from kernels.attention import dense_attention
     from kernels.bench import measure_page_order_gbps, measure_peak_gflops, measure_stream_gbps
+    from kernels.hugepages import hugepage_empty
     from kernels.layout_testing import random_paged_kv
     try:
         import torch
@@ -58,13 +62,15 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
     rows = []
     rng = np.random.default_rng(0)
     for ctx in contexts:
-        lay = random_paged_kv(B, HKV, D, [ctx] * B, T, NCH, "fp16", seed=ctx)
+        lay = random_paged_kv(B, HKV, D, [ctx] * B, T, NCH, "fp16", seed=ctx,
+                              hugepages=True, k_dims_major=True)
         q = rng.standard_normal((B, HQ, D)).astype(np.float32)
         out = np.empty_like(q)
 
         def kernel():
             return dense_attention(q, lay.pool, lay.dram_pool, lay.k_pages, lay.v_pages,
-                                   lay.seq_lens, lay.group_channel, NCH, out, kv_dtype="fp16")
+                                   lay.seq_lens, lay.group_channel, NCH, out, kv_dtype="fp16",
+                                   k_dims_major=True)
         ctr = kernel()
         fma_per_byte = ctr[:, C.MACS].sum() / (ctr[:, C.FLASH_BYTES].sum() + ctr[:, C.DRAM_BYTES].sum())
         t_kernel = _best(kernel, repeat)
@@ -74,11 +80,12 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
                                 for b in range(B) for h in range(HKV)])
         page_order = measure_page_order_gbps(lay.pool, order[order >= 0], repeat) * 1e9
         # The same K and V as float32 dense arrays for the references.
-        K = np.empty((B, HKV, ctx, D), np.float32)
-        V = np.empty((B, HKV, ctx, D), np.float32)
+        K = hugepage_empty((B, HKV, ctx, D), np.float32)
+        V = hugepage_empty((B, HKV, ctx, D), np.float32)
         for b in range(B):
             for h in range(HKV):
-                K[b, h] = lay.pool[lay.k_pages[b, h, :ctx // T]].reshape(ctx, D).view(np.float16)
+                kp = lay.pool[lay.k_pages[b, h, :ctx // T]].reshape(-1, D, T)     # dims-major
+                K[b, h] = kp.transpose(0, 2, 1).reshape(ctx, D).view(np.float16)
                 V[b, h] = lay.pool[lay.v_pages[b, h, :ctx // T]].reshape(ctx, D).view(np.float16)
         qg = q.reshape(B, HKV, HQ // HKV, D)
 

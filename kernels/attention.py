@@ -177,8 +177,8 @@ def _check_out(out, shape):
 # --- dense ---------------------------------------------------------------------
 
 def dense_partials(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
-                   nchannels, *, kv_dtype, scale=None, counters=None):
-    """Stage 1 only: per-channel partials.
+                   nchannels, *, kv_dtype, scale=None, counters=None, k_dims_major=False):
+    """Stage 1 only: per-channel partials (arguments as :func:`dense_attention`).
 
     Returns ``(m, l, o, counters)``: ``m, l`` float32 [B, Hq, nchannels] (max
     and sum of exp(score - m); m = -inf, l = 0 where a channel holds no token
@@ -198,11 +198,11 @@ def dense_partials(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel
         if nth <= 1:
             dense_partials_serial(qs, pool, dram_pool, code, k_pages, v_pages,
                                   seq_lens, group_channel, nchannels, m, l, o,
-                                  counters, config.PREFETCH)
+                                  counters, config.PREFETCH, bool(k_dims_major))
         else:
             dense_partials_kernel(qs, pool, dram_pool, code, k_pages, v_pages,
                                   seq_lens, group_channel, nchannels, m, l, o,
-                                  counters, nth, config.PREFETCH)
+                                  counters, nth, config.PREFETCH, bool(k_dims_major))
     return m, l, o, counters
 
 
@@ -232,7 +232,8 @@ def merge_partials(m, l, o, out):
 
 
 def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
-                    nchannels, out, *, kv_dtype, scale=None, counters=None):
+                    nchannels, out, *, kv_dtype, scale=None, counters=None,
+                    k_dims_major=False):
     """Dense decode attention over paged K/V.
 
     One (sequence, kv head) unit per thread step, ``out = o / l`` written
@@ -252,6 +253,9 @@ def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     kv_dtype : 'fp16' | 'bf16' | 'fp32'
     scale : float, default 1/sqrt(D)
     counters : optional int64 [nchannels, NCTR], zeroed then filled
+    k_dims_major : K pages in ``pool`` hold their page dims-major (memory
+        [D, T]: row d is dim d of the page's T tokens, see
+        ``kernels.scores_dims``); ``dram_pool`` pages stay token-major
 
     Returns ``counters`` (see ``kernels.counters``).
     """
@@ -264,15 +268,16 @@ def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     if not B:
         return counters
     qs = np.ascontiguousarray(q * np.float32(scale), dtype=np.float32)
+    kdims = bool(k_dims_major)
     nth = _nthreads()
     if nth <= 1:
         dense_attention_serial(qs, pool, dram_pool, code, k_pages, v_pages,
                                seq_lens, group_channel, out, counters,
-                               config.PREFETCH)
+                               config.PREFETCH, kdims)
     elif B * Hkv >= 2 * nth:
         dense_attention_kernel(qs, pool, dram_pool, code, k_pages, v_pages,
                                seq_lens, group_channel, out, counters, nth,
-                               config.PREFETCH)
+                               config.PREFETCH, kdims)
     else:
         # too few (sequence, kv head) units to keep every thread busy: split
         # each sequence by channel (FlashDecoding) and merge
@@ -281,7 +286,7 @@ def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
         o = np.empty((B, Hq, nchannels, D), np.float32)
         dense_partials_kernel(qs, pool, dram_pool, code, k_pages, v_pages,
                               seq_lens, group_channel, nchannels, m, l, o,
-                              counters, nth, config.PREFETCH)
+                              counters, nth, config.PREFETCH, kdims)
         _merge(m, l, o, out)
     return counters
 

@@ -3,7 +3,7 @@
 ``run_kernel_bench()`` measures, in one run:
 
 * ``stream_read_gbps``: a parallel Numba sum over a large float32 array
-  (best of several passes);
+  backed by transparent huge pages (best of several passes);
 * ``page_random_read_gbps``: the same sum over 4 KiB pages visited in random
   order (how page tables over a scattered pool are walked);
 * ``peak_fma_gflops``: a Numba kernel with 8 independent FMA chains per
@@ -26,6 +26,7 @@ from numba import njit, prange
 from . import config
 from . import counters as C
 from .attention import dense_attention, sparf_attention
+from .hugepages import hugepage_empty
 from .layout_testing import random_paged_kv
 from .prefetch import prefetch_page
 
@@ -118,7 +119,8 @@ def _best(fn, repeat, min_time=0.0):
 
 
 def measure_stream_gbps(nbytes=512 << 20, repeat=5):
-    a = np.ones(nbytes // 4, np.float32)
+    a = hugepage_empty(nbytes // 4, np.float32)
+    a[:] = 1
     nth = numba.get_num_threads()
     _stream_sum(a, 8 * nth)
     t = _best(lambda: _stream_sum(a, 8 * nth), repeat)
@@ -127,7 +129,8 @@ def measure_stream_gbps(nbytes=512 << 20, repeat=5):
 
 def measure_page_stream_gbps(nbytes=512 << 20, page_bytes=4096, repeat=5):
     """Like :func:`measure_stream_gbps` but over 4 KiB pages in random order."""
-    pages = np.ones((nbytes // page_bytes, page_bytes // 4), np.float32)
+    pages = hugepage_empty((nbytes // page_bytes, page_bytes // 4), np.float32)
+    pages[:] = 1
     order = np.random.default_rng(0).permutation(pages.shape[0])
     return _pages_gbps(pages, order, False, repeat)
 

@@ -45,13 +45,14 @@ _direct_ok = direct_ok          # the name sparf.py imports
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _dense_unit(qb, pool, dram, code, k_pages, v_pages, S, gchan, kvh, c, G,
-                kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, dist):
+                kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, dist, kdims):
     """One unit over the groups of one sequence (``gchan`` = its row of
     ``group_channel``, ``S`` its length) on channel ``c`` (all groups if
     ``c < 0``).  Leaves ``m, l`` in ``mrow, lrow`` [G] and ``o`` in
     ``obuf[:G]``; returns the number of tokens (0: nothing written).
     ``grp``: int64 scratch of at least ``ceil(S / T)`` entries; ``dist``:
-    software-prefetch distance in pages (0 = off)."""
+    software-prefetch distance in pages (0 = off); ``kdims``: K pages in
+    ``pool`` are dims-major (DRAM pages always token-major)."""
     T = pool.shape[1]
     D = pool.shape[2]
     ng = (S + T - 1) // T
@@ -84,7 +85,7 @@ def _dense_unit(qb, pool, dram, code, k_pages, v_pages, S, gchan, kvh, c, G,
         pid = kp[gi]
         nxt = page_of(pool, dram, pos_ref(kp, vp, grp, n, i + max(dist, 1)))
         page_scores(page_of(pool, dram, pid), nxt, code, valid, qb, h0, G,
-                      kbuf, sbuf, nt)
+                    kbuf, vbuf, sbuf, nt, kdims and pid >= 0)
         ch = gchan[gi]
         if pid >= 0:
             ctr[ch, C.K_READ] += 1
@@ -149,7 +150,7 @@ def _smax(seq_lens):
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _attention_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens,
-                      group_channel, out, ctr, smax, pf):
+                      group_channel, out, ctr, smax, pf, kdims):
     Hq = qs.shape[1]
     D = qs.shape[2]
     Hkv = k_pages.shape[1]
@@ -162,7 +163,7 @@ def _attention_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens
         h0 = kvh * G
         nt = _dense_unit(qs[b], pool, dram, code, k_pages[b], v_pages[b],
                          seq_lens[b], group_channel[b], kvh, -1, G,
-                         kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, pf)
+                         kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, pf, kdims)
         for j in range(G):
             o = out[b, h0 + j]
             if nt == 0:
@@ -176,7 +177,7 @@ def _attention_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
 def dense_attention_kernel(qs, pool, dram, code, k_pages, v_pages, seq_lens,
-                           group_channel, out, counters, nthreads, pf):
+                           group_channel, out, counters, nthreads, pf, kdims):
     """Whole-sequence units over ``nthreads`` threads; writes ``out``
     [B, Hq, D] (zeros for an empty sequence) and adds into ``counters``.
     ``qs`` is q already multiplied by ``scale``."""
@@ -186,24 +187,25 @@ def dense_attention_kernel(qs, pool, dram, code, k_pages, v_pages, seq_lens,
     tctr = np.zeros((nth,) + counters.shape, np.int64)
     for tid in prange(nth):
         _attention_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages,
-                          seq_lens, group_channel, out, tctr[tid], smax, pf)
+                          seq_lens, group_channel, out, tctr[tid], smax, pf, kdims)
     for t in range(nth):
         counters += tctr[t]
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def dense_attention_serial(qs, pool, dram, code, k_pages, v_pages, seq_lens,
-                           group_channel, out, counters, pf):
+                           group_channel, out, counters, pf, kdims):
     """:func:`dense_attention_kernel` on the calling thread only."""
     _attention_thread(0, 1, qs, pool, dram, code, k_pages, v_pages, seq_lens,
-                      group_channel, out, counters, _smax(seq_lens), pf)
+                      group_channel, out, counters, _smax(seq_lens), pf, kdims)
 
 
 # --- per-channel units: dense_partials ----------------------------------------
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _partials_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens,
-                     group_channel, nchannels, m_part, l_part, o_part, ctr, smax, pf):
+                     group_channel, nchannels, m_part, l_part, o_part, ctr, smax, pf,
+                     kdims):
     Hq = qs.shape[1]
     D = qs.shape[2]
     Hkv = k_pages.shape[1]
@@ -218,7 +220,7 @@ def _partials_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens,
         h0 = kvh * G
         nt = _dense_unit(qs[b], pool, dram, code, k_pages[b], v_pages[b],
                          seq_lens[b], group_channel[b], kvh, c, G,
-                         kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, pf)
+                         kbuf, vbuf, sbuf, obuf, mrow, lrow, grp, ctr, pf, kdims)
         for j in range(G):
             o = o_part[b, h0 + j, c]
             if nt == 0:
@@ -236,7 +238,7 @@ def _partials_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages, seq_lens,
 @njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
 def dense_partials_kernel(qs, pool, dram, code, k_pages, v_pages, seq_lens,
                           group_channel, nchannels, m_part, l_part, o_part,
-                          counters, nthreads, pf):
+                          counters, nthreads, pf, kdims):
     """Per-channel units.  ``qs`` is q already multiplied by ``scale``.
 
     Writes ``m_part, l_part`` [B, Hq, C] and ``o_part`` [B, Hq, C, D]; adds
@@ -249,7 +251,7 @@ def dense_partials_kernel(qs, pool, dram, code, k_pages, v_pages, seq_lens,
     for tid in prange(nth):
         _partials_thread(tid, nth, qs, pool, dram, code, k_pages, v_pages,
                          seq_lens, group_channel, nchannels, m_part, l_part,
-                         o_part, tctr[tid], smax, pf)
+                         o_part, tctr[tid], smax, pf, kdims)
     for t in range(nth):
         counters += tctr[t]
 
@@ -257,8 +259,8 @@ def dense_partials_kernel(qs, pool, dram, code, k_pages, v_pages, seq_lens,
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def dense_partials_serial(qs, pool, dram, code, k_pages, v_pages, seq_lens,
                           group_channel, nchannels, m_part, l_part, o_part,
-                          counters, pf):
+                          counters, pf, kdims):
     """:func:`dense_partials_kernel` on the calling thread only."""
     _partials_thread(0, 1, qs, pool, dram, code, k_pages, v_pages, seq_lens,
                      group_channel, nchannels, m_part, l_part, o_part, counters,
-                     _smax(seq_lens), pf)
+                     _smax(seq_lens), pf, kdims)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .hugepages import hugepage_copy
 from .widen import to_bf16_bits, widen_bf16, widen_fp16
 
 
@@ -64,15 +65,21 @@ class PagedKV:
     kd_dram_pool: np.ndarray = None
     kd_pages: np.ndarray = None
     dim_channel: np.ndarray = None
+    k_dims_major: bool = False   # flash K pages hold memory [D, T]
 
-    def dense_args(self):
+    def _token_args(self):
         return dict(pool=self.pool, dram_pool=self.dram_pool, k_pages=self.k_pages,
                     v_pages=self.v_pages, seq_lens=self.seq_lens,
                     group_channel=self.group_channel, nchannels=self.nchannels,
                     kv_dtype=self.kv_dtype)
 
+    def dense_args(self):
+        return dict(self._token_args(), k_dims_major=self.k_dims_major)
+
     def sparf_args(self):
-        d = self.dense_args()
+        if self.k_dims_major:
+            raise ValueError("SparF reads token-major K pages")
+        d = self._token_args()
         d.update(kd_pool=self.kd_pool, kd_dram_pool=self.kd_dram_pool,
                  kd_pages=self.kd_pages, dim_channel=self.dim_channel)
         return d
@@ -99,12 +106,15 @@ class _Alloc:
 
 def build_paged_kv(K, V, seq_lens, T, nchannels, kv_dtype="fp16", *, Dp=None,
                    Tp=None, dram_tail=True, all_dram=False, seed=0,
-                   group_channel=None):
+                   group_channel=None, k_dims_major=False):
     """Lay dense ``K, V`` float32 [B, Hkv, Smax, D] out as paged pools.
 
     Returns a :class:`PagedKV`; ``K``/``V`` in it are the stored values
     widened back to float32 (what a reference must use).  With ``Dp``/``Tp``
-    also builds the channel-indexed K copy for SparF.
+    also builds the channel-indexed K copy for SparF.  With ``k_dims_major``
+    the flash K pages hold their page dims-major (memory [D, T]), as a
+    namespace without the SparF layout stores them; DRAM pages stay
+    token-major.
     """
     rng = np.random.default_rng(seed)
     K = np.asarray(K, np.float32)
@@ -138,12 +148,15 @@ def build_paged_kv(K, V, seq_lens, T, nchannels, kv_dtype="fp16", *, Dp=None,
                 for arr, pages in ((Ks, k_pages), (Vs, v_pages)):
                     page = np.zeros((T, D), sdt)
                     page[:hi - lo] = arr[b, h, lo:hi]
+                    if k_dims_major and pages is k_pages and not dr:
+                        page = np.ascontiguousarray(page.T).reshape(T, D)
                     pages[b, h, g] = al.put(page, dr)
     mask = np.arange(Smax)[None, None, :, None] < seq_lens[:, None, None, None]
     lay = PagedKV(al.pool, al.dram, k_pages, v_pages, group_channel, seq_lens,
                   nchannels, kv_dtype,
                   np.where(mask, dequantize(Ks, kv_dtype), 0).astype(np.float32),
-                  np.where(mask, dequantize(Vs, kv_dtype), 0).astype(np.float32))
+                  np.where(mask, dequantize(Vs, kv_dtype), 0).astype(np.float32),
+                  k_dims_major=k_dims_major)
     if Dp is not None:
         assert D % Dp == 0
         NDB = D // Dp
@@ -197,11 +210,14 @@ def _random_storage(shape, kv_dtype, rng):
 
 
 def random_paged_kv(B, Hkv, D, seq_lens, T, nchannels, kv_dtype="fp16", *,
-                    Dp=None, Tp=None, dram_tail=True, seed=0, shuffle=True):
+                    Dp=None, Tp=None, dram_tail=True, seed=0, shuffle=True,
+                    hugepages=False, k_dims_major=False):
     """Like :func:`build_paged_kv` but with random page contents generated in
     place (no dense K/V, no widened copies: ``K``/``V`` are None) -- for
     benchmarks with realistic sizes.  Token pages sit in a shuffled flash
-    pool; the tail group of each sequence (if partial) in the DRAM pool."""
+    pool; the tail group of each sequence (if partial) in the DRAM pool.
+    Random contents are the same read token- or dims-major.  ``hugepages``:
+    the flash pool asks for transparent huge pages (see kernels.hugepages)."""
     rng = np.random.default_rng(seed)
     seq_lens = np.asarray(seq_lens, np.int32)
     ng = (seq_lens.astype(np.int64) + T - 1) // T
@@ -210,6 +226,8 @@ def random_paged_kv(B, Hkv, D, seq_lens, T, nchannels, kv_dtype="fp16", *,
     n_d = int(tail.sum()) * Hkv * 2
     n_f = int(ng.sum()) * Hkv * 2 - n_d
     pool = _random_storage((n_f, T, D), kv_dtype, rng)
+    if hugepages:
+        pool = hugepage_copy(pool)
     dram = _random_storage((n_d, T, D), kv_dtype, rng)
     fids = rng.permutation(n_f) if shuffle else np.arange(n_f)
     k_pages = np.zeros((B, Hkv, Gmax), np.int64)
@@ -226,7 +244,7 @@ def random_paged_kv(B, Hkv, D, seq_lens, T, nchannels, kv_dtype="fp16", *,
                 pages[b, :, nfull] = -1 - np.arange(di, di + Hkv)
                 di += Hkv
     lay = PagedKV(pool, dram, k_pages, v_pages, group_channel, seq_lens,
-                  nchannels, kv_dtype, None, None)
+                  nchannels, kv_dtype, None, None, k_dims_major=k_dims_major)
     if Dp is not None:
         NDB = D // Dp
         ntb = (seq_lens.astype(np.int64) + Tp - 1) // Tp

@@ -2,9 +2,10 @@
 add a V page's value sums for the G q heads of a kv head.
 
 Pages whose head dim is a multiple of 16 go straight to the vector loops
-(``simd.qk_heads`` / ``simd.pv_heads``), fp16 through F16C; other pages
+(``simd.qk_heads`` / ``simd.pv_heads``), fp16 through F16C, and so do
+dims-major K pages whose token count is (``simd.qk_dims``); other pages
 (fp16 without F16C, token counts not a multiple of 16) are widened into an
-fp32 scratch first, and odd head dims use the plain loops here.
+fp32 token-major scratch first, and odd head dims use the plain loops here.
 """
 
 import numpy as np
@@ -12,7 +13,7 @@ from numba import njit
 
 from . import config
 from .prefetch import prefetch_page
-from .simd import W, pv_heads, qk_heads
+from .simd import W, pv_heads, qk_dims, qk_heads
 from .widen import widen_into
 
 DTYPE_F32 = config.DTYPE_F32
@@ -109,23 +110,42 @@ def direct_ok(code):
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def page_scores(src, nxt, code, valid, qb, h0, G, kbuf, sbuf, col):
-    """sbuf[j, col + t] = qb[h0 + j] . page[t] for t < valid, j < G.
-
-    May also write up to 15 columns past ``col + valid`` (garbage the next
-    page overwrites; ``sbuf`` has 16 spare columns)."""
+def _widen_dims_major(src, code, tmp, kb):
+    """A dims-major page (memory [D, T], shaped [T, D]) -> token-major
+    float32 ``kb`` [T, D], through ``tmp`` (same shape)."""
     T = src.shape[0]
     D = src.shape[1]
-    if D % W == 0:
+    widen_into(src, code, tmp)
+    flat = tmp.reshape(T * D)
+    for d in range(D):
+        for t in range(T):
+            kb[t, d] = flat[d * T + t]
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def page_scores(src, nxt, code, valid, qb, h0, G, kbuf, vbuf, sbuf, col, dims):
+    """sbuf[j, col + t] = qb[h0 + j] . K[t] for t < valid, j < G, where the
+    page holds K token-major (``dims`` False: row t is token t) or
+    dims-major (``dims`` True: memory [D, T], see ``scores_dims``).
+
+    May also write up to 15 columns past ``col + valid`` (garbage the next
+    page overwrites; ``sbuf`` has 16 spare columns).  ``vbuf`` is scratch."""
+    T = src.shape[0]
+    D = src.shape[1]
+    if dims:
         if T % W == 0 and direct_ok(code):
-            qk_heads(src, nxt, code, valid, qb, h0, G, sbuf, 0, col)
-        else:
-            widen_into(src, code, kbuf[:T])   # kbuf: T rounded up to 16 rows
-            qk_heads(kbuf, kbuf, DTYPE_F32, valid, qb, h0, G, sbuf, 0, col)
+            qk_dims(src, nxt, code, valid, qb, h0, G, sbuf, 0, col)
+            return
+        _widen_dims_major(src, code, vbuf[:T], kbuf[:T])
+    elif D % W == 0 and T % W == 0 and direct_ok(code):
+        qk_heads(src, nxt, code, valid, qb, h0, G, sbuf, 0, col)
+        return
     else:
-        kb = kbuf[:T]
-        widen_into(src, code, kb)
-        _scores_widened(qb, h0, G, kb, valid, sbuf, col)
+        widen_into(src, code, kbuf[:T])       # kbuf: T rounded up to 16 rows
+    if D % W == 0:
+        qk_heads(kbuf, kbuf, DTYPE_F32, valid, qb, h0, G, sbuf, 0, col)
+    else:
+        _scores_widened(qb, h0, G, kbuf[:T], valid, sbuf, col)
 
 
 @njit(fastmath=config.FASTMATH, cache=config.CACHE)

@@ -6,6 +6,7 @@ the two loops of decode attention are written as 16-lane vector IR through
 Numba intrinsics:
 
 * ``scores.qk_heads`` -- scores of a page for up to 4 q heads at once;
+  ``scores_dims.qk_dims`` -- the same from a dims-major K page;
 * ``values.pv_heads`` -- ``o += p . V`` of a page for up to 4 q heads, ``o``
   held in registers across the page; ``values.pv_rows`` -- the same over
   selected rows for one head (SparF);
@@ -19,9 +20,10 @@ has a plain-Python body used under ``NUMBA_DISABLE_JIT``.
 """
 
 from .scores import QK_TOKENS, qk_heads
+from .scores_dims import qk_dims
 from .softmax import exp_nonpos, exp_shifted, row_max
 from .values import pv_heads, pv_rows
 from .vecir import PREFETCH_IN_LOOP, W
 
-__all__ = ["W", "PREFETCH_IN_LOOP", "QK_TOKENS", "qk_heads", "pv_heads", "pv_rows",
+__all__ = ["W", "PREFETCH_IN_LOOP", "QK_TOKENS", "qk_heads", "qk_dims", "pv_heads", "pv_rows",
            "exp_nonpos", "exp_shifted", "row_max"]

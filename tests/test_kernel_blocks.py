@@ -173,6 +173,35 @@ def test_simd_qk_pv_heads(kv_dtype, D):
         npt.assert_array_equal(O[:2], O0[:2])
 
 
+@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _jit_qk_dims(K, code, valid, Q, qrow, G, S, srow, col):
+    simd.qk_dims(K, K, code, valid, Q, qrow, G, S, srow, col)
+
+
+@pytest.mark.parametrize("kv_dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("D,T", [(128, 16), (64, 32), (7, 16), (16, 48)])
+def test_simd_qk_dims(kv_dtype, D, T):
+    """Scores from a dims-major page (memory [D, T], shaped [T, D]): all
+    head-group sizes up to 9, ragged token counts, an odd head dim (the
+    split accumulators' last row); only the target rows and up to 15 spare
+    columns are written."""
+    rng = np.random.default_rng(D * T)
+    code = {"fp16": config.DTYPE_F16, "bf16": config.DTYPE_BF16, "fp32": config.DTYPE_F32}[kv_dtype]
+    Kd, Kdw = _stored(rng, (D, T), kv_dtype)              # row d = dim d of every token
+    page = np.ascontiguousarray(Kd).reshape(T, D)
+    Q = rng.standard_normal((10, D)).astype(np.float32)
+    for G in range(1, 10):
+        for valid in sorted({1, 5, 16, 17, T}):
+            if valid > T:
+                continue
+            S = np.full((12, T + 40), 7.0, np.float32)
+            _jit_qk_dims(page, code, valid, Q, 1, G, S, 2, 7)
+            ref = Q[1:1 + G].astype(np.float64) @ Kdw[:, :valid].astype(np.float64)
+            npt.assert_allclose(S[2:2 + G, 7:7 + valid], ref, atol=ATOL * 10, rtol=RTOL)
+            assert (S[:2] == 7).all() and (S[2 + G:] == 7).all()
+            assert (S[:, :7] == 7).all() and (S[:, 7 + valid + 15:] == 7).all()
+
+
 def test_simd_exp_and_max():
     x = np.concatenate([-np.logspace(-8, np.log10(86.9), 100000), [0.0, -0.0, -1e-30]])
     x = x.astype(np.float32)

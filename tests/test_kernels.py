@@ -56,11 +56,13 @@ LENS = [1, 15, 16, 32, 37, 53]          # T = 16: < T, == T, multiples, ragged
 @pytest.mark.parametrize("kv_dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("Hq,Hkv", [(4, 4), (6, 2), (4, 1)])   # MHA, GQA, MQA
 @pytest.mark.parametrize("nchannels", [1, 3, 8])
-def test_dense_matches_naive(kv_dtype, Hq, Hkv, nchannels):
+@pytest.mark.parametrize("k_dims_major", [False, True])
+def test_dense_matches_naive(kv_dtype, Hq, Hkv, nchannels, k_dims_major):
     rng = np.random.default_rng(hash((kv_dtype, Hq, nchannels)) % 2 ** 32)
     D, T = 32, 16
     q, K, V = _data(rng, len(LENS), Hq, Hkv, D, max(LENS))
-    lay = build_paged_kv(K, V, LENS, T, nchannels, kv_dtype, seed=nchannels)
+    lay = build_paged_kv(K, V, LENS, T, nchannels, kv_dtype, seed=nchannels,
+                         k_dims_major=k_dims_major)
     out = np.full_like(q, np.nan)
     ctr = dense_attention(q, out=out, **lay.dense_args())
     ref = naive.dense(q, lay.K, lay.V, LENS)
@@ -70,12 +72,13 @@ def test_dense_matches_naive(kv_dtype, Hq, Hkv, nchannels):
 
 @pytest.mark.parametrize("placement", ["flash", "dram_tail", "all_dram"])
 @pytest.mark.parametrize("D,T", [(64, 32), (128, 16)])
-def test_dense_page_placement(placement, D, T):
+@pytest.mark.parametrize("k_dims_major", [False, True])
+def test_dense_page_placement(placement, D, T, k_dims_major):
     rng = np.random.default_rng(7)
     lens = [1, T - 1, T, 2 * T, 3 * T + 5]
     q, K, V = _data(rng, len(lens), 8, 2, D, max(lens))
     lay = build_paged_kv(K, V, lens, T, 3, "fp16", dram_tail=placement != "flash",
-                         all_dram=placement == "all_dram")
+                         all_dram=placement == "all_dram", k_dims_major=k_dims_major)
     out = np.empty_like(q)
     ctr = dense_attention(q, out=out, **lay.dense_args())
     npt.assert_allclose(out, naive.dense(q, lay.K, lay.V, lens), atol=ATOL, rtol=RTOL)
@@ -170,13 +173,15 @@ def test_merge_edge_cases():
           suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2 ** 31), B=st.integers(1, 4), Hkv=st.integers(1, 3),
        G=st.integers(1, 4), nch=st.integers(1, 9), T=st.sampled_from([4, 16]),
-       kv_dtype=st.sampled_from(["fp16", "bf16"]), dram=st.booleans())
-def test_dense_property(seed, B, Hkv, G, nch, T, kv_dtype, dram):
+       kv_dtype=st.sampled_from(["fp16", "bf16"]), dram=st.booleans(),
+       kdims=st.booleans())
+def test_dense_property(seed, B, Hkv, G, nch, T, kv_dtype, dram, kdims):
     rng = np.random.default_rng(seed)
     lens = rng.integers(0, 50, B)
     D = 16
     q, K, V = _data(rng, B, Hkv * G, Hkv, D, max(int(lens.max()), 1))
-    lay = build_paged_kv(K, V, lens, T, nch, kv_dtype, dram_tail=dram, seed=seed)
+    lay = build_paged_kv(K, V, lens, T, nch, kv_dtype, dram_tail=dram, seed=seed,
+                         k_dims_major=kdims)
     out = np.empty_like(q)
     ctr = dense_attention(q, out=out, **lay.dense_args())
     npt.assert_allclose(out, naive.dense(q, lay.K, lay.V, lens), atol=ATOL, rtol=RTOL)
@@ -241,6 +246,13 @@ def test_dense_and_sparf_fallback_shapes(D, T):
         sparf_attention(q, v_mean=vm, out=sout, r=D // 4, k=7, window=3, **lay.sparf_args())
         ref, _, _, _ = naive.sparf(q, lay.K, lay.V, lens, vm, D // 4, 7, 3)
         npt.assert_allclose(sout, ref, atol=config.SPARF_ATOL, rtol=config.SPARF_RTOL)
+        # the same shapes with dims-major K pages (widened and transposed)
+        lay = build_paged_kv(K, V, lens, T, 3, kv_dtype, k_dims_major=True)
+        out = np.empty_like(q)
+        dense_attention(q, out=out, **lay.dense_args())
+        npt.assert_allclose(out, naive.dense(q, lay.K, lay.V, lens), atol=ATOL, rtol=RTOL)
+        with pytest.raises(ValueError, match="token-major"):
+            lay.sparf_args()
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
@@ -257,11 +269,12 @@ def test_dense_thread_paths(nthreads):
         rng = np.random.default_rng(18)
         for lens, Hq, Hkv in (([70, 33, 5, 0], 6, 2), ([90], 4, 1)):
             q, K, V = _data(rng, len(lens), Hq, Hkv, 64, max(lens))
-            lay = build_paged_kv(K, V, lens, 32, 3, "fp16")
-            out = np.full_like(q, np.nan)
-            ctr = dense_attention(q, out=out, **lay.dense_args())
-            npt.assert_allclose(out, naive.dense(q, lay.K, lay.V, lens), atol=ATOL, rtol=RTOL)
-            npt.assert_array_equal(ctr, _expected_dense_counters(lay, Hq // Hkv, 64))
+            for kdims in (False, True):
+                lay = build_paged_kv(K, V, lens, 32, 3, "fp16", k_dims_major=kdims)
+                out = np.full_like(q, np.nan)
+                ctr = dense_attention(q, out=out, **lay.dense_args())
+                npt.assert_allclose(out, naive.dense(q, lay.K, lay.V, lens), atol=ATOL, rtol=RTOL)
+                npt.assert_array_equal(ctr, _expected_dense_counters(lay, Hq // Hkv, 64))
             m, l, o, c2 = dense_partials(q, **lay.dense_args())
             npt.assert_array_equal(c2, ctr)
             out2 = np.empty_like(q)

@@ -266,11 +266,13 @@ def test_attend_with_append_equals_append_then_attend(dev):
         b.delete()
 
 
-def test_batched_token_append_equals_per_sequence_appends(tmp_path):
+@pytest.mark.parametrize("sparse_layout", [False, True])
+def test_batched_token_append_equals_per_sequence_appends(tmp_path, sparse_layout):
     """A decode step's one-token append to a whole batch (the fused Attend's
     path) stores, programs and charges exactly what one append per sequence
-    does, including the channel-indexed K copy, and the page tables (and
-    pages to read) cached between attends follow every group edge."""
+    does, including the channel-indexed K copy (SparF layout) or the
+    dims-major K pages (dense layout), and the page tables (and pages to
+    read) cached between attends follow every group edge."""
     import time
 
     from csdemu.device import build_controller
@@ -281,12 +283,15 @@ def test_batched_token_append_equals_per_sequence_appends(tmp_path):
                                    overrides=["geometry.blocks_per_plane=16",
                                               "geometry.pages_per_block=64"])
         d = {"layers": 2, "q_heads": 4, "kv_heads": 2, "head_dim": 64,
-             "dtype": int(KVDtype.FLOAT16), "flags": 1, "tokens_per_page": 0, "dims_per_page": 16}
+             "dtype": int(KVDtype.FLOAT16), "flags": int(sparse_layout), "tokens_per_page": 0,
+             "dims_per_page": 16}
         shape = ctrl.kv.shape_from(d)
         return ctrl.kv.engine, KVStore(shape, ctrl.kv.engine.ftl, 16, ctrl.kv.new_stream)
 
     (eng_a, a), (eng_b, b) = drive("a"), drive("b")
-    assert a.shape.tokens_per_page == 32 and a.shape.tokens_per_dim_page == 128
+    assert a.shape.tokens_per_page == 32
+    assert a.shape.tokens_per_dim_page == (128 if sparse_layout else 0)
+    assert a.shape.k_dims_major == (not sparse_layout)
     rng = np.random.default_rng(5)
     lens, now = [125, 30, 64, 1], time.monotonic_ns()
     for store in (a, b):
@@ -295,6 +300,15 @@ def test_batched_token_append_equals_per_sequence_appends(tmp_path):
             for layer in (0, 1):
                 store.append(store.get(sid, create=True), layer, kv[0], kv[1], now)
         rng = np.random.default_rng(5)
+    # the first flash K page of sequence 0, head 1, as stored
+    rng0 = np.random.default_rng(5)
+    first_k = rng0.standard_normal((2, lens[0], 2, 64)).astype(np.float16).view(np.uint16)[0]
+    raw = a.pool[a.get(0).pages[0][1, 1, 0]]                 # layer 1, head 1, group 0
+    want = first_k[:32, 1]                                   # [T, D] token-major
+    assert np.array_equal(raw.reshape(64, 32).T if a.shape.k_dims_major else raw, want)
+    for store in (a, b):                  # both, to keep their flash timelines equal
+        ok, k_back, _, _ = store.read(store.get(0), 1, 0, lens[0], now)
+        assert ok and np.array_equal(k_back, first_k)
     seqs_a, seqs_b = [a.get(i) for i in range(4)], [b.get(i) for i in range(4)]
     q = rng.standard_normal((4, 4, 64)).astype(np.float32)
     for step in range(40):                      # crosses T = 32 and Tp = 128 edges
@@ -303,7 +317,7 @@ def test_batched_token_append_equals_per_sequence_appends(tmp_path):
         for i, seq in enumerate(seqs_a):
             a.append(seq, 1, k[i:i + 1], v[i:i + 1], now)
         b.append_token(seqs_b, 1, k, v, now)
-        for sparse in (None, (8, 16, 4)):
+        for sparse in (None, (8, 16, 4)) if sparse_layout else (None,):
             outs = []
             a._batches.clear()              # a builds every table afresh; b keeps its cache
             for eng, store, seqs in ((eng_a, a, seqs_a), (eng_b, b, seqs_b)):
@@ -312,7 +326,8 @@ def test_batched_token_append_equals_per_sequence_appends(tmp_path):
             assert outs[0][0] == outs[1][0] and np.array_equal(outs[0][1], outs[1][1])
         for x, y in zip(a.token_tables(seqs_a, 1), b.token_tables(seqs_b, 1)):
             assert np.array_equal(x, y)
-        assert np.array_equal(a.dim_tables(seqs_a, 1), b.dim_tables(seqs_b, 1))
+        if sparse_layout:
+            assert np.array_equal(a.dim_tables(seqs_a, 1), b.dim_tables(seqs_b, 1))
     for sa, sb in zip(seqs_a, seqs_b):
         assert np.array_equal(sa.length, sb.length) and np.array_equal(sa.v_sum, sb.v_sum)
     ca, cb = eng_a.ftl.clocks, eng_b.ftl.clocks

@@ -86,7 +86,8 @@ class Engine:
         t0 = time.perf_counter_ns()
         if sparse is None:
             dense_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
-                            self.nch, out, kv_dtype=s.kernel_dtype(), counters=cnt)
+                            self.nch, out, kv_dtype=s.kernel_dtype(), counters=cnt,
+                            k_dims_major=s.k_dims_major)
             work = dense_work(lens, s.q_heads, s.head_dim)
             # The pages (and their channels) change only with the tables, which
             # a decode loop's batch keeps for T steps: derive them once.

@@ -53,6 +53,14 @@ class KVShape:
         return np.float32 if self.dtype == KVDtype.FLOAT32 else np.uint16
 
     @property
+    def k_dims_major(self) -> bool:
+        """Flash K pages hold their page dims-major ([D, T]): the dense
+        scores then need no horizontal sums (kernels.scores_dims). SparF's
+        exact pass gathers single tokens' rows, so its layout keeps K
+        token-major."""
+        return not self.sparse
+
+    @property
     def dim_blocks(self) -> int:
         return self.head_dim // self.dims_per_page
 
