@@ -7,9 +7,12 @@ the SparF layout stores them, contexts 1k..16k; the pool, the streaming
 buffer and the references' K and V are all backed by transparent huge pages
 (kernels.hugepages: the daemon's NAND file mapping gets large folios); the
 machine's streaming read bandwidth is a parallel Numba sum over a buffer as
-large as the largest KV; the page-order rate the same sum over exactly the pages the kernel
-reads, in its order, prefetched one page ahead (what reading them costs
-before any arithmetic); the peak FMA rate a Numba loop of independent FMA
+large as the largest KV; the page-order rate the same sum over exactly the
+pages the kernel reads, in its order, prefetched one page ahead (what
+reading them costs before any arithmetic).  Per context the kernel, numpy,
+torch, the page-order sum and (at the largest context) the streaming sum
+run in turn, `--repeat` rounds, best of each: the ratios then compare
+figures taken under the same host noise.  The peak FMA rate a Numba loop of independent FMA
 chains in registers on every kernel thread.  The roofline is min(stream
 bytes/s, peak FMA/s / FMA per KV byte): each K element feeds g multiply-adds
 (one score per q head of its kv head) and each V element g more, so g/2 FMA
@@ -23,6 +26,7 @@ tokens' rows of a page; `sparf_bytes_vs_dense` compares moved bytes).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -31,12 +35,23 @@ import numpy as np
 B, HQ, HKV, D, T, NCH = 8, 32, 8, 128, 16, 8
 
 
-def _best(fn, repeat: int) -> float:
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+#: pause after each timed call: numpy's OpenBLAS workers spin ~2^28 cycles
+#: after a call, and the next figure measured beside them lost a third of
+#: the machine (streaming read 34 -> 23 GB/s right after a matmul)
+SETTLE_S = 0.15
+
+
+def _best_interleaved(fns: dict, rounds: int) -> dict:
+    """Best time of each function over ``rounds`` rounds that call them in
+    turn: a noisy host slows all of them alike within a round, so the
+    ratios of the best times compare like with like."""
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+            time.sleep(SETTLE_S)
     return best
 
 
@@ -44,12 +59,12 @@ def _kv_bytes(ctx: int) -> int:
     return 2 * B * HKV * ctx * D * 2
 
 
-def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) -> dict:
+def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) -> dict:
     import numba
 
     from kernels import counters as C
     from kernels.attention import dense_attention
-    from kernels.bench import measure_page_order_gbps, measure_peak_gflops, measure_stream_gbps
+    from kernels.bench import measure_peak_gflops, page_order_reader, stream_reader
     from kernels.hugepages import hugepage_empty
     from kernels.layout_testing import random_paged_kv
     try:
@@ -57,7 +72,7 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
         import torch.nn.functional as F
     except ImportError:
         torch = None
-    stream = measure_stream_gbps(nbytes=_kv_bytes(max(contexts)), repeat=repeat) * 1e9
+    stream_read, stream_bytes = stream_reader(nbytes=_kv_bytes(max(contexts)))
     peak_fma = measure_peak_gflops() * 1e9 / 2
     rows = []
     rng = np.random.default_rng(0)
@@ -73,12 +88,11 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
                                    k_dims_major=True)
         ctr = kernel()
         fma_per_byte = ctr[:, C.MACS].sum() / (ctr[:, C.FLASH_BYTES].sum() + ctr[:, C.DRAM_BYTES].sum())
-        t_kernel = _best(kernel, repeat)
         # the same pages in the kernel's order (each unit's K pages, then its
         # V pages), summed with no attention arithmetic
         order = np.concatenate([np.concatenate([lay.k_pages[b, h], lay.v_pages[b, h]])
                                 for b in range(B) for h in range(HKV)])
-        page_order = measure_page_order_gbps(lay.pool, order[order >= 0], repeat) * 1e9
+        page_read, page_bytes = page_order_reader(lay.pool, order[order >= 0])
         # The same K and V as float32 dense arrays for the references.
         K = hugepage_empty((B, HKV, ctx, D), np.float32)
         V = hugepage_empty((B, HKV, ctx, D), np.float32)
@@ -96,17 +110,25 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 3) ->
             p /= p.sum(axis=-1, keepdims=True)
             return np.matmul(p, V)
         ref = numpy_ref().reshape(B, HQ, D)
-        row = {"context": ctx, "kv_bytes": _kv_bytes(ctx), "kernel_s": t_kernel,
-               "page_order_bytes_per_s": page_order,
-               "numpy_s": _best(numpy_ref, repeat),
-               "max_abs_err_vs_numpy": float(np.abs(ref - out).max())}
+        err = float(np.abs(ref - out).max())
+        fns = {"kernel": kernel, "numpy": numpy_ref, "page_order": page_read}
+        if ctx == max(contexts):
+            fns["stream"] = stream_read
         if torch is not None:
             qt, kt, vt = (torch.from_numpy(x) for x in (q.reshape(B, HQ, 1, D), K, V))
-            with torch.no_grad():
-                row["torch_s"] = _best(lambda: F.scaled_dot_product_attention(
-                    qt, kt, vt, enable_gqa=True), repeat)
+            fns["torch"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
+            fns["torch"]()
+        with torch.no_grad() if torch is not None else contextlib.nullcontext():
+            best = _best_interleaved(fns, repeat)
+        row = {"context": ctx, "kv_bytes": _kv_bytes(ctx), "kernel_s": best["kernel"],
+               "page_order_bytes_per_s": page_bytes / best["page_order"],
+               "numpy_s": best["numpy"], "max_abs_err_vs_numpy": err}
+        if "torch" in best:
+            row["torch_s"] = best["torch"]
+        if "stream" in best:
+            stream = stream_bytes / best["stream"]
         rows.append(row)
-        del K, V, lay
+        del K, V, lay, fns
     big = rows[-1]
     res = {
         "stream_bytes_per_s": stream,
@@ -184,7 +206,7 @@ TARGETS = {"kernel_vs_stream": 0.9, "kernel_vs_numpy": 5.0, "kernel_vs_torch": 1
            "realtime_factor": 1.0, "sparf_bytes_vs_dense": 0.25}
 
 
-def run_attention_bench(socket_path: str, repeat: int = 3, contexts=(1024, 2048, 4096, 8192, 16384)) -> dict:
+def run_attention_bench(socket_path: str, repeat: int = 5, contexts=(1024, 2048, 4096, 8192, 16384)) -> dict:
     res = kernel_section(contexts, repeat)
     res.update(daemon_section(socket_path))
     res["targets"] = TARGETS

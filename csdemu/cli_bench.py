@@ -97,7 +97,7 @@ def generate_bench(socket_path, batch, context, steps, profile, engine_threads, 
 
 @bench.command("attention")
 @SOCKET_OPT
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--contexts", default="1024,2048,4096,8192,16384", show_default=True, callback=int_list,
               help="context lengths, multiples of 16")
 @click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),

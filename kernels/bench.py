@@ -118,13 +118,41 @@ def _best(fn, repeat, min_time=0.0):
     return best
 
 
-def measure_stream_gbps(nbytes=512 << 20, repeat=5):
+def stream_reader(nbytes=512 << 20):
+    """-> (read, nbytes): ``read()`` is one parallel sum over a buffer of
+    ``nbytes`` (warmed up once here), for timing next to other work."""
     a = hugepage_empty(nbytes // 4, np.float32)
     a[:] = 1
     nth = numba.get_num_threads()
     _stream_sum(a, 8 * nth)
-    t = _best(lambda: _stream_sum(a, 8 * nth), repeat)
-    return a.nbytes / t / 1e9
+    return (lambda: _stream_sum(a, 8 * nth)), a.nbytes
+
+
+def pages_reader(pages, order, prefetch):
+    """-> (read, nbytes): ``read()`` is one `_pages_sum` over the pages
+    ``order`` names (warmed up once here)."""
+    order = np.ascontiguousarray(order, np.int64)
+    nth = numba.get_num_threads()
+    _pages_sum(pages, order, 8 * nth, prefetch)
+    return ((lambda: _pages_sum(pages, order, 8 * nth, prefetch)),
+            order.shape[0] * pages.shape[1] * pages.itemsize)
+
+
+def page_order_reader(pool, order):
+    """:func:`pages_reader` over the pages ``order`` names in ``pool`` (any
+    dtype, 4-byte multiple rows), one page ahead prefetched: what reading
+    exactly the pages a kernel reads, in its order, costs on this machine
+    before any attention arithmetic."""
+    return pages_reader(pool.reshape(pool.shape[0], -1).view(np.float32), order, True)
+
+
+def _gbps(reader, repeat):
+    read, nbytes = reader
+    return nbytes / _best(read, repeat) / 1e9
+
+
+def measure_stream_gbps(nbytes=512 << 20, repeat=5):
+    return _gbps(stream_reader(nbytes), repeat)
 
 
 def measure_page_stream_gbps(nbytes=512 << 20, page_bytes=4096, repeat=5):
@@ -132,25 +160,12 @@ def measure_page_stream_gbps(nbytes=512 << 20, page_bytes=4096, repeat=5):
     pages = hugepage_empty((nbytes // page_bytes, page_bytes // 4), np.float32)
     pages[:] = 1
     order = np.random.default_rng(0).permutation(pages.shape[0])
-    return _pages_gbps(pages, order, False, repeat)
-
-
-def _pages_gbps(pages, order, prefetch, repeat):
-    """GB/s of `_pages_sum` over the pages ``order`` names (best of ``repeat``
-    after a warm-up call)."""
-    order = np.ascontiguousarray(order, np.int64)
-    nth = numba.get_num_threads()
-    _pages_sum(pages, order, 8 * nth, prefetch)
-    t = _best(lambda: _pages_sum(pages, order, 8 * nth, prefetch), repeat)
-    return order.shape[0] * pages.shape[1] * pages.itemsize / t / 1e9
+    return _gbps(pages_reader(pages, order, False), repeat)
 
 
 def measure_page_order_gbps(pool, order, repeat=5):
-    """Bytes/s of a sum with no other arithmetic over the pages ``order``
-    names in ``pool`` (any dtype, 4-byte multiple rows), one page ahead
-    prefetched: what reading exactly the pages a kernel reads, in its order,
-    costs on this machine before any attention arithmetic."""
-    return _pages_gbps(pool.reshape(pool.shape[0], -1).view(np.float32), order, True, repeat)
+    """Bytes/s of :func:`page_order_reader` (best of ``repeat``)."""
+    return _gbps(page_order_reader(pool, order), repeat)
 
 
 def measure_peak_gflops(n=1024, reps=2000, repeat=5):
