@@ -60,6 +60,16 @@ class KVShape:
         token-major."""
         return not self.sparse
 
+    def to_flash(self, kind: int, groups: np.ndarray) -> np.ndarray:
+        """Token-major groups [..., T, D] -> the bytes a flash page holds."""
+        return groups.swapaxes(-1, -2) if kind == K and self.k_dims_major else groups
+
+    def from_flash(self, kind: int, pages: np.ndarray) -> np.ndarray:
+        """Flash pages [..., T, D] as stored -> token-major [..., T, D]."""
+        if kind == K and self.k_dims_major:
+            return pages.reshape(pages.shape[:-2] + (self.head_dim, self.tokens_per_page)).swapaxes(-1, -2)
+        return pages
+
     @property
     def dim_blocks(self) -> int:
         return self.head_dim // self.dims_per_page

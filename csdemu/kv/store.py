@@ -70,9 +70,7 @@ class KVStore:
             self.dram.pages[slots, :rem] = rest
             nfull = full.shape[1]
             if nfull:
-                if kind == K and s.k_dims_major:
-                    full = full.transpose(0, 1, 3, 2)
-                pages.append(full.reshape(-1, T * s.head_dim))
+                pages.append(s.to_flash(kind, full).reshape(-1, T * s.head_dim))
                 heads, groups = np.divmod(np.arange(s.kv_heads * nfull), nfull)
                 keys += [page_key(layer, h, kind, g0 + g) for h, g in zip(heads.tolist(), groups.tolist())]
                 where.append((kind, nfull))
@@ -125,9 +123,7 @@ class KVStore:
             pages, keys = [], []
             if fill[b]:
                 for kind in (K, V):
-                    tail = self.dram.pages[bt.tails[kind, b]]
-                    if kind == K and s.k_dims_major:
-                        tail = tail.transpose(0, 2, 1)
+                    tail = s.to_flash(kind, self.dram.pages[bt.tails[kind, b]])
                     pages.append(tail.reshape(s.kv_heads, -1))
                     keys += [page_key(layer, h, kind, L // T) for h in range(s.kv_heads)]
             if s.sparse and fill_kd[b]:
@@ -268,10 +264,7 @@ class KVStore:
             for g in range(g_lo, g_hi):
                 if g < nfull:
                     ppn = seq.pages[kind][layer, :, g]
-                    page = self.pool[ppn]
-                    if kind == K and s.k_dims_major:
-                        page = page.reshape(s.kv_heads, s.head_dim, T).transpose(0, 2, 1)
-                    groups[:, g - g_lo] = page
+                    groups[:, g - g_lo] = s.from_flash(kind, self.pool[ppn])
                     flash_ppns.append(ppn)
                 else:
                     groups[:, g - g_lo] = self.dram.pages[seq.tail[kind, layer]]
