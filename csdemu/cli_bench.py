@@ -8,6 +8,7 @@ import time
 
 import click
 
+from csdemu import report
 from csdemu.cli import SOCKET_OPT, int_list, main
 from csdemu.qpair import MAX_QUEUE_DEPTH
 
@@ -37,9 +38,7 @@ def emit(result: dict, out: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        for k, v in result.items():
-            if k != "machine":
-                click.echo(f"{k:<24} {v}")
+        click.echo(report.text({k: v for k, v in result.items() if k != "machine"}))
 
 
 @main.group()

@@ -10,6 +10,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
+sys.path.insert(0, ROOT)
+
+from csdemu import report  # noqa: E402
+
+fmt = report.fmt
 
 BENCHES = [
     # (name, argv after `csdemu`)
@@ -41,14 +46,6 @@ def run_script(name, script) -> bool:
     return r.returncode == 0
 
 
-def fmt(v):
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v)
-    return str(v)
-
-
 def render() -> str:
     lines = ["# Benchmarks", "",
              "Written by `make bench` (tools/run_benchmarks.py) from bench/results/*.json. "
@@ -63,12 +60,11 @@ def render() -> str:
                   f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
                   f"Python {m.get('python', '?')}, Linux {m.get('kernel', '?')}; run {m.get('date', '?')}.", "",
                   "| figure | value |", "|---|---|"]
-        tables = {k: v for k, v in data.items()
-                  if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
-        lines += [f"| {k} | {fmt(v)} |" for k, v in data.items() if k not in tables]
+        figures, tables = report.split(data)
+        lines += [f"| {k} | {fmt(v)} |" for k, v in figures.items()]
         lines.append("")
         for k, rows in tables.items():
-            cols = list(rows[0])
+            cols = report.columns(rows)
             lines += [f"{k}:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
             lines.append("")
