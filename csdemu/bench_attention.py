@@ -28,7 +28,9 @@ Daemon section: one layer on the `instinfer` profile, dense and SparF 1/8 on
 the same data: attends/s, wall ÷ modeled time (each attend started on an idle
 drive, so modeled is one command's service time), flash pages sensed and bytes
 moved over the flash channels (SparF's exact pass moves only the selected
-tokens' rows of a page; `sparf_bytes_vs_dense` compares moved bytes).
+tokens' rows of a page; `sparf_bytes_vs_dense` compares moved bytes), and
+`dense_kernel_bytes_per_s`, the dense kernel's rate in the daemon over the
+pages where its FTL put them.
 """
 from __future__ import annotations
 
@@ -225,6 +227,10 @@ def daemon_section(socket_path: str, context: int = 4096, attends: int = 20) -> 
                     out[f"{name}_{key}_ms"] = (after[f"{key}_wall_ns"] - before[f"{key}_wall_ns"]) / attends / 1e6
         finally:
             kv.delete()
+    # the dense kernel inside the daemon, over the pages where the FTL put
+    # them (a prefilled sequence's pages follow each other) rather than a
+    # shuffled pool; this namespace has the SparF layout, so K is token-major
+    out["dense_kernel_bytes_per_s"] = out["dense_flash_bytes"] / (out["dense_kernel_ms"] / 1e3)
     out["realtime_factor"] = out["dense_realtime_factor"]
     out["sparf_bytes_vs_dense"] = out["sparf_flash_bytes"] / out["dense_flash_bytes"]
     return out
