@@ -120,30 +120,34 @@ def qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
     S[srow:srow + G, col:col + n] = Q[qrow:qrow + G] @ Kf[:n].T
 
 
-def _qk_intrinsics(dtype):
-    """(for float32 / bf16 pages, for fp16 pages) intrinsic 4-tuples."""
+def _intrinsics(table, dtype):
+    """(for float32 / bf16 pages, for fp16 pages or None without F16C)
+    4-tuples of ``table``'s intrinsics for 1..4 heads."""
     if dtype == types.float32:
-        q = tuple(_QK["f32", g] for g in (1, 2, 3, 4))
+        q = tuple(table["f32", g] for g in (1, 2, 3, 4))
         return q, q
-    q = tuple(_QK["bf16", g] for g in (1, 2, 3, 4))
+    q = tuple(table["bf16", g] for g in (1, 2, 3, 4))
     if config.F16C:
-        return q, tuple(_QK["f16", g] for g in (1, 2, 3, 4))
+        return q, tuple(table["f16", g] for g in (1, 2, 3, 4))
     return q, None
 
 
-@overload(qk_heads, jit_options={"fastmath": config.FASTMATH})
-def _ol_qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
+def scores_overload(table, name, K):
+    """The overload body of a scores function with ``qk_heads``' signature
+    over ``table``'s per-kind, per-head-count intrinsics (``qk_heads``,
+    ``scores_dims.qk_dims``): heads in groups of up to 4."""
     if K.dtype not in (types.float32, types.uint16):
         return None
-    (q1, q2, q3, q4), fp16 = _qk_intrinsics(K.dtype)
+    (q1, q2, q3, q4), fp16 = _intrinsics(table, K.dtype)
     needs_check = fp16 is None
     p1, p2, p3, p4 = fp16 if fp16 is not None else (q1, q2, q3, q4)
     f32 = K.dtype == types.float32
+    no_f16c = name + ": fp16 pages need F16C"
 
     def impl(K, N, code, valid, Q, qrow, G, S, srow, col):
         plain = f32 or code == config.DTYPE_BF16
         if needs_check and not plain:
-            raise ValueError("qk_heads: fp16 pages need F16C")
+            raise ValueError(no_f16c)
         j = 0
         while j < G:
             g = min(4, G - j)
@@ -169,3 +173,8 @@ def _ol_qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
                     p1(K, N, valid, Q, qrow + j, S, srow + j, col)
             j += g
     return impl
+
+
+@overload(qk_heads, jit_options={"fastmath": config.FASTMATH})
+def _ol_qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
+    return scores_overload(_QK, "qk_heads", K)

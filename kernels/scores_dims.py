@@ -19,6 +19,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
 from . import config
+from .scores import scores_overload
 from .vecir import (PREFETCH_IN_LOOP, W, as_intp, fmuladd, kind_of, load_vec,
                     prefetch, ptr_of, py_widen, splat, vf)
 
@@ -117,44 +118,4 @@ def qk_dims(K, N, code, valid, Q, qrow, G, S, srow, col):
 
 @overload(qk_dims, jit_options={"fastmath": config.FASTMATH})
 def _ol_qk_dims(K, N, code, valid, Q, qrow, G, S, srow, col):
-    if K.dtype == types.float32:
-        q1, q2, q3, q4 = (_QKD["f32", g] for g in (1, 2, 3, 4))
-        fp16 = (q1, q2, q3, q4)
-    elif K.dtype == types.uint16:
-        q1, q2, q3, q4 = (_QKD["bf16", g] for g in (1, 2, 3, 4))
-        fp16 = tuple(_QKD["f16", g] for g in (1, 2, 3, 4)) if config.F16C else None
-    else:
-        return None
-    needs_check = fp16 is None
-    p1, p2, p3, p4 = fp16 if fp16 is not None else (q1, q2, q3, q4)
-    f32 = K.dtype == types.float32
-
-    def impl(K, N, code, valid, Q, qrow, G, S, srow, col):
-        plain = f32 or code == config.DTYPE_BF16
-        if needs_check and not plain:
-            raise ValueError("qk_dims: fp16 pages need F16C")
-        j = 0
-        while j < G:
-            g = min(4, G - j)
-            if g == 4:
-                if plain:
-                    q4(K, N, valid, Q, qrow + j, S, srow + j, col)
-                else:
-                    p4(K, N, valid, Q, qrow + j, S, srow + j, col)
-            elif g == 3:
-                if plain:
-                    q3(K, N, valid, Q, qrow + j, S, srow + j, col)
-                else:
-                    p3(K, N, valid, Q, qrow + j, S, srow + j, col)
-            elif g == 2:
-                if plain:
-                    q2(K, N, valid, Q, qrow + j, S, srow + j, col)
-                else:
-                    p2(K, N, valid, Q, qrow + j, S, srow + j, col)
-            else:
-                if plain:
-                    q1(K, N, valid, Q, qrow + j, S, srow + j, col)
-                else:
-                    p1(K, N, valid, Q, qrow + j, S, srow + j, col)
-            j += g
-    return impl
+    return scores_overload(_QKD, "qk_dims", K)
