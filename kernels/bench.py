@@ -28,6 +28,7 @@ from . import counters as C
 from .attention import dense_attention, sparf_attention
 from .hugepages import hugepage_empty
 from .layout_testing import random_paged_kv
+from .overlap import ACC_LEN, SUM_AT, W as _W, line_sum_fma
 from .prefetch import prefetch_page
 
 
@@ -65,6 +66,25 @@ def _pages_sum(pages, order, nchunks, prefetch):
             s += _sum_f32(pages[order[i]])
         part[c] = s
     return part.sum()
+
+
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, parallel=config.PARALLEL)
+def _overlap_sum(pages, order, nchunks, groups):
+    """:func:`_pages_sum`'s walk (page ``i + 1`` prefetched line by line as
+    page ``i`` is read) with ``groups`` x 8 independent FMAs per line
+    (kernels/overlap.py); returns the pages' sum."""
+    n = order.shape[0]
+    acc = np.zeros((nchunks, ACC_LEN), np.float32)
+    for c in prange(nchunks):
+        hi = (c + 1) * n // nchunks
+        for i in range(c * n // nchunks, hi):
+            nx = order[i + 1] if i + 1 < hi else order[i]
+            line_sum_fma(pages[order[i]], pages[nx], groups, acc[c])
+    s = 0.0
+    for c in range(nchunks):
+        for k in range(SUM_AT, SUM_AT + _W):
+            s += acc[c, k]
+    return s
 
 
 @njit(fastmath=config.FASTMATH_PEAK, cache=config.CACHE)
@@ -144,6 +164,20 @@ def page_order_reader(pool, order):
     exactly the pages a kernel reads, in its order, costs on this machine
     before any attention arithmetic."""
     return pages_reader(pool.reshape(pool.shape[0], -1).view(np.float32), order, True)
+
+
+def overlap_reader(pool, order, fma_per_byte):
+    """:func:`page_order_reader` plus ``fma_per_byte`` scalar FMAs per byte
+    read (rounded up to groups of 8 16-lane FMAs per 64-byte line) that no
+    load feeds: how fast the kernel's pages go by with its arithmetic when
+    reads and arithmetic overlap as well as this machine lets them."""
+    pages = pool.reshape(pool.shape[0], -1).view(np.float32)
+    order = np.ascontiguousarray(order, np.int64)
+    groups = max(1, math.ceil(fma_per_byte * 64 / (16 * 8)))
+    nth = numba.get_num_threads()
+    _overlap_sum(pages, order, 8 * nth, groups)
+    return ((lambda: _overlap_sum(pages, order, 8 * nth, groups)),
+            order.shape[0] * pages.shape[1] * pages.itemsize)
 
 
 def _gbps(reader, repeat):

@@ -4,6 +4,7 @@ the fio bench's CPU-per-I/O arithmetic. Pure code, no daemon."""
 import os
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -29,13 +30,41 @@ def test_page_order_rate_reads_fp16_pools():
     assert np.isfinite(rate) and rate > 0
 
 
+def test_overlap_walk_sums_the_pages_whatever_its_arithmetic():
+    rng = np.random.default_rng(5)
+    pages = rng.random((48, 1024)).astype(np.float32)
+    order = rng.permutation(48)[:30]
+    want = float(pages[order].astype(np.float64).sum())
+    for groups in (0, 1, 3):
+        assert kb._overlap_sum(pages, order, 4, groups) == pytest.approx(want, rel=1e-5)
+
+
+def test_overlap_probe_python_body_matches_the_compiled_one():
+    from kernels.overlap import ACC_LEN, line_sum_fma
+    rng = np.random.default_rng(6)
+    page = rng.random(1024).astype(np.float32)
+    acc_py = rng.random(ACC_LEN).astype(np.float32)
+    acc_jit = acc_py.copy()
+    line_sum_fma(page, page, 2, acc_py)
+    numba.njit(lambda p, g, a: line_sum_fma(p, p, g, a))(page, 2, acc_jit)
+    np.testing.assert_allclose(acc_jit, acc_py, rtol=1e-5)
+
+
+def test_overlap_rate_with_the_kernels_arithmetic():
+    rng = np.random.default_rng(7)
+    pool = rng.integers(0x3000, 0x4000, (32, 16, 128), dtype=np.uint16)
+    read, nbytes = kb.overlap_reader(pool, np.arange(31, -1, -1), 2.0)
+    assert nbytes == pool.nbytes
+    assert np.isfinite(read())
+
+
 def test_attention_kernel_section_small():
     from csdemu.bench_attention import kernel_section
     res = kernel_section(contexts=(64,), repeat=1)
     row = res["contexts"][0]
     assert row["max_abs_err_vs_numpy"] < 1e-2
     for key in ("kernel_vs_stream", "page_order_vs_stream", "kernel_vs_page_order",
-                "kernel_vs_numpy"):
+                "kernel_vs_numpy", "ideal_overlap_vs_stream", "kernel_vs_ideal_overlap"):
         assert res[key] > 0, key
     assert res["page_order_bytes_per_s"] == row["page_order_bytes_per_s"]
 
