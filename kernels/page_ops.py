@@ -122,7 +122,7 @@ def _widen_dims_major(src, code, tmp, kb):
             kb[t, d] = flat[d * T + t]
 
 
-@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
 def page_scores(src, nxt, code, valid, qb, h0, G, kbuf, vbuf, sbuf, col, dims):
     """sbuf[j, col + t] = qb[h0 + j] . K[t] for t < valid, j < G, where the
     page holds K token-major (``dims`` False: row t is token t) or
@@ -148,7 +148,7 @@ def page_scores(src, nxt, code, valid, qb, h0, G, kbuf, vbuf, sbuf, col, dims):
         _scores_widened(qb, h0, G, kbuf[:T], valid, sbuf, col)
 
 
-@njit(fastmath=config.FASTMATH, cache=config.CACHE)
+@njit(fastmath=config.FASTMATH, cache=config.CACHE, inline="always")
 def page_values(src, nxt, code, valid, sbuf, col, G, vbuf, obuf):
     """obuf[j] += sum_{t < valid} sbuf[j, col + t] * page[t] for j < G."""
     T = src.shape[0]

@@ -44,7 +44,7 @@ def _prefetch_line(typingctx, arr, offset):
     return types.none(arr, offset), codegen
 
 
-@overload(prefetch_page, jit_options={"fastmath": config.FASTMATH})
+@overload(prefetch_page, jit_options={"fastmath": config.FASTMATH}, inline="always")
 def _ol_prefetch_page(page):
     if isinstance(page, types.Array):
         if not config.PREFETCH:
@@ -65,7 +65,7 @@ def prefetch_row(pool, p, row):
     return None
 
 
-@overload(prefetch_row, jit_options={"fastmath": config.FASTMATH})
+@overload(prefetch_row, jit_options={"fastmath": config.FASTMATH}, inline="always")
 def _ol_prefetch_row(pool, p, row):
     if isinstance(pool, types.Array):
         if not config.PREFETCH:

@@ -148,8 +148,7 @@ def scores_overload(table, name, K):
         plain = f32 or code == config.DTYPE_BF16
         if needs_check and not plain:
             raise ValueError(no_f16c)
-        j = 0
-        while j < G:
+        for j in range(0, G, 4):
             g = min(4, G - j)
             if g == 4:
                 if plain:
@@ -171,10 +170,9 @@ def scores_overload(table, name, K):
                     q1(K, N, valid, Q, qrow + j, S, srow + j, col)
                 else:
                     p1(K, N, valid, Q, qrow + j, S, srow + j, col)
-            j += g
     return impl
 
 
-@overload(qk_heads, jit_options={"fastmath": config.FASTMATH})
+@overload(qk_heads, jit_options={"fastmath": config.FASTMATH}, inline="always")
 def _ol_qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
     return scores_overload(_QK, "qk_heads", K)

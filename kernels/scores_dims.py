@@ -116,6 +116,6 @@ def qk_dims(K, N, code, valid, Q, qrow, G, S, srow, col):
     S[srow:srow + G, col:col + n] = Q[qrow:qrow + G] @ Kd[:, :n]
 
 
-@overload(qk_dims, jit_options={"fastmath": config.FASTMATH})
+@overload(qk_dims, jit_options={"fastmath": config.FASTMATH}, inline="always")
 def _ol_qk_dims(K, N, code, valid, Q, qrow, G, S, srow, col):
     return scores_overload(_QKD, "qk_dims", K)

@@ -117,7 +117,7 @@ def pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
     O[orow:orow + G] += P[prow:prow + G, pcol:pcol + n] @ Vf[:n]
 
 
-@overload(pv_heads, jit_options={"fastmath": config.FASTMATH})
+@overload(pv_heads, jit_options={"fastmath": config.FASTMATH}, inline="always")
 def _ol_pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
     if V.dtype == types.float32:
         q1, q2, q3, q4 = (_PV["f32", g] for g in (1, 2, 3, 4))
@@ -135,8 +135,7 @@ def _ol_pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
         plain = f32 or code == config.DTYPE_BF16
         if needs_check and not plain:
             raise ValueError("pv_heads: fp16 pages need F16C")
-        j = 0
-        while j < G:
+        for j in range(0, G, 4):
             g = min(4, G - j)
             if g == 4:
                 if plain:
@@ -158,7 +157,6 @@ def _ol_pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
                     q1(V, N, n, P, prow + j, pcol, O, orow + j)
                 else:
                     p1(V, N, n, P, prow + j, pcol, O, orow + j)
-            j += g
     return impl
 
 
