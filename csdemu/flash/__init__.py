@@ -14,6 +14,10 @@
     namespace.py           FlashNamespace: NVMe NVM commands -> FTL
     bench.py               run_flash_bench()
 """
-from csdemu.flash.namespace import FlashNamespace
+from kernels.jitcache import use_source_keyed_cache
+
+use_source_keyed_cache()     # before timing.py, bus.py, datapath.py decorate cached functions
+
+from csdemu.flash.namespace import FlashNamespace  # noqa: E402
 
 __all__ = ["FlashNamespace"]

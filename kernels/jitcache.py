@@ -1,0 +1,56 @@
+"""Numba's on-disk cache, kept per version of the source.
+
+Numba keys a cached function on its own file's timestamp only. A kernel that
+inlines functions from other files (``dense.py`` inlines ``page_ops``,
+``scores``, ``values``; ``flash/timing.py`` inlines ``flash/bus.py``) is
+loaded from the cache unchanged after those files change: after an update,
+the drive would run the old code, and an experiment on a callee would
+measure nothing. So every process that has not been given a cache directory
+(``NUMBA_CACHE_DIR``) uses ``.numba_cache/<digest>`` in the repository, the
+digest covering every ``.py`` file of the packages that hold cached
+functions. Changing any of them gives a fresh directory, and Numba compiles
+anew; an unchanged tree finds its cache as before.
+
+Reads files, imports nothing from them: ``kernels`` still imports nothing
+from ``csdemu``.
+"""
+
+import hashlib
+import os
+
+import numba
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("kernels", "csdemu", "nvme_cmds")
+ENV = "NUMBA_CACHE_DIR"
+
+
+def source_digest(root: str = ROOT) -> str:
+    """sha256 over the relative path and bytes of every .py file of
+    PACKAGES under ``root``, in a fixed order (16 hex digits)."""
+    h = hashlib.sha256(numba.__version__.encode())
+    for pkg in PACKAGES:
+        for dirpath, dirnames, files in os.walk(os.path.join(root, pkg)):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    h.update(os.path.relpath(path, root).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def use_source_keyed_cache() -> str:
+    """Point Numba's cache at ``.numba_cache/<digest>`` unless a directory
+    was chosen already; -> the directory in use. Must run before any
+    ``@njit(cache=True)`` is decorated (Numba picks the directory then);
+    exported through the environment so child processes (the daemon) agree
+    without hashing again."""
+    chosen = os.environ.get(ENV) or numba.config.CACHE_DIR
+    if chosen:
+        return chosen
+    path = os.path.join(ROOT, ".numba_cache", source_digest())
+    numba.config.CACHE_DIR = path
+    os.environ[ENV] = path
+    return path
