@@ -143,3 +143,46 @@ def test_column_reads_sense_whole_pages_and_move_only_their_bytes(clk):
     assert done.tolist() == [30_000 + 512, 30_000 + 100]
     # without sense_bytes a read senses what it moves (as before)
     assert advance(Op.READ, 3, 0, 0, 8192, clk, t) == TR + 8192
+
+
+def _book_reference(busy, ready, dur):
+    """Earliest start >= ready of a `dur`-long transfer that overlaps none of
+    `busy` (a list of [start, end) pairs); books it, fusing touching ones."""
+    t = ready
+    for s, e in sorted(busy):
+        if e <= t:
+            continue
+        if s >= t + dur:
+            break
+        t = e
+    busy.append((t, t + dur))
+    busy.sort()
+    fused = [busy[0]]
+    for s, e in busy[1:]:
+        if s == fused[-1][1]:
+            fused[-1] = (fused[-1][0], e)
+        else:
+            fused.append((s, e))
+    busy[:] = fused
+    return t
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bus_booking_matches_a_plain_interval_model(seed):
+    """Random transfers on one bus, ready times spread over its busy future
+    (front, middle, end, and in gaps that fit or not): every start and the
+    remembered intervals equal the plain model's while the bus has slots."""
+    from csdemu.flash.bus import BUS_SLOTS, book
+    rng = np.random.default_rng(seed)
+    iv = np.zeros((2, 1, BUS_SLOTS), np.int64)
+    st = np.zeros(1, np.int64)
+    busy = []
+    for _ in range(150):
+        horizon = busy[-1][1] if busy else 0
+        ready = int(rng.integers(0, horizon + 2000))
+        dur = int(rng.choice([1, 7, 50, 300, 4096]))
+        want = _book_reference(busy, ready, dur)
+        assert book(iv, st, 0, 0, ready, dur, 0, 0, 0) == want
+        n = int(st[0])
+        assert n == len(busy) and n < BUS_SLOTS
+        assert list(zip(iv[0, 0, :n].tolist(), iv[1, 0, :n].tolist())) == busy
