@@ -44,7 +44,7 @@ def source_digest(root: str = ROOT) -> str:
 def use_source_keyed_cache() -> str:
     """Point Numba's cache at ``.numba_cache/<digest>`` unless a directory
     was chosen already; -> the directory in use. Must run before any
-    ``@njit(cache=True)`` is decorated (Numba picks the directory then);
+    cached Numba function is decorated (Numba picks the directory then);
     exported through the environment so child processes (the daemon) agree
     without hashing again."""
     chosen = os.environ.get(ENV) or numba.config.CACHE_DIR
