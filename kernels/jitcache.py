@@ -17,12 +17,15 @@ from ``csdemu``.
 
 import hashlib
 import os
+import shutil
 
 import numba
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("kernels", "csdemu", "nvme_cmds")
 ENV = "NUMBA_CACHE_DIR"
+#: source versions whose caches are kept (the current one included)
+KEEP = 3
 
 
 def source_digest(root: str = ROOT) -> str:
@@ -50,7 +53,24 @@ def use_source_keyed_cache() -> str:
     chosen = os.environ.get(ENV) or numba.config.CACHE_DIR
     if chosen:
         return chosen
-    path = os.path.join(ROOT, ".numba_cache", source_digest())
+    base = os.path.join(ROOT, ".numba_cache")
+    path = os.path.join(base, source_digest())
+    if not os.path.isdir(path):
+        prune(base, KEEP - 1)
     numba.config.CACHE_DIR = path
     os.environ[ENV] = path
     return path
+
+
+def prune(base: str, keep: int) -> None:
+    """Remove all but the ``keep`` most recently modified cache directories
+    under ``base``: a full cache is ~25 MB, and every edit of the source
+    starts a new one. A process still running an older source finds its
+    directory gone and compiles again; Numba recreates it to save."""
+    try:
+        dirs = [os.path.join(base, d) for d in os.listdir(base)]
+    except FileNotFoundError:
+        return
+    dirs = sorted((d for d in dirs if os.path.isdir(d)), key=os.path.getmtime, reverse=True)
+    for d in dirs[keep:]:
+        shutil.rmtree(d, ignore_errors=True)

@@ -54,3 +54,14 @@ def test_processes_share_the_keyed_directory_and_keep_a_chosen_one(tmp_path):
     assert d == exported == os.path.join(ROOT, ".numba_cache", jitcache.source_digest())
     env["NUMBA_CACHE_DIR"] = str(tmp_path)
     assert _cache_dir(env) == [str(tmp_path), str(tmp_path)]
+
+
+def test_prune_keeps_the_newest_caches(tmp_path):
+    for i, name in enumerate("abcde"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "f.nbi").write_bytes(b"x")
+        os.utime(d, (1000 + i, 1000 + i))
+    jitcache.prune(str(tmp_path), 2)
+    assert sorted(os.listdir(tmp_path)) == ["d", "e"]
+    jitcache.prune(str(tmp_path / "missing"), 2)      # no cache yet: nothing to do
