@@ -109,7 +109,8 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) ->
         # V pages), summed with no attention arithmetic
         order = np.concatenate([np.concatenate([lay.k_pages[b, h], lay.v_pages[b, h]])
                                 for b in range(B) for h in range(HKV)])
-        page_read, page_bytes = page_order_reader(lay.pool, order[order >= 0])
+        order = order[order >= 0]                   # flash pages only
+        page_read, page_bytes = page_order_reader(lay.pool, order)
         # The same K and V as float32 dense arrays for the references.
         K = hugepage_empty((B, HKV, ctx, D), np.float32)
         V = hugepage_empty((B, HKV, ctx, D), np.float32)
@@ -141,7 +142,7 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) ->
                                        k_dims_major=True)
             cached()
             fns["cached"] = cached
-            overlap_read, _ = overlap_reader(lay.pool, order[order >= 0], fma_per_byte)
+            overlap_read, _ = overlap_reader(lay.pool, order, fma_per_byte)
             fns["overlap"] = overlap_read
         if torch is not None:
             qt, kt, vt = (torch.from_numpy(x) for x in (q.reshape(B, HQ, 1, D), K, V))

@@ -28,7 +28,7 @@ from . import counters as C
 from .attention import dense_attention, sparf_attention
 from .hugepages import hugepage_empty
 from .layout_testing import random_paged_kv
-from .overlap import ACC_LEN, SUM_AT, W as _W, line_sum_fma
+from .overlap import ACC_LEN, CHAINS, SUM_AT, W as _W, line_sum_fma
 from .prefetch import prefetch_page
 
 
@@ -148,14 +148,24 @@ def stream_reader(nbytes=512 << 20):
     return (lambda: _stream_sum(a, 8 * nth)), a.nbytes
 
 
-def pages_reader(pages, order, prefetch):
-    """-> (read, nbytes): ``read()`` is one `_pages_sum` over the pages
-    ``order`` names (warmed up once here)."""
+def _walk_reader(walk, pages, order, *args):
+    """-> (read, nbytes): ``read()`` is one ``walk(pages, order, nchunks,
+    *args)`` over the pages ``order`` names (warmed up once here)."""
     order = np.ascontiguousarray(order, np.int64)
-    nth = numba.get_num_threads()
-    _pages_sum(pages, order, 8 * nth, prefetch)
-    return ((lambda: _pages_sum(pages, order, 8 * nth, prefetch)),
+    nchunks = 8 * numba.get_num_threads()
+    walk(pages, order, nchunks, *args)
+    return ((lambda: walk(pages, order, nchunks, *args)),
             order.shape[0] * pages.shape[1] * pages.itemsize)
+
+
+def pages_reader(pages, order, prefetch):
+    """`_pages_sum` over the pages ``order`` names, as :func:`_walk_reader`."""
+    return _walk_reader(_pages_sum, pages, order, prefetch)
+
+
+def _f32_pages(pool):
+    """A pool of any dtype (4-byte multiple pages) as float32 rows, one per page."""
+    return pool.reshape(pool.shape[0], -1).view(np.float32)
 
 
 def page_order_reader(pool, order):
@@ -163,7 +173,7 @@ def page_order_reader(pool, order):
     dtype, 4-byte multiple rows), one page ahead prefetched: what reading
     exactly the pages a kernel reads, in its order, costs on this machine
     before any attention arithmetic."""
-    return pages_reader(pool.reshape(pool.shape[0], -1).view(np.float32), order, True)
+    return pages_reader(_f32_pages(pool), order, True)
 
 
 def overlap_reader(pool, order, fma_per_byte):
@@ -171,13 +181,8 @@ def overlap_reader(pool, order, fma_per_byte):
     read (rounded up to groups of 8 16-lane FMAs per 64-byte line) that no
     load feeds: how fast the kernel's pages go by with its arithmetic when
     reads and arithmetic overlap as well as this machine lets them."""
-    pages = pool.reshape(pool.shape[0], -1).view(np.float32)
-    order = np.ascontiguousarray(order, np.int64)
-    groups = max(1, math.ceil(fma_per_byte * 64 / (16 * 8)))
-    nth = numba.get_num_threads()
-    _overlap_sum(pages, order, 8 * nth, groups)
-    return ((lambda: _overlap_sum(pages, order, 8 * nth, groups)),
-            order.shape[0] * pages.shape[1] * pages.itemsize)
+    groups = max(1, math.ceil(fma_per_byte * 64 / (_W * CHAINS)))
+    return _walk_reader(_overlap_sum, _f32_pages(pool), order, groups)
 
 
 def _gbps(reader, repeat):

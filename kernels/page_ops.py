@@ -161,11 +161,9 @@ def page_values(src, nxt, code, valid, sbuf, col, G, vbuf, obuf):
             # 2 threads, against 21 for two passes of 2 heads over whole rows
             # (the second reads the page from L1)
             hp = 4 if D <= 4 * W else 2
-            j = 0
-            while j < G:
-                g = min(hp, G - j)
-                pv_heads(src, nxt if j == 0 else src, code, valid, sbuf, j, g, col, obuf, j)
-                j += g
+            for j in range(0, G, hp):
+                pv_heads(src, nxt if j == 0 else src, code, valid, sbuf, j, min(hp, G - j),
+                         col, obuf, j)
         else:
             widen_into(src, code, vbuf[:T])
             pv_heads(vbuf, vbuf, DTYPE_F32, valid, sbuf, 0, G, col, obuf, 0)

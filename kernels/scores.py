@@ -16,8 +16,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
 from . import config
-from .vecir import (PREFETCH_IN_LOOP, W, as_intp, fmuladd, kind_of, load_vec,
-                    prefetch, ptr_of, py_widen, reduce_lanes, sub_vector, vf)
+from .vecir import (PREFETCH_IN_LOOP, W, as_intp, fmuladd, intrinsics_by_kind, kind_of,
+                    load_vec, prefetch, ptr_of, py_widen, reduce_lanes, sub_vector, vf)
 
 #: tokens per block for g heads: g * nt accumulators must fit in the 32
 #: vector registers next to the g q vectors and one K vector.
@@ -120,25 +120,13 @@ def qk_heads(K, N, code, valid, Q, qrow, G, S, srow, col):
     S[srow:srow + G, col:col + n] = Q[qrow:qrow + G] @ Kf[:n].T
 
 
-def _intrinsics(table, dtype):
-    """(for float32 / bf16 pages, for fp16 pages or None without F16C)
-    4-tuples of ``table``'s intrinsics for 1..4 heads."""
-    if dtype == types.float32:
-        q = tuple(table["f32", g] for g in (1, 2, 3, 4))
-        return q, q
-    q = tuple(table["bf16", g] for g in (1, 2, 3, 4))
-    if config.F16C:
-        return q, tuple(table["f16", g] for g in (1, 2, 3, 4))
-    return q, None
-
-
 def scores_overload(table, name, K):
     """The overload body of a scores function with ``qk_heads``' signature
     over ``table``'s per-kind, per-head-count intrinsics (``qk_heads``,
     ``scores_dims.qk_dims``): heads in groups of up to 4."""
     if K.dtype not in (types.float32, types.uint16):
         return None
-    (q1, q2, q3, q4), fp16 = _intrinsics(table, K.dtype)
+    (q1, q2, q3, q4), fp16 = intrinsics_by_kind(table, K.dtype)
     needs_check = fp16 is None
     p1, p2, p3, p4 = fp16 if fp16 is not None else (q1, q2, q3, q4)
     f32 = K.dtype == types.float32

@@ -13,8 +13,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
 from . import config
-from .vecir import (PREFETCH_IN_LOOP, W, as_intp, fmuladd, kind_of, load_vec,
-                    prefetch, ptr_of, py_widen, splat, vf)
+from .vecir import (PREFETCH_IN_LOOP, W, as_intp, fmuladd, intrinsics_by_kind, kind_of,
+                    load_vec, prefetch, ptr_of, py_widen, splat, vf)
 
 _KINDS = ("f32", "f16", "bf16")
 
@@ -119,14 +119,9 @@ def pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
 
 @overload(pv_heads, jit_options={"fastmath": config.FASTMATH}, inline="always")
 def _ol_pv_heads(V, N, code, n, P, prow, G, pcol, O, orow):
-    if V.dtype == types.float32:
-        q1, q2, q3, q4 = (_PV["f32", g] for g in (1, 2, 3, 4))
-        fp16 = (q1, q2, q3, q4)
-    elif V.dtype == types.uint16:
-        q1, q2, q3, q4 = (_PV["bf16", g] for g in (1, 2, 3, 4))
-        fp16 = tuple(_PV["f16", g] for g in (1, 2, 3, 4)) if config.F16C else None
-    else:
+    if V.dtype not in (types.float32, types.uint16):
         return None
+    (q1, q2, q3, q4), fp16 = intrinsics_by_kind(_PV, V.dtype)
     needs_check = fp16 is None
     p1, p2, p3, p4 = fp16 if fp16 is not None else (q1, q2, q3, q4)
     f32 = V.dtype == types.float32

@@ -136,3 +136,16 @@ def py_widen(a, code):
     if code == config.DTYPE_BF16:
         return (a.astype(np.uint32) << 16).view(np.float32)
     return a.view(np.float16).astype(np.float32)
+
+
+def intrinsics_by_kind(table, dtype):
+    """(for float32 / bf16 pages, for fp16 pages or None without F16C)
+    4-tuples of ``table``'s intrinsics for 1..4 heads; ``table`` maps
+    (kind, heads) to an intrinsic, ``dtype`` is a page's Numba dtype."""
+    if dtype == types.float32:
+        q = tuple(table["f32", g] for g in (1, 2, 3, 4))
+        return q, q
+    q = tuple(table["bf16", g] for g in (1, 2, 3, 4))
+    if config.F16C:
+        return q, tuple(table["f16", g] for g in (1, 2, 3, 4))
+    return q, None
