@@ -34,6 +34,21 @@ def int_list(ctx, param, value):
     return out
 
 
+def cpu_list(ctx, param, value):
+    """Click callback: "0-1,3" -> {0, 1, 3} (CPUs this process may use), None
+    when not given, or a one-line error naming the option."""
+    if value is None:
+        return None
+    from csdemu.cpus import parse_cpu_list
+    try:
+        return parse_cpu_list(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+CPUS_OPT_HELP = "run only on these CPUs (Linux cpulist, e.g. 1 or 0-3,6) [default: any]"
+
+
 def _connect(socket_path):
     from csdemu import connect
     try:
@@ -92,15 +107,20 @@ def main():
               help="spin this long without work before sleeping")
 @click.option("--engine-threads", default=1, show_default=True, type=click.IntRange(1, 256),
               help="threads for the attention kernels (more only pays on an otherwise idle machine)")
+@click.option("--cpus", default=None, metavar="LIST", callback=cpu_list,
+              help="pin the poller and the engine threads: " + CPUS_OPT_HELP)
 @click.option("--foreground", is_flag=True, help="do not daemonize")
 def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us,
-          engine_threads, foreground):
+          engine_threads, cpus, foreground):
     """Start the drive daemon."""
     socket_path = socket_path or default_socket()
     data_dir = data_dir or default_data_dir()
     if profile and config_file:
         _fail("give --profile or --config, not both")
     if foreground:
+        if cpus is not None:
+            from csdemu.cpus import pin_process
+            pin_process(cpus)
         from csdemu.daemon import Daemon
         from csdemu.device import build_controller
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
@@ -120,6 +140,9 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
             args += [flag, value]
     for item in overrides:
         args += ["--set", item]
+    if cpus is not None:
+        from csdemu.cpus import format_cpu_list
+        args += ["--cpus", format_cpu_list(cpus)]
     log_path = os.path.join(data_dir, "daemon.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

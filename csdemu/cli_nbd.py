@@ -17,7 +17,8 @@ import time
 
 import click
 
-from csdemu.cli import SOCKET_OPT, main
+from csdemu.cli import CPUS_OPT_HELP, SOCKET_OPT, cpu_list, main
+from csdemu.cpus import pin_to
 
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nbd_plugin.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,12 +72,14 @@ class NbdServer:
     on a Unix socket in a temporary directory; `uri` is what fio and nbdsh take."""
 
     def __init__(self, daemon_socket: str | None, nsid: int = 1, threads: int = 16,
-                 plugin: str = PLUGIN, extra=(), nbd_socket: str | None = None):
+                 plugin: str = PLUGIN, extra=(), nbd_socket: str | None = None,
+                 cpus=None):
         self.tmp = tempfile.mkdtemp(prefix="csdemu-nbd-")
         self.nbd_socket = nbd_socket or os.path.join(self.tmp, "nbd.sock")
         self.log_path = os.path.join(self.tmp, "nbdkit.log")
         self.argv = nbdkit_argv(daemon_socket or "", self.nbd_socket, nsid, threads,
                                 plugin=plugin, extra=extra)
+        self.cpus = cpus
         self.proc = None
 
     @property
@@ -86,7 +89,7 @@ class NbdServer:
     def start(self, timeout: float = 30.0) -> "NbdServer":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=self.log)
+                                     stderr=self.log, preexec_fn=pin_to(self.cpus))
         _wait_socket(self.nbd_socket, self.proc, timeout, self.log_path)
         return self
 
@@ -126,8 +129,10 @@ class NbdServer:
 @click.option("--readonly", is_flag=True, help="export read-only")
 @click.option("--run", "run_cmd", default=None, metavar="CMD",
               help="run CMD with $uri set (nbdkit --run), then stop")
+@click.option("--cpus", default=None, metavar="LIST", callback=cpu_list,
+              help="pin nbdkit: " + CPUS_OPT_HELP)
 @click.option("--verbose", is_flag=True, help="nbdkit --verbose")
-def nbd(socket_path, nbd_socket, nsid, threads, readonly, run_cmd, verbose):
+def nbd(socket_path, nbd_socket, nsid, threads, readonly, run_cmd, cpus, verbose):
     """Serve a namespace over NBD (nbdkit + the csdemu Python plugin).
 
     Prints the NBD URI, serves until interrupted (or until --run finishes),
@@ -147,7 +152,7 @@ def nbd(socket_path, nbd_socket, nsid, threads, readonly, run_cmd, verbose):
         raise click.BadParameter(f"{nbd_socket} already exists", param_hint="--nbd-socket")
     before = device_counters(socket_path)
     argv = nbdkit_argv(socket_path, nbd_socket, nsid, threads, readonly, verbose, run_cmd)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=pin_to(cpus))
     try:
         try:
             if run_cmd is None:

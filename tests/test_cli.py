@@ -61,6 +61,9 @@ def test_identify_smart_log_passthru(daemon):
     (["stress", os.path.join(ROOT, "tools", "stress", "decode-dense.ini"), "--profile", "nope"],
      ["profile nope"]),
     (["bench", "generate", "--socket", "/nonexistent.sock"], ["/nonexistent.sock"]),
+    (["start", "--cpus", "x"], ["--cpus", "'x'"]),
+    (["start", "--cpus", "4096"], ["--cpus", "CPU 4096"]),
+    (["nbd", "--cpus", "1-0", "--socket", "/nonexistent.sock"], ["--cpus", "'1-0'"]),
 ])
 def test_bad_arguments_give_one_line(args, needles):
     one_line_error(csdemu(*args), *needles)

@@ -208,3 +208,19 @@ def test_plugin_threads_share_few_lanes(plugin):
         assert len(h.lanes) == 2 and len(h.pool) == 2
     finally:
         mod.close(h)
+
+
+@needs_fio
+def test_nbdkit_runs_on_its_cpus(small_daemon, tmp_path):
+    """`csdemu nbd --cpus` / NbdServer(cpus=): nbdkit and the workers it
+    starts run only there, and it serves."""
+    import run_fio
+    from csdemu.cli_nbd import NbdServer
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    with NbdServer(small_daemon.socket_path, cpus={cpu}) as srv:
+        tasks = os.listdir(f"/proc/{srv.proc.pid}/task")
+        assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tasks)
+        rc, data, err = run_fio.run_fio(os.path.join(ROOT, "tools", "fio", "randread.fio"),
+                                        srv.uri, str(tmp_path / "r.json"), 1)
+        assert rc == 0, err[-500:]
+        assert data["jobs"][0]["read"]["total_ios"] > 0

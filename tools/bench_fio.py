@@ -69,6 +69,21 @@ def cpu_per_io(before: dict, after: dict, ios: int, wall_s: float) -> dict:
     return out
 
 
+def _pair_figures(key: str, best_c: dict, best_b: dict, pairs: list) -> dict:
+    ci, bi = _iops(best_c, "read"), _iops(best_b, "read")
+    return {
+        f"{key}_4k_qd8_iops_csdemu": round(ci, 1),
+        f"{key}_4k_qd8_iops_bytearray": round(bi, 1),
+        f"{key}_ratio_csdemu_over_bytearray": round(ci / bi, 4) if bi else None,
+        f"{key}_ratio_rounds": [round(x, 3) for x in pairs],
+        f"{key}_ratio_median": round(statistics.median(pairs), 4),
+        f"{key}_p50_us_csdemu": _clat_us(best_c, "read", "50.000000"),
+        f"{key}_p50_us_bytearray": _clat_us(best_b, "read", "50.000000"),
+        f"{key}_cpu_csdemu": best_c["cpu"],
+        f"{key}_cpu_bytearray": best_b["cpu"],
+    }
+
+
 def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
                   read_only: bool = False) -> dict:
     import run_fio
@@ -76,6 +91,7 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
     from csdemu.cli_nbd import NbdServer
     from csdemu.spawn import DaemonProcess
     from csdemu.device_counters import counter_deltas, device_counters
+    from csdemu.cpus import format_cpu_list, pin_process
 
     def say(msg):
         if echo:
@@ -98,6 +114,23 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
             data["cpu"] = cpu_per_io(c0, snap(), ios, time.monotonic() - t0)
         return data
 
+    def compare(c_srv, b_srv, daemon_pid, label):
+        """`rounds` interleaved randread runs against each server -> the best
+        run of each and every round's ratio."""
+        best_c = best_b = None
+        pairs = []
+        for r in range(rounds):
+            say(f"{label}round {r + 1}: randread.fio against csdemu")
+            c = fio("randread", c_srv.uri, {"nbdkit": c_srv.proc.pid, "daemon": daemon_pid})
+            say(f"{label}round {r + 1}: randread.fio against the bytearray plugin")
+            b = fio("randread", b_srv.uri, {"nbdkit": b_srv.proc.pid})
+            pairs.append(_iops(c, "read") / _iops(b, "read"))
+            if best_c is None or _iops(c, "read") > _iops(best_c, "read"):
+                best_c = c
+            if best_b is None or _iops(b, "read") > _iops(best_b, "read"):
+                best_b = b
+        return best_c, best_b, pairs
+
     with DaemonProcess(extra_args=extra) as d:
         with NbdServer(d.socket_path) as srv:
             size = None
@@ -107,34 +140,29 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
             with Device(d.socket_path, arena_bytes=1 << 20, io_depth=4) as dev:
                 ns = dev.identify_ns(1)
                 size = ns["nsze"] << ns["lbaf0_lbads"]
-            base = NbdServer(None, plugin=os.path.join(FIO_DIR, "bytearray_plugin.py"),
-                             extra=[f"size={size}"])
-            best_c = best_b = None
-            pairs = []
+            base_plugin = os.path.join(FIO_DIR, "bytearray_plugin.py")
+            base = NbdServer(None, plugin=base_plugin, extra=[f"size={size}"])
             with base:
-                for r in range(rounds):
-                    say(f"round {r + 1}: randread.fio against csdemu")
-                    c = fio("randread", srv.uri, {"nbdkit": srv.proc.pid, "daemon": d.proc.pid})
-                    say(f"round {r + 1}: randread.fio against the bytearray plugin")
-                    b = fio("randread", base.uri, {"nbdkit": base.proc.pid})
-                    pairs.append(_iops(c, "read") / _iops(b, "read"))
-                    if best_c is None or _iops(c, "read") > _iops(best_c, "read"):
-                        best_c = c
-                    if best_b is None or _iops(b, "read") > _iops(best_b, "read"):
-                        best_b = b
-            ci, bi = _iops(best_c, "read"), _iops(best_b, "read")
-            out.update({
-                "randread_4k_qd8_iops_csdemu": round(ci, 1),
-                "randread_4k_qd8_iops_bytearray": round(bi, 1),
-                "randread_ratio_csdemu_over_bytearray": round(ci / bi, 4) if bi else None,
-                "randread_ratio_target": TARGET_RATIO,
-                "randread_ratio_rounds": [round(x, 3) for x in pairs],
-                "randread_ratio_median": round(statistics.median(pairs), 4),
-                "randread_p50_us_csdemu": _clat_us(best_c, "read", "50.000000"),
-                "randread_p50_us_bytearray": _clat_us(best_b, "read", "50.000000"),
-                "randread_cpu_csdemu": best_c["cpu"],
-                "randread_cpu_bytearray": best_b["cpu"],
-            })
+                best_c, best_b, pairs = compare(srv, base, d.proc.pid, "")
+            out.update(_pair_figures("randread", best_c, best_b, pairs))
+            out["randread_ratio_target"] = TARGET_RATIO
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) >= 2:
+                # The daemon alone on the last CPU, nbdkit (either plugin) on the others.
+                dcpu, ncpus = {cpus[-1]}, set(cpus[:-1])
+                pin_process(dcpu, d.proc.pid)
+                try:
+                    with NbdServer(d.socket_path, cpus=ncpus) as psrv, \
+                            NbdServer(None, plugin=base_plugin, extra=[f"size={size}"],
+                                      cpus=ncpus) as pbase:
+                        best_pc, best_pb, ppairs = compare(psrv, pbase, d.proc.pid, "pinned: ")
+                finally:
+                    pin_process(set(cpus), d.proc.pid)
+                out.update(_pair_figures("pinned_randread", best_pc, best_pb, ppairs))
+                out["pinned_cpus"] = {"daemon": format_cpu_list(dcpu),
+                                      "nbdkit": format_cpu_list(ncpus), "fio": "any"}
+                out["pinned_gain_csdemu"] = round(_iops(best_pc, "read") / _iops(best_c, "read"), 4)
+                out["pinned_gain_bytearray"] = round(_iops(best_pb, "read") / _iops(best_b, "read"), 4)
             if read_only:
                 out["machine"] = machine()
                 return out
