@@ -224,3 +224,23 @@ def test_nbdkit_runs_on_its_cpus(small_daemon, tmp_path):
                                         srv.uri, str(tmp_path / "r.json"), 1)
         assert rc == 0, err[-500:]
         assert data["jobs"][0]["read"]["total_ios"] > 0
+
+
+@needs_fio
+def test_fio_bench_reports_default_and_pinned_pairs():
+    """tools/bench_fio.py at its smallest: both comparisons are measured and
+    reported, and the pinned one keeps the daemon off nbdkit's CPUs."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from bench_fio import run_fio_bench
+    res = run_fio_bench(seconds=1, rounds=1, read_only=True)
+    pinned = len(os.sched_getaffinity(0)) >= 2      # the pinned pair needs two CPUs
+    assert ("pinned_cpus" in res) == pinned
+    for key in ("randread", "pinned_randread")[:1 + pinned]:
+        assert res[f"{key}_4k_qd8_iops_csdemu"] > 0 and res[f"{key}_4k_qd8_iops_bytearray"] > 0
+        assert res[f"{key}_ratio_csdemu_over_bytearray"] == pytest.approx(
+            res[f"{key}_4k_qd8_iops_csdemu"] / res[f"{key}_4k_qd8_iops_bytearray"], rel=1e-3)
+        assert res[f"{key}_cpu_csdemu"]["daemon_us_per_io"] > 0
+    if pinned:
+        from csdemu.cpus import parse_cpu_list
+        cpus = res["pinned_cpus"]
+        assert not parse_cpu_list(cpus["daemon"]) & parse_cpu_list(cpus["nbdkit"])
