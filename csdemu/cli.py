@@ -201,7 +201,8 @@ def status(socket_path, as_json):
         click.echo(json.dumps(st, indent=2))
         return
     click.echo(f"pid {st['pid']}  uptime {st['uptime_s']:.1f}s  socket {st['socket']}  "
-               f"profile {st.get('profile', '')}  timing {'realtime' if st['timing_mode'] else 'virtual'}")
+               f"profile {st.get('profile', '')}  timing {'realtime' if st['timing_mode'] else 'virtual'}  "
+               f"cpus {st.get('cpus', '?')}")
     click.echo(f"clients: {len(st['clients'])}  commands: {st['commands']}")
     for c in st["clients"]:
         qs = ", ".join(f"q{q['sqid']}x{q['depth']}" for q in c["queues"])

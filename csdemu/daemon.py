@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from csdemu import jit_watch  # noqa: E402
 from csdemu.control import reachable, send_msg  # noqa: E402
+from csdemu.cpus import format_cpu_list  # noqa: E402
 from csdemu.qpair import CONTROL_BYTES, fence  # noqa: E402
 from csdemu.session import Session  # noqa: E402
 
@@ -259,6 +260,7 @@ class Daemon:
         return {
             "ok": True, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
             "socket": self.socket_path, "timing_mode": int(ctrl.config.timing_mode),
+            "cpus": format_cpu_list(os.sched_getaffinity(0)),
             **self.info,
             "clients": [{"id": s.id, "pid": s.pid, "uid": s.uid, "arena_bytes": s.size,
                          "iommu_regions": len(s.iommu),

@@ -1,4 +1,5 @@
 """`--cpus`: the CPU-list syntax, and a daemon and nbdkit that really run there."""
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,14 @@ ALLOWED = sorted(os.sched_getaffinity(0))
 
 
 def affinities(pid: int) -> list[set]:
-    """The CPUs each thread of `pid` may run on."""
-    return [os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{pid}/task")]
+    """The CPUs each live thread of `pid` may run on."""
+    out = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out.append(os.sched_getaffinity(int(t)))
+        except ProcessLookupError:          # the thread ended meanwhile
+            pass
+    return out
 
 
 def test_parse_and_format_round_trip():
@@ -60,5 +67,7 @@ def test_started_daemon_runs_on_its_cpus(tmp_path):
         assert all(a == {cpu} for a in affinities(pid))
         r = run("identify", "--json")
         assert r.returncode == 0 and '"sqes"' in r.stdout
+        r = run("status", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["cpus"] == str(cpu)
     finally:
         assert run("stop").returncode == 0
