@@ -46,7 +46,11 @@ def cpu_list(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-CPUS_OPT_HELP = "run only on these CPUs (Linux cpulist, e.g. 1 or 0-3,6) [default: any]"
+def cpus_option(what: str):
+    """`--cpus LIST`: pin `what` to those CPUs (parsed by cpu_list)."""
+    return click.option("--cpus", default=None, metavar="LIST", callback=cpu_list,
+                        help=f"pin {what} to these CPUs (Linux cpulist, e.g. 1 or 0-3,6) "
+                             "[default: any]")
 
 
 def _connect(socket_path):
@@ -107,8 +111,7 @@ def main():
               help="spin this long without work before sleeping")
 @click.option("--engine-threads", default=1, show_default=True, type=click.IntRange(1, 256),
               help="threads for the attention kernels (more only pays on an otherwise idle machine)")
-@click.option("--cpus", default=None, metavar="LIST", callback=cpu_list,
-              help="pin the poller and the engine threads: " + CPUS_OPT_HELP)
+@cpus_option("the poller and the engine threads")
 @click.option("--foreground", is_flag=True, help="do not daemonize")
 def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us,
           engine_threads, cpus, foreground):

@@ -17,7 +17,7 @@ import time
 
 import click
 
-from csdemu.cli import CPUS_OPT_HELP, SOCKET_OPT, cpu_list, main
+from csdemu.cli import SOCKET_OPT, cpus_option, main
 from csdemu.cpus import pin_to
 
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nbd_plugin.py")
@@ -129,8 +129,7 @@ class NbdServer:
 @click.option("--readonly", is_flag=True, help="export read-only")
 @click.option("--run", "run_cmd", default=None, metavar="CMD",
               help="run CMD with $uri set (nbdkit --run), then stop")
-@click.option("--cpus", default=None, metavar="LIST", callback=cpu_list,
-              help="pin nbdkit: " + CPUS_OPT_HELP)
+@cpus_option("nbdkit and its worker threads")
 @click.option("--verbose", is_flag=True, help="nbdkit --verbose")
 def nbd(socket_path, nbd_socket, nsid, threads, readonly, run_cmd, cpus, verbose):
     """Serve a namespace over NBD (nbdkit + the csdemu Python plugin).

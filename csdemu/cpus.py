@@ -18,12 +18,13 @@ def parse_cpu_list(text: str) -> set[int]:
     cpus: set[int] = set()
     for item in str(text).replace(" ", "").split(","):
         lo, sep, hi = item.partition("-")
+        bad = ValueError(f"{item!r} is not a CPU number or range (e.g. 1 or 0-3,6)")
         try:
             first, last = int(lo), int(hi if sep else lo)
         except ValueError:
-            raise ValueError(f"{item!r} is not a CPU number or range (e.g. 1 or 0-3,6)") from None
+            raise bad from None
         if first < 0 or last < first:
-            raise ValueError(f"{item!r} is not a CPU number or range (e.g. 1 or 0-3,6)")
+            raise bad
         for c in range(first, last + 1):
             if c not in allowed:
                 raise ValueError(f"CPU {c} is not available here (allowed: {format_cpu_list(allowed)})")
@@ -40,14 +41,27 @@ def format_cpu_list(cpus) -> str:
     return ",".join(out)
 
 
-def pin_process(cpus, pid: int | str = "self") -> None:
-    """Confine every thread of process `pid` (this one by default) to `cpus`;
-    threads started later inherit it from the one that starts them."""
+def each_thread(fn, pid: int | str = "self") -> list:
+    """``fn(tid)`` for every thread of process `pid` (this one by default)
+    -> the results; a thread that ends meanwhile is skipped."""
+    out = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            os.sched_setaffinity(int(tid), cpus)
-        except ProcessLookupError:      # the thread ended meanwhile
+            out.append(fn(int(tid)))
+        except ProcessLookupError:
             pass
+    return out
+
+
+def pin_process(cpus, pid: int | str = "self") -> None:
+    """Confine every thread of process `pid` to `cpus`; threads started
+    later inherit it from the one that starts them."""
+    each_thread(lambda tid: os.sched_setaffinity(tid, cpus), pid)
+
+
+def thread_affinities(pid: int | str = "self") -> list[set[int]]:
+    """The CPUs each thread of process `pid` may run on."""
+    return each_thread(os.sched_getaffinity, pid)
 
 
 def pin_to(cpus):

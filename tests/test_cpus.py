@@ -6,20 +6,9 @@ import sys
 
 import pytest
 
-from csdemu.cpus import format_cpu_list, parse_cpu_list, pin_process
+from csdemu.cpus import format_cpu_list, parse_cpu_list, pin_process, thread_affinities
 
 ALLOWED = sorted(os.sched_getaffinity(0))
-
-
-def affinities(pid: int) -> list[set]:
-    """The CPUs each live thread of `pid` may run on."""
-    out = []
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out.append(os.sched_getaffinity(int(t)))
-        except ProcessLookupError:          # the thread ended meanwhile
-            pass
-    return out
 
 
 def test_parse_and_format_round_trip():
@@ -47,12 +36,12 @@ def test_pin_process_covers_every_thread():
     t.start()
     try:
         pin_process({ALLOWED[0]})
-        assert all(a == {ALLOWED[0]} for a in affinities(os.getpid()))
+        assert all(a == {ALLOWED[0]} for a in thread_affinities())
     finally:
         pin_process(set(ALLOWED))
         stop.set()
         t.join()
-    assert all(a == set(ALLOWED) for a in affinities(os.getpid()))
+    assert all(a == set(ALLOWED) for a in thread_affinities())
 
 
 def test_started_daemon_runs_on_its_cpus(tmp_path):
@@ -64,7 +53,7 @@ def test_started_daemon_runs_on_its_cpus(tmp_path):
     assert r.returncode == 0, r.stderr
     try:
         pid = int(r.stdout.split()[2])          # "csdemu daemon PID listening on ..."
-        assert all(a == {cpu} for a in affinities(pid))
+        assert all(a == {cpu} for a in thread_affinities(pid))
         r = run("identify", "--json")
         assert r.returncode == 0 and '"sqes"' in r.stdout
         r = run("status", "--json")

@@ -218,8 +218,8 @@ def test_nbdkit_runs_on_its_cpus(small_daemon, tmp_path):
     from csdemu.cli_nbd import NbdServer
     cpu = sorted(os.sched_getaffinity(0))[0]
     with NbdServer(small_daemon.socket_path, cpus={cpu}) as srv:
-        tasks = os.listdir(f"/proc/{srv.proc.pid}/task")
-        assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tasks)
+        from csdemu.cpus import thread_affinities
+        assert all(a == {cpu} for a in thread_affinities(srv.proc.pid))
         rc, data, err = run_fio.run_fio(os.path.join(ROOT, "tools", "fio", "randread.fio"),
                                         srv.uri, str(tmp_path / "r.json"), 1)
         assert rc == 0, err[-500:]
