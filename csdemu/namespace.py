@@ -45,6 +45,10 @@ class Namespace(Protocol):
     nlbas: int             # capacity in logical blocks
 
     def process_io(self, req: Request) -> Result: ...
+    # Optional fast path for a Read whose host buffer is in the client's arena:
+    # def read_into(self, cdw10, cdw11, cdw12, arrival_ns, out) -> int: ...
+    # fills `out` and returns done_ns, exactly as process_io would have served
+    # it, or returns -1 having done nothing (the controller then calls process_io).
     # Vendor (80h-FFh) commands only: -> (status, bytes in, bytes out, metadata bytes)
     # def data_lengths(self, opcode: int, cdw: tuple) -> tuple[int, int, int, int]: ...
     def identify(self) -> bytes: ...       # 4096-byte Identify Namespace (CNS 00h)

@@ -53,6 +53,7 @@ def _block_paths(dev) -> None:
     dev.read(0, 300)
     dev.write_zeroes(0, 512)
     dev.trim(1024, 512)
+    dev.read(1000, 600)              # partly trimmed: the general read path, not read_into
     dev.flush()
 
 

@@ -111,6 +111,26 @@ def test_prp_dma_into_registered_memory(dev):
     assert c.status == Status.DATA_TRANSFER_ERROR
 
 
+def test_arena_and_prp_reads_agree(dev):
+    """A Read into the arena takes the controller's one-call path, a PRP Read
+    the general one: same data, and both counted as host reads of NAND pages."""
+    bs = dev.lba_size()
+    src = np.random.default_rng(3).integers(0, 256, 6 * bs, dtype=np.uint8)
+    dev.write(300, src)
+    dst = np.zeros(6 * bs, np.uint8)
+    s0, f0 = dev.smart(), dev.flash_log()
+    assert np.array_equal(dev.read(300, 6), src)
+    dev.register(dst)
+    try:
+        assert dev.io.execute(NvmOpcode.READ, nsid=1, prp1=dst.ctypes.data, cdw10=300, cdw12=5).ok
+    finally:
+        dev.unregister(dst)
+    assert np.array_equal(dst, src)
+    s1, f1 = dev.smart(), dev.flash_log()
+    assert s1["host_read_commands"] - s0["host_read_commands"] == 2
+    assert f1["nand_pages_read"] - f0["nand_pages_read"] == 2 * 6 * bs // 4096
+
+
 def test_idle_daemon_sleeps_and_wakes_on_doorbell(daemon):
     with csdemu.connect(daemon.socket_path) as d:
         before = status_of(daemon.socket_path)["sleeps"]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from csdemu.flash.timing import _run
 
@@ -105,6 +108,32 @@ def read_cmd(ppns, geo, start, floor, st, iv, prm, scr):
         if scr[4, j] > mx:
             mx = scr[4, j]
     return mx, run
+
+
+@numba.njit(cache=True, nogil=True)
+def read_into(l2p, lpn0, n, data, out, geo, start, floor, st, iv, prm, scr):
+    """read_cmd for LPNs lpn0..lpn0+n-1 that also moves the pages into `out`
+    (the host's buffer): the whole mapped read in one call. -> done, or -1
+    (nothing charged or copied) if some page is unmapped."""
+    ppns = l2p[lpn0:lpn0 + n]
+    done, _ = read_cmd(ppns, geo, start, floor, st, iv, prm, scr)
+    if done < 0:
+        return -1
+    pb = data.shape[1]
+    for i in range(n):
+        _memcpy(out[i * pb:(i + 1) * pb], data[ppns[i]], pb)
+    return done
+
+
+@intrinsic
+def _memcpy(typingctx, dst, src, nbytes):
+    """memcpy between two C-contiguous arrays: Numba's slice assignment of a
+    4 KiB page takes about three times as long (it guards against overlap)."""
+    def codegen(context, builder, sig, args):
+        d = context.make_array(sig.args[0])(context, builder, args[0])
+        s = context.make_array(sig.args[1])(context, builder, args[1])
+        cgutils.raw_memcpy(builder, d.data, s.data, args[2], 1)
+    return types.void(dst, src, nbytes), codegen
 
 
 @numba.njit(cache=True, nogil=True)

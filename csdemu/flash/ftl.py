@@ -280,6 +280,21 @@ class BlockFTL:
             out[m] = self.nand.data[mp]
         return True, out, done
 
+    def read_into(self, lpn0: int, n: int, t0: int, out) -> int:
+        """read() of n mapped pages straight into `out` (the host's buffer,
+        n * page_bytes uint8) -> done_ns, or -1 with nothing done when a page
+        is unmapped or faults are armed (the caller then takes read())."""
+        if self.faults.active:
+            return -1
+        c = self.clocks
+        done = dp.read_into(self.l2p, lpn0, n, self.nand.data, out, self._geo, t0, self.floor,
+                            c.state, c.iv, self.prm, self._scratch(n))
+        if done >= 0:
+            cnt = self.counters
+            cnt["host_pages_read"] += n
+            cnt["nand_pages_read"] += n
+        return done
+
     def read_fault(self, n: int) -> bool:
         """Draw read faults for n pages; on failure count a media error."""
         fail = self.faults.check("read", n)

@@ -141,7 +141,7 @@ class FlashNamespace:
             return Result(st, req.arrival_ns)
         slba, nlb, _ = r
         nbytes = nlb * self.lba_size
-        t0 = req.arrival_ns + (self._fw[1] if nbytes <= 4096 else self._fw[0])
+        t0 = req.arrival_ns + self._read_fw(nbytes)
         lpp = self.lpp
         self.host["read_cmds"] += 1
         if lpp == 1:
@@ -157,6 +157,31 @@ class FlashNamespace:
         off = (slba - lp0 * lpp) * self.lba_size
         self.host["bytes_read"] += nbytes
         return Result(Status.SUCCESS, done, data=data.reshape(-1)[off:off + nbytes])
+
+    def _read_fw(self, nbytes: int) -> int:
+        return self._fw[1] if nbytes <= 4096 else self._fw[0]
+
+    def read_into(self, cdw10: int, cdw11: int, cdw12: int, arrival_ns: int, out) -> int:
+        """The common Read, without a Request: mapped pages, LBA = page, the
+        host buffer in the client's arena; the data goes straight into `out`
+        (nlb * lba_size uint8). -> done_ns, or -1 having done nothing, and the
+        controller takes process_io, which also reports any error."""
+        if self.lpp != 1 or cdw12 & RW_RSVD:
+            return -1
+        slba = (cdw10 & 0xFFFFFFFF) | ((cdw11 & 0xFFFFFFFF) << 32)
+        nlb = (cdw12 & 0xFFFF) + 1
+        if slba + nlb > self.nlbas:
+            return -1
+        ftl = self.ftl
+        if arrival_ns > ftl.floor:
+            ftl.floor = arrival_ns
+        nbytes = nlb * self.lba_size
+        done = ftl.read_into(slba, nlb, arrival_ns + self._read_fw(nbytes), out)
+        if done >= 0:
+            host = self.host
+            host["read_cmds"] += 1
+            host["bytes_read"] += nbytes
+        return done
 
     # ------------------------------------------------------------------ WRITE
     def _write(self, req: Request) -> Result:
