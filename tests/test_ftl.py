@@ -439,6 +439,10 @@ def test_read_into_matches_process_io(tmp_path):
         else:
             assert np.array_equal(before, a.ftl.clocks.state)
         _same_state(a, b)
+    before = a.ftl.clocks.state.copy()
+    assert a.read_into(0, 0, 0, t + 150_000, np.zeros(a.lba_size - 1, np.uint8)) == -1  # short buffer
+    assert np.array_equal(before, a.ftl.clocks.state)
+    _same_state(a, b)
     for ns in nss:
         ns.set_fault_injection(read_fail_every=2)
     done, _, ra, rb = _read_both(a, b, 0, 1, t + 200_000)

@@ -114,26 +114,34 @@ def read_cmd(ppns, geo, start, floor, st, iv, prm, scr):
 def read_into(l2p, lpn0, n, data, out, geo, start, floor, st, iv, prm, scr):
     """read_cmd for LPNs lpn0..lpn0+n-1 that also moves the pages into `out`
     (the host's buffer): the whole mapped read in one call. -> done, or -1
-    (nothing charged or copied) if some page is unmapped."""
+    (nothing charged or copied) if some page is unmapped or `out` is short."""
+    pb = data.shape[1]
+    if out.shape[0] < n * pb:
+        return -1
     ppns = l2p[lpn0:lpn0 + n]
     done, _ = read_cmd(ppns, geo, start, floor, st, iv, prm, scr)
     if done < 0:
         return -1
-    pb = data.shape[1]
     for i in range(n):
-        _memcpy(out[i * pb:(i + 1) * pb], data[ppns[i]], pb)
+        _memcpy(out, i * pb, data, ppns[i] * pb, pb)
     return done
 
 
 @intrinsic
-def _memcpy(typingctx, dst, src, nbytes):
-    """memcpy between two C-contiguous arrays: Numba's slice assignment of a
-    4 KiB page takes about three times as long (it guards against overlap)."""
+def _memcpy(typingctx, dst, dst_off, src, src_off, nbytes):
+    """memcpy(dst + dst_off, src + src_off, nbytes) for C-contiguous uint8
+    arrays; the caller checks the bounds. Numba's slice assignment of a 4 KiB
+    page takes about three times as long (it guards against overlap)."""
+    if not all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == types.uint8
+               for a in (dst, src)):
+        return None
+
     def codegen(context, builder, sig, args):
         d = context.make_array(sig.args[0])(context, builder, args[0])
-        s = context.make_array(sig.args[1])(context, builder, args[1])
-        cgutils.raw_memcpy(builder, d.data, s.data, args[2], 1)
-    return types.void(dst, src, nbytes), codegen
+        s = context.make_array(sig.args[2])(context, builder, args[2])
+        cgutils.raw_memcpy(builder, builder.gep(d.data, [args[1]]),
+                           builder.gep(s.data, [args[3]]), args[4], 1)
+    return types.void(dst, dst_off, src, src_off, nbytes), codegen
 
 
 @numba.njit(cache=True, nogil=True)
