@@ -37,6 +37,7 @@ numjobs=1
 verify=crc32c
 verify_fatal=1
 do_verify=1
+verify_state_save=0
 """
 # Few sequences: every KV sequence holds whole open lines (see docs/torture.md).
 STRESS_JOB = """
