@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csdemu.flash import FlashNamespace
-from csdemu.flash.lines import FULL
+from csdemu.flash.lines import FULL, OPEN
 from csdemu.namespace import Request
 from tests.naive_ftl import scratch_dir, DictFTL, Host, pattern, profile, rw_cmd, tiny_profile
 from nvme_cmds.logs import FLASH_LOG
@@ -354,6 +354,17 @@ def test_kv_streams_stay_within_their_lines_and_the_host_keeps_its_capacity(tmp_
             n = min(64, ns.nlbas - lba)
             assert host.write(lba, blob(lba, n, v)).status == Status.SUCCESS
     assert ns.stats()["gc_runs"] > 0
+    lm = ftl.lines
+
+    def held():       # what kv_held counts, from the line states
+        return int((((lm.state == FULL) | (lm.state == OPEN)) & (lm.stream >= 2)).sum())
+    assert ftl.kv_held() == held() == ftl.kv_lines
+    for s in streams[::2]:
+        ftl.release_stream(s, 0)
+    ftl.reclaim_empty(0)
+    assert ftl.kv_held() == held() == ftl.kv_lines - len(streams[::2])
+    has_stream = lm.stream >= 0
+    assert np.array_equal(has_stream, (lm.state == OPEN) | (lm.state == FULL))
     ns.close()
 
 

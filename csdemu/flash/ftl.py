@@ -20,7 +20,7 @@ from csdemu.flash import gc as gcmod
 from csdemu.flash.checkpoint import TrimJournal, load_checkpoint, mark_unclean, save_checkpoint
 from csdemu.flash.faults import FaultInjector
 from csdemu.flash.geometry import Geometry
-from csdemu.flash.lines import FIRST_USER_STREAM, FULL, OPEN, STREAM_GC, STREAM_HOST, LineManager
+from csdemu.flash.lines import FIRST_USER_STREAM, STREAM_GC, STREAM_HOST, LineManager
 from csdemu.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, NandArray
 from csdemu.flash.recovery import rebuild
 from csdemu.flash.timing import Clocks, NandTiming, Op, _pcie, advance_batch
@@ -359,8 +359,7 @@ class BlockFTL:
 
     def kv_held(self) -> int:
         """Lines held by user streams (KV sequences)."""
-        lm = self.lines
-        return int((((lm.state == FULL) | (lm.state == OPEN)) & (lm.stream >= FIRST_USER_STREAM)).sum())
+        return self.lines.user_lines()
 
     def kv_unused(self) -> int:
         """Free lines kept for KV streams that they have not taken yet."""

@@ -186,6 +186,12 @@ class LineManager:
         else:
             self.state[line] = RETIRED
 
+    def user_lines(self) -> int:
+        """Lines held by user streams (>= FIRST_USER_STREAM). A line has a
+        stream exactly while it is OPEN or FULL (_open sets it; release and
+        rebuild clear it), so the stream column alone says."""
+        return int(np.count_nonzero(self.stream >= FIRST_USER_STREAM))
+
     def stream_lines(self, stream: int) -> np.ndarray:
         return np.flatnonzero((self.stream == stream) & (self.state != FREE))
 
