@@ -20,7 +20,7 @@ from csdemu.dma import dma_from_host, dma_to_host
 from csdemu.namespace import Request
 from csdemu.qpair import CONTROL_BYTES
 from nvme_cmds.features import TimingMode
-from nvme_cmds.nvm import CDW12_FUA, nvm_data_lengths
+from nvme_cmds.nvm import CDW12_FUA, nlb, nvm_data_lengths
 from nvme_cmds.opcodes import NvmOpcode, VendorIoOpcode
 from nvme_cmds.spec import FLAGS_FUSE_MASK, FLAGS_PSDT_SHIFT, FLAGS_RSVD_MASK
 from nvme_cmds.status import DNR_BIT, Status, split_status
@@ -337,7 +337,7 @@ class Controller:
         read_into = getattr(ns, "read_into", None)
         if read_into is None or self.owners.get(nsid, session.id) != session.id:
             return False
-        length = ((cmd[11] & 0xFFFF) + 1) * ns.lba_size
+        length = nlb(cmd[11]) * ns.lba_size
         addr = cmd[7]
         if length > self.config.mdts_bytes or self._sgl_status(session, addr, cmd[8], length):
             return False

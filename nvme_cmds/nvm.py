@@ -21,7 +21,13 @@ DSM_MAX_RANGES = 256
 
 
 def slba(cdw10: int, cdw11: int) -> int:
-    return cdw10 | (cdw11 << 32)
+    """Starting LBA of a Read/Write/Write Zeroes (CDW10 low, CDW11 high dword)."""
+    return (cdw10 & 0xFFFFFFFF) | ((cdw11 & 0xFFFFFFFF) << 32)
+
+
+def nlb(cdw12: int) -> int:
+    """Blocks a Read/Write/Write Zeroes covers (CDW12 NLB is 0's based)."""
+    return (cdw12 & CDW12_NLB_MASK) + 1
 
 
 def lba_cdws(lba: int, nblocks: int, fua: bool = False) -> dict:
@@ -33,9 +39,9 @@ def lba_cdws(lba: int, nblocks: int, fua: bool = False) -> dict:
 def nvm_data_lengths(opc: int, cdw10: int, cdw12: int, lba_size: int) -> tuple[int, int]:
     """-> (bytes host→controller, bytes controller→host) for an NVM command."""
     if opc == NvmOpcode.WRITE:
-        return ((cdw12 & CDW12_NLB_MASK) + 1) * lba_size, 0
+        return nlb(cdw12) * lba_size, 0
     if opc == NvmOpcode.READ:
-        return 0, ((cdw12 & CDW12_NLB_MASK) + 1) * lba_size
+        return 0, nlb(cdw12) * lba_size
     if opc == NvmOpcode.DATASET_MANAGEMENT:
         return ((cdw10 & 0xFF) + 1) * DSM_RANGE.itemsize, 0
     return 0, 0

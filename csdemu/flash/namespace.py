@@ -28,6 +28,8 @@ from csdemu.flash.ftl import BlockFTL
 from csdemu.namespace import Request, Result
 from csdemu.profile import Profile, load_profile, profile_from_dict
 from nvme_cmds.logs import FLASH_LOG, MAX_CHANNELS, SMART_LOG, LogPage, u128
+from nvme_cmds import nvm
+from nvme_cmds.nvm import CDW11_DSM_AD, CDW12_DEAC, CDW12_FUA, CDW12_RSVD_RW, DSM_RANGE
 from nvme_cmds.opcodes import NvmOpcode
 from nvme_cmds.status import Status
 
@@ -36,15 +38,11 @@ log = logging.getLogger("csdemu.flash")
 DEVICE_FILE = "device.json"
 FORMAT_VERSION = 1
 
-FUA_BIT = 1 << 30
-# CDW12 bits we do not support / that are reserved (LR bit 31, FUA bit 30 and
-# NLB 15:0 are accepted; Write Zeroes also accepts DEAC bit 25).
-RW_RSVD = 0x3FFF_0000            # PRINFO 29:26, STC, DTYPE 23:20, reserved 19:16
-WZ_RSVD = 0x3DFF_0000            # as above, but DEAC (bit 25) allowed
+# Read and Write refuse CDW12_RSVD_RW (bits csdemu does not implement or the
+# spec reserves); Write Zeroes also accepts DEAC.
+WZ_RSVD = CDW12_RSVD_RW & ~CDW12_DEAC
 DSM_CDW10_RSVD = 0xFFFF_FF00
 DSM_CDW11_RSVD = 0xFFFF_FFF8
-DSM_AD = 1 << 2
-DSM_RANGE = np.dtype([("cattr", "<u4"), ("nlb", "<u4"), ("slba", "<u8")])
 
 
 def _nbytes(buf) -> int:
@@ -125,18 +123,24 @@ class FlashNamespace:
 
     def _range(self, req: Request, rsvd: int):
         c = req.cdw
-        cdw12 = c[2]
+        first, n, st = self._lbas(c[0], c[1], c[2], rsvd)
+        if st:
+            return None, st
+        return (first, n, bool(c[2] & CDW12_FUA) or req.fua), Status.SUCCESS
+
+    def _lbas(self, cdw10: int, cdw11: int, cdw12: int, rsvd: int) -> tuple[int, int, int]:
+        """-> (first LBA, blocks, status) of an LBA command: Invalid Field if
+        CDW12 has a bit of `rsvd` set, LBA Out of Range past the end."""
         if cdw12 & rsvd:
-            return None, Status.INVALID_FIELD
-        slba = (c[0] & 0xFFFFFFFF) | ((c[1] & 0xFFFFFFFF) << 32)
-        nlb = (cdw12 & 0xFFFF) + 1
-        if slba + nlb > self.nlbas:
-            return None, Status.LBA_OUT_OF_RANGE
-        return (slba, nlb, bool(cdw12 & FUA_BIT) or req.fua), Status.SUCCESS
+            return 0, 0, Status.INVALID_FIELD
+        first, n = nvm.slba(cdw10, cdw11), nvm.nlb(cdw12)
+        if first + n > self.nlbas:
+            return first, n, Status.LBA_OUT_OF_RANGE
+        return first, n, Status.SUCCESS
 
     # ------------------------------------------------------------------ READ
     def _read(self, req: Request) -> Result:
-        r, st = self._range(req, RW_RSVD)
+        r, st = self._range(req, CDW12_RSVD_RW)
         if r is None:
             return Result(st, req.arrival_ns)
         slba, nlb, _ = r
@@ -166,17 +170,16 @@ class FlashNamespace:
         host buffer in the client's arena; the data goes straight into `out`
         (nlb * lba_size uint8). -> done_ns, or -1 having done nothing, and the
         controller takes process_io, which also reports any error."""
-        if self.lpp != 1 or cdw12 & RW_RSVD:
+        if self.lpp != 1:
             return -1
-        slba = (cdw10 & 0xFFFFFFFF) | ((cdw11 & 0xFFFFFFFF) << 32)
-        nlb = (cdw12 & 0xFFFF) + 1
-        if slba + nlb > self.nlbas:
+        first, n, st = self._lbas(cdw10, cdw11, cdw12, CDW12_RSVD_RW)
+        if st:
             return -1
         ftl = self.ftl
         if arrival_ns > ftl.floor:
             ftl.floor = arrival_ns
-        nbytes = nlb * self.lba_size
-        done = ftl.read_into(slba, nlb, arrival_ns + self._read_fw(nbytes), out)
+        nbytes = n * self.lba_size
+        done = ftl.read_into(first, n, arrival_ns + self._read_fw(nbytes), out)
         if done >= 0:
             host = self.host
             host["read_cmds"] += 1
@@ -185,7 +188,7 @@ class FlashNamespace:
 
     # ------------------------------------------------------------------ WRITE
     def _write(self, req: Request) -> Result:
-        r, st = self._range(req, RW_RSVD)
+        r, st = self._range(req, CDW12_RSVD_RW)
         if r is None:
             return Result(st, req.arrival_ns)
         slba, nlb, fua = r
@@ -268,7 +271,7 @@ class FlashNamespace:
             return Result(Status.LBA_OUT_OF_RANGE, req.arrival_ns)
         t0 = req.arrival_ns + self._fw[4]
         done = t0
-        if c[1] & DSM_AD:
+        if c[1] & CDW11_DSM_AD:
             for rg in ranges:
                 if int(rg["nlb"]):
                     done = max(done, self._zero(int(rg["slba"]), int(rg["nlb"]), t0, False))
