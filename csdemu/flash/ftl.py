@@ -363,8 +363,6 @@ class BlockFTL:
 
     def kv_unused(self) -> int:
         """Free lines kept for KV streams that they have not taken yet."""
-        if not self.kv_lines:
-            return 0                # a block-only drive: skip kv_held's pass over the lines
         return max(0, self.kv_lines - self.kv_held())
 
     def host_free(self) -> int:
