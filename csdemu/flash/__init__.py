@@ -9,6 +9,7 @@
     faults.py              reproducible fault injection
     datapath.py            compiled per-command page work
     ftl.py                 the block FTL (L2P, write/read/deallocate/flush)
+    streams.py             user (KV) streams on the same flash; their line budget
     checkpoint.py          L2P checkpoints and the deallocation journal
     recovery.py            rebuild after a restart (checkpoint + OOB scan)
     namespace.py           FlashNamespace: NVMe NVM commands -> FTL

@@ -10,6 +10,8 @@ lines when free lines run low. Every modeled NAND, channel and PCIe cost is
 charged on the shared clocks (timing.py); methods take the time the work may
 start and return when it ends. The FTL never touches queues or shared
 memory; csdemu.flash.namespace decodes NVMe commands into these calls.
+The KV layer's own streams on the same flash, and the line budget between
+them and the host, are streams.py's (mixed in).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from csdemu.flash.geometry import Geometry
 from csdemu.flash.lines import FIRST_USER_STREAM, STREAM_GC, STREAM_HOST, LineManager
 from csdemu.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, NandArray
 from csdemu.flash.recovery import rebuild
+from csdemu.flash.streams import UserStreams
 from csdemu.flash.timing import Clocks, NandTiming, Op, _pcie, advance_batch
 
 COUNTERS = ("host_pages_written", "host_pages_read", "nand_pages_written", "nand_pages_read",
@@ -30,7 +33,7 @@ COUNTERS = ("host_pages_written", "host_pages_read", "nand_pages_written", "nand
             "erase_failures", "media_errors", "pages_deallocated", "checkpoints")
 
 
-class BlockFTL:
+class BlockFTL(UserStreams):
     def __init__(self, profile, data_dir, *, create: bool, sync_before_erase: bool = True,
                  checkpoint_every_pages: int | None = None):
         self.profile = profile
@@ -342,57 +345,6 @@ class BlockFTL:
             return
         self.checkpoint(clean=True)
         self.nand.close()
-
-    # ------------------------------------------------------------------ streams
-    def stream_write(self, stream: int, keys: np.ndarray, pages: np.ndarray, t0: int):
-        """Program pages into `stream`'s own lines (stream >= 2). `keys` go in
-        the OOB lpn field for the owner's recovery. -> (ppns or None, done_ns)."""
-        if stream <= STREAM_GC:
-            raise ValueError("streams 0 and 1 belong to the block FTL")
-        if not self._within_kv_budget(stream, pages.shape[0]):
-            return None, t0
-        t = self.gc_if_needed(t0)
-        ppns, t_prog, _ = self.place(stream, np.asarray(keys, np.int64), pages, max(t0, t))
-        if ppns is not None:
-            self.lines.mark_valid(ppns)
-        return ppns, t_prog
-
-    def kv_held(self) -> int:
-        """Lines held by user streams (KV sequences)."""
-        return self.lines.user_lines()
-
-    def kv_unused(self) -> int:
-        """Free lines kept for KV streams that they have not taken yet."""
-        return max(0, self.kv_lines - self.kv_held())
-
-    def host_free(self) -> int:
-        """Free lines the host and GC may use (GC thresholds count these)."""
-        return self.lines.free_count - self.kv_unused()
-
-    def _within_kv_budget(self, stream: int, n: int) -> bool:
-        """User streams (KV sequences) may hold at most the profile's kv_lines
-        lines, so they can never take the space the block namespace needs."""
-        lm = self.lines
-        short = max(0, n - lm.open_room(stream))
-        return self.kv_held() + -(-short // lm.ppl) <= self.kv_lines
-
-    def stream_read(self, ppns: np.ndarray, t0: int, *, pcie: bool = False):
-        """Read pages by PPN -> (ok, data, done_ns); data is a gather copy."""
-        if self.faults.active and self.read_fault(ppns.size):
-            return False, None, int(self.charge_reads(ppns, t0, pcie=pcie).max())
-        done = int(self.charge_reads(ppns, t0, pcie=pcie).max()) if ppns.size else t0
-        return True, self.nand.data[ppns], done
-
-    def invalidate_pages(self, ppns: np.ndarray) -> None:
-        self.lines.invalidate(ppns[self.lines.valid[ppns]])
-
-    def release_stream(self, stream: int, t0: int) -> int:
-        """Drop every page of `stream` and erase its lines (whole blocks, no copy)."""
-        lm = self.lines
-        lm.close_stream(stream, self.seq)
-        for line in lm.stream_lines(stream).tolist():
-            lm.invalidate(lm.valid_in_line(line))
-        return self.reclaim_empty(t0)
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict:
