@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from csdemu.flash.namespace import FlashNamespace
 from csdemu.namespace import Request
@@ -51,6 +52,11 @@ def pattern(lba: int, version: int, nbytes: int = 4096) -> bytes:
     a = np.full(nbytes // 8, (version << 32) | (lba & 0xFFFFFFFF), dtype="<u8")
     a[1::2] ^= 0x5A5A5A5A5A5A5A5A
     return a.tobytes()
+
+
+def blob(lba: int, n: int, version: int, lba_size: int = 4096) -> bytes:
+    """pattern() of n consecutive LBAs from `lba`."""
+    return b"".join(pattern(lba + i, version, lba_size) for i in range(n))
 
 
 class Host:
@@ -165,3 +171,11 @@ def scratch_dir():
         yield Path(d)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path():
+    """Overrides pytest's tmp_path in the flash test modules that import it:
+    data dirs on tmpfs when available (see scratch_dir)."""
+    with scratch_dir() as d:
+        yield d

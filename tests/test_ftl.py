@@ -1,31 +1,19 @@
-"""The block FTL through FlashNamespace, checked against a dict model."""
-import os
-
+"""The block FTL through FlashNamespace, checked against a dict model.
+User streams are in test_ftl_streams.py, the one-call read in test_read_into.py."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csdemu.flash import FlashNamespace
-from csdemu.flash.lines import FULL, OPEN
 from csdemu.namespace import Request
-from tests.naive_ftl import scratch_dir, DictFTL, Host, pattern, profile, rw_cmd, tiny_profile
+from tests.naive_ftl import (DictFTL, Host, blob, profile, rw_cmd, scratch_dir, tiny_profile,
+                             tmp_path)  # noqa: F401  (tmp_path: tmpfs data dirs)
 from nvme_cmds.logs import FLASH_LOG
 from nvme_cmds.opcodes import NvmOpcode
 from nvme_cmds.status import Status
 
 W, R = NvmOpcode.WRITE, NvmOpcode.READ
-
-
-@pytest.fixture
-def tmp_path():
-    """Data dirs on tmpfs when available (see naive_ftl.scratch_dir)."""
-    with scratch_dir() as d:
-        yield d
-
-
-def blob(lba, n, version, lba_size=4096):
-    return b"".join(pattern(lba + i, version, lba_size) for i in range(n))
 
 
 def check_all(host, model, step=16):
@@ -319,55 +307,6 @@ def test_large_flash_pages(tmp_path):
     ns.close()
 
 
-def test_streams_reclaim_whole_lines(tmp_path):
-    ns = FlashNamespace(1, profile(device__kv_pct=50.0), tmp_path)
-    ftl = ns.ftl
-    ppl = ftl.geom.pages_per_line
-    data = np.zeros((ppl + 10, 4096), np.uint8)
-    p2, _ = ftl.stream_write(2, np.arange(ppl + 10), data, 0)
-    p3, _ = ftl.stream_write(3, np.arange(5), data[:5], 0)
-    lines2 = set((p2 // ppl).tolist())
-    assert len(lines2) == 2 and not lines2 & set((p3 // ppl).tolist())
-    ok, got, _ = ftl.stream_read(p2[:4], 0)
-    assert ok and got.shape == (4, 4096)
-    free0, copied0 = ftl.lines.free_count, ftl.counters["gc_pages_copied"]
-    ftl.release_stream(2, 0)
-    assert ftl.lines.free_count == free0 + 2
-    assert ftl.counters["gc_pages_copied"] == copied0                  # nothing copied
-    assert all(ftl.lines.state[x] != FULL for x in lines2)
-    assert ftl.lines.valid[p3].all()
-    ns.close()
-
-
-def test_kv_streams_stay_within_their_lines_and_the_host_keeps_its_capacity(tmp_path):
-    ns = FlashNamespace(1, profile(device__kv_pct=50.0), tmp_path, sync_before_erase=False)
-    ftl = ns.ftl
-    ppl = ftl.geom.pages_per_line
-    assert ftl.kv_lines == ftl.geom.lines // 2
-    page = np.zeros((ppl, 4096), np.uint8)
-    streams = [s for s in range(2, 2 + ftl.kv_lines) if ftl.stream_write(s, np.arange(ppl), page, 0)[0] is not None]
-    assert len(streams) == ftl.kv_lines                            # one line each, all granted
-    assert ftl.stream_write(99, np.arange(1), page[:1], 0)[0] is None   # over budget: refused
-    host = Host(ns)
-    for v in (0, 1, 2):                                            # the host still fills and rewrites
-        for lba in range(0, ns.nlbas, 64):                         # its whole namespace
-            n = min(64, ns.nlbas - lba)
-            assert host.write(lba, blob(lba, n, v)).status == Status.SUCCESS
-    assert ns.stats()["gc_runs"] > 0
-    lm = ftl.lines
-
-    def held():       # what kv_held counts, from the line states
-        return int((((lm.state == FULL) | (lm.state == OPEN)) & (lm.stream >= 2)).sum())
-    assert ftl.kv_held() == held() == ftl.kv_lines
-    for s in streams[::2]:
-        ftl.release_stream(s, 0)
-    ftl.reclaim_empty(0)
-    assert ftl.kv_held() == held() == ftl.kv_lines - len(streams[::2])
-    has_stream = lm.stream >= 0
-    assert np.array_equal(has_stream, (lm.state == OPEN) | (lm.state == FULL))
-    ns.close()
-
-
 def test_write_cache_off_means_write_through(ns):
     host = Host(ns)
     host.now = 1_000_000
@@ -398,73 +337,3 @@ def test_bench_runs(tmp_path):
         assert out[k]["wall_mbps"] > 0 and out[k]["modeled_mbps"] > 0
     assert out["realtime_factor_seq_read"] > 0
     assert out["waf_random_overwrite_90pct"]["waf"] >= 1.0
-
-
-# ---------------------------------------------------------------- read_into
-
-def _read_both(a, b, slba, nlb, t, cdw12_extra=0):
-    """The same Read on two identical namespaces, by read_into on `a` (with
-    process_io after a refusal, as the controller does) and by process_io
-    on `b` -> (read_into's return, a's result, b's result)."""
-    req = rw_cmd(R, slba, nlb, t=t, cdw12_extra=cdw12_extra, lba_size=a.lba_size)
-    out = np.full(nlb * a.lba_size, 0xEE, np.uint8)
-    done = a.read_into(*req.cdw[:3], t, out)
-    ra = a.process_io(req) if done < 0 else None
-    return done, out, ra, b.process_io(req)
-
-
-def _same_state(a, b):
-    assert a.ftl.counters == b.ftl.counters and a.host == b.host
-    assert np.array_equal(a.ftl.clocks.state, b.ftl.clocks.state)
-
-
-def test_read_into_matches_process_io(tmp_path):
-    """The controller's one-call Read gives the data, completion time, clocks
-    and counters of the general path, and refuses (doing nothing) whatever
-    it does not serve."""
-    nss = [FlashNamespace(1, profile(), os.path.join(tmp_path, d)) for d in "ab"]
-    for ns in nss:
-        h = Host(ns)
-        for lba in range(0, 256, 8):
-            h.write(lba, blob(lba, 8, 1))
-        h.write(300, blob(300, 4, 2))              # one page each, not in a run with 256
-        Host(ns).trim([(12, 2)])
-    a, b = nss
-    t = 10_000_000
-    served = [(0, 1), (5, 1), (0, 8), (248, 8), (3, 9), (300, 4), (255, 1)]
-    for i, (slba, nlb) in enumerate(served):
-        done, out, ra, rb = _read_both(a, b, slba, nlb, t + i * 1000, cdw12_extra=(i % 2) << 30)
-        assert ra is None and done == rb.done_ns and rb.status == Status.SUCCESS
-        assert bytes(out) == bytes(rb.data) == blob(slba, nlb, 1 if slba < 256 else 2)
-        _same_state(a, b)
-    refused = [(10, 4, 0),                      # LBAs 12-13 trimmed: unmapped
-               (1000, 1, 0),                    # never written
-               (a.nlbas - 1, 2, 0),             # out of range
-               (0, 1, 1 << 26)]                 # reserved bits
-    for i, (slba, nlb, extra) in enumerate(refused):
-        before = a.ftl.clocks.state.copy()
-        done, out, ra, rb = _read_both(a, b, slba, nlb, t + 100_000 + i * 1000, extra)
-        assert done == -1 and ra.status == rb.status and ra.done_ns == rb.done_ns
-        if rb.status == Status.SUCCESS:
-            assert bytes(ra.data) == bytes(rb.data)
-        else:
-            assert np.array_equal(before, a.ftl.clocks.state)
-        _same_state(a, b)
-    before = a.ftl.clocks.state.copy()
-    assert a.read_into(0, 0, 0, t + 150_000, np.zeros(a.lba_size - 1, np.uint8)) == -1  # short buffer
-    assert np.array_equal(before, a.ftl.clocks.state)
-    _same_state(a, b)
-    for ns in nss:
-        ns.set_fault_injection(read_fail_every=2)
-    done, _, ra, rb = _read_both(a, b, 0, 1, t + 200_000)
-    assert done == -1 and ra.status == rb.status
-    for ns in nss:
-        ns.close()
-
-
-def test_read_into_refuses_lbas_smaller_than_a_page(tmp_path):
-    ns = FlashNamespace(1, profile(device__lba_size=512), tmp_path)
-    Host(ns).write(0, blob(0, 8, 0, 512))
-    out = np.zeros(512, np.uint8)
-    assert ns.read_into(0, 0, 0, 0, out) == -1 and not out.any()
-    ns.close()

@@ -4,14 +4,7 @@ import pytest
 
 from csdemu.flash.geometry import Geometry, decode_ppa, encode_ppa
 from csdemu.flash.nand import BAD_PROGRAM, NandArray, NandError
-from tests.naive_ftl import scratch_dir, profile
-
-
-@pytest.fixture
-def tmp_path():
-    """Data dirs on tmpfs when available (see naive_ftl.scratch_dir)."""
-    with scratch_dir() as d:
-        yield d
+from tests.naive_ftl import profile, tmp_path  # noqa: F401  (tmp_path: tmpfs data dirs)
 
 
 @pytest.fixture(params=["instinfer", "nvmevirt-970pro"])

@@ -4,19 +4,8 @@ import pytest
 
 from csdemu.flash import FlashNamespace
 from csdemu.flash.checkpoint import load_checkpoint
-from tests.naive_ftl import scratch_dir, DictFTL, Host, pattern, profile
+from tests.naive_ftl import DictFTL, Host, blob, profile, tmp_path  # noqa: F401  (tmp_path: tmpfs data dirs)
 from nvme_cmds.status import Status
-
-
-@pytest.fixture
-def tmp_path():
-    """Data dirs on tmpfs when available (see naive_ftl.scratch_dir)."""
-    with scratch_dir() as d:
-        yield d
-
-
-def blob(lba, n, version):
-    return b"".join(pattern(lba + i, version) for i in range(n))
 
 
 def crash(ns: FlashNamespace) -> None:
@@ -179,13 +168,13 @@ def test_real_kill_9(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from csdemu.flash import FlashNamespace
-        from tests.naive_ftl import Host, pattern, profile
+        from tests.naive_ftl import Host, blob, profile
         ns = FlashNamespace(1, profile(), {str(tmp_path)!r})
         h = Host(ns)
-        h.write(0, b"".join(pattern(i, 1) for i in range(64)))
+        h.write(0, blob(0, 64, 1))
         h.trim([(10, 2)])
         h.flush()
-        h.write(32, b"".join(pattern(32 + i, 2) for i in range(8)))   # not flushed
+        h.write(32, blob(32, 8, 2))                                      # not flushed
         h.trim([(50, 2)])                                                # not flushed
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -194,11 +183,11 @@ def test_real_kill_9(tmp_path):
     assert p.returncode == -9
     ns = reopen(tmp_path)
     got = bytes(Host(ns).read(0, 64).data)
-    exp = bytearray(b"".join(pattern(i, 1) for i in range(64)))
+    exp = bytearray(blob(0, 64, 1))
     exp[10 * 4096:12 * 4096] = bytes(2 * 4096)
     # writes reach the NAND files at once, so even the unflushed one survives;
     # the unflushed deallocation is lost (allowed: it was volatile)
-    exp[32 * 4096:40 * 4096] = b"".join(pattern(32 + i, 2) for i in range(8))
+    exp[32 * 4096:40 * 4096] = blob(32, 8, 2)
     assert got == bytes(exp)
     ns.close()
 
