@@ -3,8 +3,9 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
-# Numba caches compiled code beside the sources and drops it when a source
-# changes; re-warm then, so no daemon JIT-compiles inside a command.
+# Numba's cache is keyed on a digest of the sources (kernels/jitcache.py) and
+# kept per user; re-warm when a source changes, so no daemon JIT-compiles
+# inside a command.
 WARM    := .venv/.warm
 JIT_SRC := $(shell find csdemu kernels -name '*.py' 2>/dev/null)
 APT_PKGS := fio nbdkit nbdkit-plugin-python
@@ -29,7 +30,7 @@ $(STAMP): requirements.txt setup.cfg
 	touch $(STAMP)
 
 $(WARM): $(STAMP) $(JIT_SRC)
-	$(PY) -m csdemu.warmup
+	$(PY) -m csdemu warmup
 	touch $(WARM)
 
 run: $(WARM)
@@ -41,13 +42,14 @@ demo: $(WARM)
 	$(PY) -m csdemu demo
 
 test: $(WARM)
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 bench: $(WARM)
-	$(PY) tools/run_benchmarks.py
+	$(PY) -m csdemu.bench.run
 
 fio: $(WARM)
-	$(PY) tools/fio/run_fio.py
+	$(PY) -m csdemu.bench.fio.runner
 
 # The torture suite at full size (>= 1M fuzzed commands, 100 kill -9 trials, ...);
 # TORTURE_ARGS="--soak-seconds 3600" adds the soak, "--only fuzz,crash --seed 7" a part.

@@ -1,8 +1,35 @@
-"""csdemu: an NVMe computational storage drive emulator for in-storage LLM attention."""
-from csdemu.client import Device, connect
-from csdemu.host_queue import Queue
-from csdemu.client_kv import KVNamespace, SparF
-from csdemu.errors import Completion, DaemonError, NVMeError
+"""csdemu: an NVMe computational storage drive emulator for in-storage LLM attention.
+
+    import csdemu
+    with csdemu.connect() as dev: ...
+
+The names below come from the host library (csdemu.host) on first use, so
+`import csdemu` stays cheap and the daemon, which imports csdemu.drive only,
+never loads the host side.
+"""
+import importlib
+
+_API = {
+    "connect": "csdemu.host.device", "Device": "csdemu.host.device",
+    "Queue": "csdemu.host.queue",
+    "KVNamespace": "csdemu.host.kv", "SparF": "csdemu.host.kv",
+    "Completion": "csdemu.transport.errors", "NVMeError": "csdemu.transport.errors",
+    "DaemonError": "csdemu.transport.errors",
+}
 
 __all__ = ["connect", "Device", "Queue", "KVNamespace", "SparF", "Completion", "NVMeError", "DaemonError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    if name == "hf":                     # `csdemu.hf` without importing it first, as before
+        return importlib.import_module("csdemu.hf")
+    raise AttributeError(f"module 'csdemu' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API, "hf"])

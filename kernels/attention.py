@@ -255,7 +255,7 @@ def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     counters : optional int64 [nchannels, NCTR], zeroed then filled
     k_dims_major : K pages in ``pool`` hold their page dims-major (memory
         [D, T]: row d is dim d of the page's T tokens, see
-        ``kernels.scores_dims``); ``dram_pool`` pages stay token-major
+        ``kernels.ir.scores_dims``); ``dram_pool`` pages stay token-major
 
     Returns ``counters`` (see ``kernels.counters``).
     """

@@ -2,7 +2,7 @@
 
 Every ``@njit`` in ``kernels/`` takes ``fastmath=config.FASTMATH`` and
 ``cache=config.CACHE``; ``parallel=config.PARALLEL`` on the prange drivers.
-Nothing in ``kernels/`` hardcodes these flags (``tests/test_kernels.py``
+Nothing in ``kernels/`` hardcodes these flags (``tests/unit/test_kernel_blocks.py``
 checks that by grepping the sources).
 
 Flags are read when a module is imported (Numba bakes them into the compiled
@@ -37,10 +37,6 @@ def _env_bool(name, default):
     return v.strip().lower() not in ("0", "false", "no", "off", "")
 
 
-#: Flags of the peak-FMA probe in kernels/bench.py: contraction only (with
-#: ``reassoc`` LLVM folds its FMA chains away).
-FASTMATH_PEAK = {"contract"}
-
 #: Flags of ``simd.exp_nonpos``: contraction only, so LLVM keeps the two-part
 #: ``n * ln2`` range reduction (``reassoc`` may merge it into one product).
 FASTMATH_EXP = {"contract"}
@@ -55,7 +51,7 @@ NUM_THREADS = (int(os.environ["CSDEMU_KERNELS_THREADS"])
                _STUMPY_LIKE_DEFAULTS["NUM_THREADS"])
 
 #: Software-prefetch the page this many pages ahead of the one being worked
-#: on (kernels/prefetch.py).  0 = off; 1 = next page.  Passed to the dense
+#: on (kernels/ir/prefetch.py).  0 = off; 1 = next page.  Passed to the dense
 #: kernels at call time (may be changed after import); SparF reads it at
 #: compile time (on/off).
 PREFETCH = int(os.environ.get("CSDEMU_KERNELS_PREFETCH", "2"))
@@ -87,21 +83,6 @@ DTYPE_F16 = 1
 DTYPE_BF16 = 2
 DTYPE_NAMES = {DTYPE_F32: "fp32", DTYPE_F16: "fp16", DTYPE_BF16: "bf16"}
 DTYPE_ITEMSIZE = {DTYPE_F32: 4, DTYPE_F16: 2, DTYPE_BF16: 2}
-
-# --- numerical tolerances used by the tests ----------------------------------
-# The kernels accumulate in fp32; the naive reference (tests/naive.py) works in
-# float64 on the same widened inputs, so the only differences are fp32
-# rounding in dot products, exps and sums.  These are absolute + relative
-# tolerances for numpy.testing.assert_allclose on outputs whose magnitude is
-# that of V (O(1) in the tests).  Do not loosen them to make a test pass.
-ATOL = 2e-5
-RTOL = 2e-5
-#: SparF: approximate-score ranking is exact in float64 on the naive side; the
-#: kernel's fp32 scores can reorder near-ties, so the SparF tests draw data
-#: without near-ties at the top-k boundary (see tests) and use the same ATOL.
-SPARF_ATOL = 2e-5
-SPARF_RTOL = 2e-5
-
 
 def _reset():
     """Restore the defaults above (in this module only; re-import kernels)."""

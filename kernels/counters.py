@@ -41,7 +41,3 @@ NAMES = ("k_read", "v_read", "kd_read", "k_skip", "v_skip", "kd_skip",
          "macs", "exps", "filter")
 assert len(NAMES) == NCTR
 
-
-def as_dicts(counters):
-    """List (one per channel) of ``{name: int}`` -- for logs and JSON."""
-    return [{n: int(row[i]) for i, n in enumerate(NAMES)} for row in counters]

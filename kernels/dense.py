@@ -38,7 +38,7 @@ from . import config
 from . import counters as C
 from .page_ops import (direct_ok, page_of, page_scores, page_values, pos_ref,
                        prefetch_pos)
-from .simd import PREFETCH_IN_LOOP, W, exp_shifted
+from .ir.simd import PREFETCH_IN_LOOP, W, exp_shifted
 
 _direct_ok = direct_ok          # the name sparf.py imports
 

@@ -6,10 +6,13 @@ inlines functions from other files (``dense.py`` inlines ``page_ops``,
 loaded from the cache unchanged after those files change: after an update,
 the drive would run the old code, and an experiment on a callee would
 measure nothing. So every process that has not been given a cache directory
-(``NUMBA_CACHE_DIR``) uses ``.numba_cache/<digest>`` in the repository, the
-digest covering every ``.py`` file of the packages that hold cached
-functions. Changing any of them gives a fresh directory, and Numba compiles
-anew; an unchanged tree finds its cache as before.
+(``NUMBA_CACHE_DIR``) uses ``numba/<digest>`` in the per-user cache
+directory (``$CSDEMU_CACHE_DIR``, else ``$XDG_CACHE_HOME/csdemu``, else
+``~/.cache/csdemu``), the digest covering every ``.py`` file of the packages
+that hold cached functions. Changing any of them gives a fresh directory,
+and Numba compiles anew; an unchanged tree finds its cache as before. The
+cache never goes beside the sources: an installed csdemu's sources sit in
+site-packages, which is no place for it.
 
 Reads files, imports nothing from them: ``kernels`` still imports nothing
 from ``csdemu``.
@@ -24,6 +27,7 @@ import numba
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("kernels", "csdemu", "nvme_cmds")
 ENV = "NUMBA_CACHE_DIR"
+USER_ENV = "CSDEMU_CACHE_DIR"
 #: source versions whose caches are kept (the current one included)
 KEEP = 3
 
@@ -44,8 +48,16 @@ def source_digest(root: str = ROOT) -> str:
     return h.hexdigest()[:16]
 
 
+def user_cache_dir() -> str:
+    """csdemu's per-user cache directory (see the module docstring)."""
+    if os.environ.get(USER_ENV):
+        return os.environ[USER_ENV]
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "csdemu")
+
+
 def use_source_keyed_cache() -> str:
-    """Point Numba's cache at ``.numba_cache/<digest>`` unless a directory
+    """Point Numba's cache at ``<user cache>/numba/<digest>`` unless a directory
     was chosen already; -> the directory in use. Must run before any
     cached Numba function is decorated (Numba picks the directory then);
     exported through the environment so child processes (the daemon) agree
@@ -53,7 +65,7 @@ def use_source_keyed_cache() -> str:
     chosen = os.environ.get(ENV) or numba.config.CACHE_DIR
     if chosen:
         return chosen
-    base = os.path.join(ROOT, ".numba_cache")
+    base = os.path.join(user_cache_dir(), "numba")
     path = os.path.join(base, source_digest())
     if not os.path.isdir(path):
         prune(base, KEEP - 1)

@@ -12,8 +12,8 @@ import numpy as np
 from numba import njit
 
 from . import config
-from .prefetch import prefetch_page
-from .simd import W, pv_heads, qk_dims, qk_heads
+from .ir.prefetch import prefetch_page
+from .ir.simd import W, pv_heads, qk_dims, qk_heads
 from .widen import widen_into
 
 DTYPE_F32 = config.DTYPE_F32

@@ -41,8 +41,8 @@ from numba import njit, prange
 
 from . import config
 from . import counters as C
-from .prefetch import prefetch_row
-from .simd import W, exp_shifted, pv_heads, qk_heads
+from .ir.prefetch import prefetch_row
+from .ir.simd import W, exp_shifted, pv_heads, qk_heads
 from .topk import topk_ascending_buf
 from .widen import widen_elem
 

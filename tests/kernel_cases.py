@@ -1,10 +1,8 @@
 """Shared pieces of the kernel tests: random inputs and counter columns."""
 import numpy as np
 
-from kernels import config
 from kernels import counters as C
 
-ATOL, RTOL = config.ATOL, config.RTOL
 PAGE_COLS = [C.K_READ, C.V_READ, C.KD_READ, C.K_SKIP, C.V_SKIP, C.KD_SKIP,
              C.K_DRAM, C.V_DRAM, C.KD_DRAM]
 BYTE_COLS = [C.FLASH_BYTES, C.DRAM_BYTES]

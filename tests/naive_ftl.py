@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csdemu.flash.namespace import FlashNamespace
-from csdemu.namespace import Request
-from csdemu.profile import load_profile
+from csdemu.drive.flash.nvm_namespace import FlashNamespace
+from csdemu.drive.namespace import Request
+from csdemu.drive.profile import load_profile
+from nvme_cmds.nvm import lba_cdws
 from nvme_cmds.opcodes import NvmOpcode
 
 TINY = {  # 2 ch x 2 ways x 8 lines x 16 pages = 512 pages (2 MiB), 25 % OP
@@ -41,8 +42,8 @@ def tiny_profile(base="instinfer", **over):
 
 
 def rw_cmd(opcode, slba, nlb, *, data=None, t=0, fua=False, lba_size=4096, cdw12_extra=0):
-    cdw12 = ((nlb - 1) & 0xFFFF) | (1 << 30 if fua else 0) | cdw12_extra
-    return Request(int(opcode), 1, (slba & 0xFFFFFFFF, slba >> 32, cdw12, 0, 0, 0), t,
+    c = lba_cdws(slba, nlb, fua)
+    return Request(int(opcode), 1, (c["cdw10"], c["cdw11"], c["cdw12"] | cdw12_extra, 0, 0, 0), t,
                    memoryview(data) if data is not None else None,
                    nlb * lba_size if opcode == NvmOpcode.READ else 0)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from csdemu.client_kv import SparF
+from csdemu.host.kv import SparF
 
 
 class DriveState:

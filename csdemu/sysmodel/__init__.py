@@ -1,7 +1,7 @@
 """csdemu's system model: what decode throughput would a host with GPUs, host
 memory, SSDs and N CSDs give a model, under FlexGen, FlexGen+SparQ,
 ZeRO-Inference, InstInfer and InstInfer+SparF. The CSD side is charged by the
-daemon's own timing code (csdemu.kv.timing.attend_time). See
+daemon's own timing code (csdemu.drive.kv.attend_timing.attend_time). See
 docs/system-model.md.
 
 Public API:
@@ -28,7 +28,7 @@ def reproduce(model="opt-13b", gpus=1, csds=1, ssds=1, input_len=1024, output_le
               overrides=None, gpu=None, host=None, ssd=None, systems=SYSTEMS,
               flexgen=None):
     """Run the model for every system and batch; return (rows, params)."""
-    from csdemu.profile import load_profile
+    from csdemu.drive.profile import load_profile
     shape = load_model(model)
     prof = load_profile(profile, overrides or None)
     cfg = SysConfig(shape, load_hardware(gpu, host, ssd, flexgen), prof, gpus=gpus, csds=csds, ssds=ssds,

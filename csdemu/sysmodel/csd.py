@@ -1,19 +1,19 @@
 """The CSD side of the system model: one Attend command, charged by the
-daemon's own timing code (csdemu.kv.timing.attend_time over
-csdemu.flash.timing's clocks).
+daemon's own timing code (csdemu.drive.kv.attend_timing.attend_time over
+csdemu.drive.flash.timing's clocks).
 
 Page layout: the daemon's own. Each sequence writes through its own FTL
 stream, which starts a fresh line; a prefill programs K pages head-major,
-then V pages (csdemu.kv.layout.prefill_positions), and the FTL stripes a
-stream's pages channel first (csdemu.flash.geometry.Geometry.ch_of/lun_of).
+then V pages (csdemu.drive.kv.layout.prefill_positions), and the FTL stripes a
+stream's pages channel first (csdemu.drive.flash.geometry.Geometry.ch_of/lun_of).
 Full groups are on flash; a partial last group sits in device DRAM and costs
 no flash read. An Attend reads, per sequence and kv head, the K pages in token
-order, then the V pages (csdemu.kv.engine.flash_pages). A page read moves
+order, then the V pages (csdemu.drive.kv.engine.flash_pages). A page read moves
 `geometry.page_bytes` over the channel.
   * q and the output are float32 (4 B per element) over the drive's PCIe link.
   * the drive is idle (fresh clocks) and no firmware time is charged (fw_ns=0).
   * SparF (sparse=...): the q heads sharing a kv head share one selection
-    (csdemu.kv.engine, kernels/sparf.py). First the channel-indexed copy of K,
+    (csdemu.drive.kv.engine, kernels/sparf.py). First the channel-indexed copy of K,
     one head dim per page (page_bytes / dtype_bytes tokens of that dim), for
     the r selected dims, whole pages; then the K and V pages of the token
     groups that hold a selected token. Which groups hold one is data-dependent;
@@ -32,12 +32,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from csdemu.flash.geometry import Geometry
-from csdemu.flash.timing import Clocks, NandTiming
-from csdemu.kv.layout import prefill_positions
-from csdemu.kv.timing import (AttendWork, EngineClock, EngineRates, attend_time, dense_work,
+from csdemu.drive.flash.geometry import Geometry
+from csdemu.drive.flash.timing import Clocks, NandTiming
+from csdemu.drive.kv.layout import prefill_positions
+from csdemu.drive.kv.attend_timing import (AttendWork, EngineClock, EngineRates, attend_time, dense_work,
                               sparf_work, spread_pages)
-from csdemu.profile import Profile, load_profile
+from csdemu.drive.profile import Profile, load_profile
 
 
 def _profile(p) -> Profile:
@@ -155,7 +155,7 @@ def frontier_ways(ch: np.ndarray, channels: int, ways: int) -> np.ndarray:
 
 def csd_attend(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, dtype_bytes: int,
                tokens_per_page: int, sparse=None):
-    """The AttendTime (csdemu.kv.timing) of one Attend on an idle drive."""
+    """The AttendTime (csdemu.drive.kv.attend_timing) of one Attend on an idle drive."""
     prof = _profile(profile)
     ch, lun, work, moved = attend_pages(prof, q_heads, kv_heads, head_dim, seq_lens, dtype_bytes,
                                         tokens_per_page, sparse)

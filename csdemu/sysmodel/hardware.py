@@ -2,7 +2,7 @@
 
 A hardware profile is a TOML file with any of the sections [gpu], [host],
 [ssd]; every number carries its datasheet source as a comment. The CSDs are
-the daemon's own profiles (csdemu.profile.load_profile). One more section,
+the daemon's own profiles (csdemu.drive.profile.load_profile). One more section,
 [flexgen] (hw/flexgen.toml), describes FlexGen's software path to the disk
 (measured by FlexGen's authors, cited in the file): it is a property of the
 baseline's code, not of the SSD, so it lives apart from the SSD datasheet.

@@ -8,7 +8,6 @@ are < 0.1 % and ignored), never typed in.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -157,6 +156,3 @@ def load_model(name_or_path) -> ModelShape:
                                  where=f"model {p.name}")
     raise ModelError(f"unknown model {key!r} (built in: {', '.join(BUILTIN)}; or a config.json path)")
 
-
-def pages_per_seq_head(tokens: int, tokens_per_page: int) -> int:
-    return math.ceil(tokens / tokens_per_page)

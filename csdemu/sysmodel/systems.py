@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from csdemu.profile import Profile
+from csdemu.drive.profile import Profile
 from csdemu.sysmodel.csd import layer_attend, sparse_params, sparse_selection
 from csdemu.sysmodel.hardware import Hardware
 from csdemu.sysmodel.models import ModelShape

@@ -29,11 +29,10 @@ import numpy as np
 from tools.torture.common import ROOT, patterns, rss_kib, small_daemon, part_main
 
 import csdemu  # noqa: E402
-from csdemu.control import request  # noqa: E402
+from csdemu.transport.control import request  # noqa: E402
 
 VICTIM = r"""
 import json, os, sys, random, numpy as np
-sys.path.insert(0, {root!r})
 import csdemu
 from nvme_cmds.kv import append_cdws, attend_cdws
 sock, seed, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -1,6 +1,6 @@
 """Shared pieces of the torture suite: small drives, patterns, status checks.
 
-Everything here talks to a real daemon process (csdemu.spawn.DaemonProcess)
+Everything here talks to a real daemon process (csdemu.host.spawn.DaemonProcess)
 through real shared memory; nothing is mocked.
 """
 from __future__ import annotations
@@ -11,10 +11,8 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from csdemu.spawn import DaemonProcess  # noqa: E402
+from csdemu.host.spawn import DaemonProcess  # noqa: E402
 from nvme_cmds.status import Status, decode_status_field  # noqa: E402
 
 # A drive small enough to start in half a second, fill and GC within seconds:
@@ -81,7 +79,7 @@ def identify_block(block: np.ndarray, lba: int) -> int | None:
 
 
 def machine() -> dict:
-    from csdemu.cli_bench import machine as m
+    from csdemu.bench.machine import machine as m
     return m()
 
 

@@ -37,7 +37,7 @@ from tools.torture.common import (BS, SMALL_DRIVE, field_status, identify_block,
                                   part_main, patterns)
 
 import csdemu  # noqa: E402
-from csdemu.spawn import DaemonProcess  # noqa: E402
+from csdemu.host.spawn import DaemonProcess  # noqa: E402
 from nvme_cmds.kv import append_cdws  # noqa: E402
 from nvme_cmds.opcodes import NvmOpcode as N, VendorIoOpcode as VI  # noqa: E402
 from nvme_cmds.status import status_name  # noqa: E402

@@ -20,7 +20,7 @@ import numpy as np
 from tools.torture.common import BS, patterns, small_daemon, part_main
 
 import csdemu  # noqa: E402
-from csdemu.errors import NVMeError  # noqa: E402
+from csdemu.transport.errors import NVMeError  # noqa: E402
 from nvme_cmds.status import Status, status_name  # noqa: E402
 
 FID_FAULTS = 0xC1

@@ -40,8 +40,8 @@ from tools.torture.fuzz_record import Sandbox, Stats
 from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, part_main
 
 import csdemu  # noqa: E402
-from csdemu.control import request  # noqa: E402
-from csdemu.qpair import cq_bytes, sq_bytes  # noqa: E402
+from csdemu.transport.control import request  # noqa: E402
+from csdemu.transport.qpair import CQ_STATUS, cq_bytes, sq_bytes  # noqa: E402
 from nvme_cmds.opcodes import AdminOpcode as A, VendorAdminOpcode as VA, VendorIoOpcode as VI  # noqa: E402
 from nvme_cmds.status import Status, status_name  # noqa: E402
 
@@ -159,7 +159,7 @@ class FuzzTarget:
             cid = struct.unpack_from("<H", e, 2)[0]
             cids[cid] = e
         for c in got:
-            status = field_status(c[5])
+            status = field_status(c[CQ_STATUS])
             st.statuses[status] += 1
             if status not in DEFINED_STATUSES:
                 st.undefined += 1
@@ -196,7 +196,7 @@ class FuzzTarget:
     def _unique_cids(self, batch, avoid=()):
         """Give every SQE of a batch its own CID, so each completion can be
         matched to its command (a CID reused while in flight is covered by
-        tests/test_bad_input.py)."""
+        tests/live/test_bad_input.py)."""
         used = set(avoid)
         for e in batch:
             cid = struct.unpack_from("<H", e, 2)[0]

@@ -9,11 +9,10 @@ import struct
 
 import numpy as np
 
-import tools.torture.common  # noqa: F401  (puts the repository on sys.path)
-
-from csdemu.qpair import CONTROL_BYTES  # noqa: E402
-from nvme_cmds.opcodes import AdminOpcode as A, NvmOpcode as N, VendorAdminOpcode as VA, VendorIoOpcode as VI  # noqa: E402
-from nvme_cmds.spec import SQE_STRUCT  # noqa: E402
+from csdemu.transport.qpair import CONTROL_BYTES
+from nvme_cmds.nvm import lba_cdws
+from nvme_cmds.opcodes import AdminOpcode as A, NvmOpcode as N, VendorAdminOpcode as VA, VendorIoOpcode as VI
+from nvme_cmds.spec import SQE_STRUCT
 
 SGL = 0x40
 BOUNDARY32 = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
@@ -115,8 +114,9 @@ class Gen:
             lba, nlb = self.lba(), self.nlb()
             flags, p1, p2 = self.dptr((nlb + 1) * 4096)
             c12 = nlb | (r.choice((0, 0, 0, 1 << 30, 1 << 31)) if r.random() < 0.2 else 0)
+            c = lba_cdws(lba, 1)
             return self.sqe(opc, flags, nsid=self.nsid(), prp1=p1, prp2=p2,
-                            c10=lba & 0xFFFFFFFF, c11=lba >> 32, c12=c12)
+                            c10=c["cdw10"], c11=c["cdw11"], c12=c12)
         if k < 0.62:
             return self.sqe(N.FLUSH, nsid=self.nsid())
         if k < 0.70:

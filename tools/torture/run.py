@@ -1,12 +1,12 @@
 """`make torture`: run the torture suite and write its figures.
 
     python -m tools.torture.run --size full            # >= 1M fuzzed commands, 100 crash trials, ...
-    python -m tools.torture.run --size ci              # the subset tests/test_torture.py runs
+    python -m tools.torture.run --size ci              # the subset tests/live/test_torture.py runs
     python -m tools.torture.run --size full --only fuzz,crash --seed 7
     python -m tools.torture.run --size full --soak-seconds 3600   # add the soak (not in CI)
 
 The full size writes bench/results/torture.json (flat figures, rendered into
-BENCHMARKS.md by tools/run_benchmarks.render()) and the details to
+BENCHMARKS.md by csdemu.bench.run.render()) and the details to
 bench/results/torture/full.json; the CI size writes bench/results/torture/ci.json.
 Exit status 1 if any criterion fails (crashes, hangs, undefined statuses,
 lost or corrupt data, slow reclaim, isolation holes, wrong data under faults).
@@ -199,8 +199,7 @@ def write_results(results: dict, size_name: str) -> list[str]:
         with open(path, "w") as f:
             f.write(json.dumps(flat, indent=2) + "\n")
         paths.append(path)
-        sys.path.insert(0, os.path.join(ROOT, "tools"))
-        from run_benchmarks import render
+        from csdemu.bench.run import render
         with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
             f.write(render())
         paths.append("BENCHMARKS.md")

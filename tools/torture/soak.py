@@ -18,7 +18,7 @@ import time
 
 from tools.torture.common import ROOT, rss_kib, part_main
 
-from csdemu.spawn import DaemonProcess  # noqa: E402
+from csdemu.host.spawn import DaemonProcess  # noqa: E402
 
 FIO_JOB = """
 [global]
@@ -61,7 +61,7 @@ attention={attention}
 
 
 def run_soak(seconds: float, log=print) -> dict:
-    from csdemu.cli_nbd import NbdServer
+    from csdemu.nbd.server import NbdServer
     tmp = tempfile.mkdtemp(prefix="csdemu-soak-")
     res = {"seconds": seconds, "fio_runs": 0, "fio_errors": 0, "stress_runs": 0, "stress_errors": 0,
            "errors": 0, "rss_kib_samples": []}

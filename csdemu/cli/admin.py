@@ -1,0 +1,118 @@
+"""nvme-cli's verbs: identify, smart, log, passthru."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from csdemu.cli.options import SOCKET_OPT, connect, fail
+
+def _print_dict(d: dict, indent=0):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            click.echo(" " * indent + f"{k}:")
+            _print_dict(v, indent + 2)
+        else:
+            click.echo(" " * indent + f"{k:<28} {v}")
+
+
+@click.command()
+@SOCKET_OPT
+@click.option("--namespace", "-n", "nsid", type=int, default=None, help="identify this namespace")
+@click.option("--json", "as_json", is_flag=True)
+def identify(socket_path, nsid, as_json):
+    """Identify controller (or namespace with -n)."""
+    with connect(socket_path) as dev:
+        d = dev.identify_ns(nsid) if nsid is not None else dev.identify()
+    click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
+
+
+@click.command()
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+def smart(socket_path, as_json):
+    """SMART / health log (02h)."""
+    with connect(socket_path) as dev:
+        d = dev.smart()
+    click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
+
+
+@click.command()
+@SOCKET_OPT
+@click.argument("lid", default="flash")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--length", default=4096, show_default=True, type=click.IntRange(4, 1 << 20),
+              help="bytes to read (whole dwords)")
+def log(socket_path, lid, as_json, length):
+    """Get Log Page: LID is flash (C0h), engine (C1h), smart (02h) or a number."""
+    from csdemu.transport.errors import NVMeError
+    names = {"flash": 0xC0, "engine": 0xC1, "smart": 0x02}
+    try:
+        lid_num = names[lid] if lid in names else int(lid, 0)
+    except ValueError:
+        fail(f"LID {lid!r} is not flash, engine, smart or a number")
+    with connect(socket_path) as dev:
+        try:
+            if lid_num == 0xC0:
+                d = dev.flash_log()
+            elif lid_num == 0x02:
+                d = dev.smart()
+            else:
+                raw = dev.log_page(lid_num, length)
+                d = {"lid": lid_num, "hex": raw.hex()}
+        except NVMeError as exc:
+            fail(str(exc))
+    click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
+
+
+class AnyBaseInt(click.ParamType):
+    """Integers in decimal, 0x hex, 0o octal or 0b binary, as nvme-cli takes them."""
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value, 0)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer", param, ctx)
+
+
+_int = AnyBaseInt()
+
+
+@click.command()
+@SOCKET_OPT
+@click.option("--opcode", "-o", required=True, type=_int)
+@click.option("--namespace-id", "-n", "nsid", default=0, type=_int)
+@click.option("--cdw10", default=0, type=_int)
+@click.option("--cdw11", default=0, type=_int)
+@click.option("--cdw12", default=0, type=_int)
+@click.option("--cdw13", default=0, type=_int)
+@click.option("--cdw14", default=0, type=_int)
+@click.option("--cdw15", default=0, type=_int)
+@click.option("--data-len", "-l", default=0, type=_int, help="bytes to read back")
+@click.option("--input-file", "-i", type=click.File("rb"), default=None, help="data to send")
+@click.option("--admin", is_flag=True, help="admin-passthru instead of io-passthru")
+@click.option("--json", "as_json", is_flag=True)
+def passthru(socket_path, opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15,
+             data_len, input_file, admin, as_json):
+    """Send a raw command (nvme io-passthru / admin-passthru)."""
+    data = input_file.read() if input_file else None
+    with connect(socket_path) as dev:
+        c = dev.passthru(opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15,
+                         data=data, read_len=data_len, admin=admin)
+    out = {"status": c.status_name, "sct": c.sct, "sc": c.sc, "result": c.result,
+           "device_ns": c.device_ns}
+    if data_len:
+        out["data"] = c.data.hex()
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(f"{'NVMe status' if not c.ok else 'status'}: {c.status_name} "
+                   f"(SCT {c.sct:#x}, SC {c.sc:#04x}) result {c.result:#x} device {c.device_ns} ns")
+        if data_len:
+            click.echo(out["data"])
+    if not c.ok:
+        sys.exit(1)

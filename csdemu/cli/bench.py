@@ -1,0 +1,103 @@
+"""`csdemu bench ...`: measurements that print one JSON object each."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from csdemu.cli.options import SOCKET_OPT, daemon_for, int_list
+from csdemu.transport.qpair import MAX_QUEUE_DEPTH
+
+
+def emit(result: dict, out: str | None, as_json: bool) -> None:
+    from csdemu.bench import report
+    from csdemu.bench.machine import machine, write_json
+    result["machine"] = machine()
+    if out:
+        write_json(result, out)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(report.text({k: v for k, v in result.items() if k != "machine"}))
+
+
+@click.group()
+def bench():
+    """Benchmarks (each prints one JSON object with --json)."""
+
+
+@bench.command()
+@SOCKET_OPT
+@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+              help="QD32 throughput phase length")
+@click.option("--qd", default=32, show_default=True, type=click.IntRange(1, MAX_QUEUE_DEPTH // 2))
+@click.option("--samples", default=20000, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="QD1 round trips timed")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE", help="also write the JSON here")
+def qpair(socket_path, seconds, qd, samples, as_json, out):
+    """Transport: NOP commands/s at QD32 and QD1 round-trip latency."""
+    from csdemu.bench.qpair import run_qpair_bench
+    with daemon_for(socket_path) as path:
+        result = run_qpair_bench(path, seconds=seconds, qd=qd, samples=samples)
+    emit(result, out, as_json)
+
+
+@bench.command("generate")
+@SOCKET_OPT
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--context", default=2048, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(2, 100_000),
+              help="decode steps; the first is a warm-up, the rest are timed")
+@click.option("--profile", default=None, metavar="NAME")
+@click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="kernel threads of the drive started for the run")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def generate_bench(socket_path, batch, context, steps, profile, engine_threads, as_json, out):
+    """SmolLM2 decode tokens/s: attention on the drive vs in-process sdpa."""
+    from csdemu.host.device import connect
+    from csdemu.bench.generate import run_generate_bench
+    from csdemu.hf.weights import load_smollm2
+    with daemon_for(socket_path, profile, ["--engine-threads", str(engine_threads)]) as path, \
+            connect(path) as dev:
+        model, tok = load_smollm2()
+        try:
+            result = run_generate_bench(dev, model, tok, batch, context, steps)
+        except ValueError as exc:           # e.g. batch x context longer than the corpus
+            raise click.ClickException(str(exc)) from None
+    result["engine_threads"] = engine_threads
+    emit(result, out, as_json)
+
+
+@bench.command("attention")
+@SOCKET_OPT
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--contexts", default="1024,2048,4096,8192,16384", show_default=True, callback=int_list,
+              help="context lengths, multiples of 16")
+@click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="kernel threads of the drive started for the run")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def attention_bench(socket_path, repeat, contexts, engine_threads, as_json, out):
+    """Kernels vs streaming bandwidth, numpy and torch; Attend through the daemon."""
+    from csdemu.bench.attention import T, run_attention_bench
+    if any(c % T for c in contexts):
+        raise click.BadParameter(f"must be multiples of {T} (whole pages), got {contexts}",
+                                 param_hint="--contexts")
+    ctx = tuple(contexts)
+    with daemon_for(socket_path, "instinfer", ["--engine-threads", str(engine_threads)]) as path:
+        result = run_attention_bench(path, repeat, ctx)
+    result["engine_threads"] = engine_threads
+    emit(result, out, as_json)
+
+
+@bench.command("flash")
+@click.option("--profile", default="instinfer", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def flash_bench(profile, as_json, out):
+    """Flash backend: emulator MB/s vs modeled MB/s, WAF at 90 % fill."""
+    from csdemu.bench.flash import run_flash_bench
+    result = run_flash_bench(profile)
+    emit(result, out, as_json)

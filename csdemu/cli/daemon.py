@@ -1,0 +1,130 @@
+"""`csdemu start|stop|status|profiles`: the daemon's life."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import click
+
+from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail
+from csdemu.transport.control import reachable
+from csdemu.transport.paths import default_data_dir, default_socket
+
+@click.command()
+@click.option("--data-dir", default=None, metavar="DIR", help="where flash backing files live")
+@SOCKET_OPT
+@click.option("--profile", default=None, metavar="NAME", help="drive profile (see `csdemu profiles`)")
+@click.option("--config", "config_file", default=None, metavar="FILE.toml", help="profile file")
+@click.option("--timing", type=click.Choice(["virtual", "realtime"]), default=None,
+              help="override the profile's timing mode")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="override one profile parameter (repeatable)")
+@click.option("--poll-idle-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
+              help="spin this long without work before sleeping")
+@click.option("--engine-threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="threads for the attention kernels (more only pays on an otherwise idle machine)")
+@cpus_option("the poller and the engine threads")
+@click.option("--foreground", is_flag=True, help="do not daemonize")
+def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us,
+          engine_threads, cpus, foreground):
+    """Start the drive daemon."""
+    socket_path = socket_path or default_socket()
+    data_dir = data_dir or default_data_dir()
+    if profile and config_file:
+        fail("give --profile or --config, not both")
+    if foreground:
+        if cpus is not None:
+            from csdemu.drive.cpus import pin_process
+            pin_process(cpus)
+        from csdemu.drive.daemon import Daemon
+        from csdemu.drive.assembly import build_controller
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        try:
+            ctrl, info = build_controller(data_dir, profile, config_file, timing, overrides,
+                                          engine_threads)
+        except (ValueError, OSError) as exc:
+            fail(str(exc))
+        Daemon(socket_path, ctrl, poll_idle_us, info).serve()
+        return
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    args = [sys.executable, "-m", "csdemu", "start", "--foreground",
+            "--data-dir", data_dir, "--socket", socket_path, "--poll-idle-us", str(poll_idle_us),
+            "--engine-threads", str(engine_threads)]
+    for flag, value in (("--profile", profile), ("--config", config_file), ("--timing", timing)):
+        if value:
+            args += [flag, value]
+    for item in overrides:
+        args += ["--set", item]
+    if cpus is not None:
+        from csdemu.drive.cpus import format_cpu_list
+        args += ["--cpus", format_cpu_list(cpus)]
+    log_path = os.path.join(data_dir, "daemon.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = open(log_path, errors="replace").read().strip().splitlines()[-1:]
+            fail(f"daemon exited with status {proc.returncode}: {tail[0] if tail else 'see ' + log_path}")
+        if reachable(socket_path):
+            click.echo(f"csdemu daemon {proc.pid} listening on {socket_path} (log: {log_path})")
+            return
+        time.sleep(0.05)
+    proc.kill()
+    fail(f"daemon did not start listening on {socket_path} within 60 s (log: {log_path})")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def profiles(as_json):
+    """List the shipped drive profiles."""
+    from csdemu.drive.profile import list_profiles
+    rows = list_profiles()
+    if as_json:
+        click.echo(json.dumps(dict(rows), indent=2))
+        return
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        click.echo(f"{name:<{width}}  {desc}")
+
+
+@click.command()
+@SOCKET_OPT
+def stop(socket_path):
+    """Stop the daemon (in-flight commands are drained first)."""
+    st = control(socket_path, "status")
+    control(socket_path, "stop")
+    pid = st.get("pid")
+    deadline = time.monotonic() + 30
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    click.echo(f"csdemu daemon {pid} stopped")
+
+
+@click.command()
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+def status(socket_path, as_json):
+    """Daemon pid, uptime, clients, queues, namespaces."""
+    st = control(socket_path, "status")
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"pid {st['pid']}  uptime {st['uptime_s']:.1f}s  socket {st['socket']}  "
+               f"profile {st.get('profile', '')}  timing {'realtime' if st['timing_mode'] else 'virtual'}  "
+               f"cpus {st.get('cpus', '?')}")
+    click.echo(f"clients: {len(st['clients'])}  commands: {st['commands']}")
+    for c in st["clients"]:
+        qs = ", ".join(f"q{q['sqid']}x{q['depth']}" for q in c["queues"])
+        click.echo(f"  client {c['id']} pid {c['pid']}: {qs}; {c['iommu_regions']} DMA regions")
+    for ns in st["namespaces"]:
+        owner = f" owner client {ns['owner']}" if ns["owner"] else ""
+        click.echo(f"  nsid {ns['nsid']}: {ns['kind']}, {ns['nlbas']} x {ns['lba_size']} B{owner}")

@@ -1,0 +1,90 @@
+"""What the verbs share: the socket option, list callbacks, one-line failures,
+reaching the daemon, and a daemon for commands that need one."""
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+from csdemu.transport.errors import DaemonError
+from csdemu.transport.paths import default_socket
+
+SOCKET_OPT = click.option("--socket", "socket_path", default=None, metavar="PATH",
+                          help="daemon socket [default: $CSDEMU_SOCKET or per-user runtime dir]")
+
+
+def fail(msg: str):
+    raise click.ClickException(msg)
+
+
+def int_list(ctx, param, value):
+    """Click callback: "1024,2048" -> [1024, 2048], every item a positive
+    integer, or a one-line error naming the option."""
+    try:
+        out = [int(x) for x in str(value).replace(" ", "").split(",") if x]
+    except ValueError:
+        out = []
+    if not out or any(v <= 0 for v in out):
+        raise click.BadParameter(f"must be a comma-separated list of positive integers, got {value!r}")
+    return out
+
+
+def cpu_list(ctx, param, value):
+    """Click callback: "0-1,3" -> {0, 1, 3} (CPUs this process may use), None
+    when not given, or a one-line error naming the option."""
+    if value is None:
+        return None
+    from csdemu.drive.cpus import parse_cpu_list
+    try:
+        return parse_cpu_list(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def cpus_option(what: str):
+    """`--cpus LIST`: pin `what` to those CPUs (parsed by cpu_list)."""
+    return click.option("--cpus", default=None, metavar="LIST", callback=cpu_list,
+                        help=f"pin {what} to these CPUs (Linux cpulist, e.g. 1 or 0-3,6) "
+                             "[default: any]")
+
+
+def connect(socket_path):
+    from csdemu.host.device import connect as open_device
+    try:
+        return open_device(socket_path)
+    except DaemonError as exc:
+        fail(str(exc))
+
+
+def control(socket_path, op: str) -> dict:
+    from csdemu.transport.control import request
+    path = socket_path or default_socket()
+    try:
+        return request(path, op, timeout=None)
+    except OSError as exc:
+        fail(f"cannot reach the csdemu daemon at {path}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def daemon_for(socket_path: str | None, profile: str | None = None, extra_args=()):
+    """Yield a socket path: the given/default daemon if it answers, else a temporary one."""
+    from csdemu.drive.profile import load_profile
+    from csdemu.host.spawn import DaemonProcess
+    from csdemu.transport.control import reachable
+    path = socket_path or default_socket()
+    if reachable(path):
+        yield path
+        return
+    if socket_path:
+        raise DaemonError(f"no csdemu daemon at {socket_path}; start one with `csdemu start`")
+    if profile:
+        load_profile(profile)        # a bad name fails here, in one line, not in the child
+    proc = DaemonProcess(profile=profile, extra_args=extra_args)
+    try:
+        try:
+            proc.start()
+        except RuntimeError as exc:
+            raise DaemonError(" ".join(str(exc).split())) from None
+        yield proc.socket_path
+    finally:
+        proc.cleanup()

@@ -1,0 +1,93 @@
+"""Create / Delete KV Namespace (admin C1h / C4h) and the engine log (C1h page)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from csdemu.drive.kv.engine import Engine
+from csdemu.drive.kv.layout import KVShape
+from csdemu.drive.kv.kv_namespace import KVNamespace
+from csdemu.drive.kv.store import KVStore
+from nvme_cmds.kv import DTYPE_BYTES, FLAG_SPARSE_LAYOUT, FLAGS_VALID, KV_NS_DESC, KVDtype
+from nvme_cmds.opcodes import VendorAdminOpcode
+from nvme_cmds.status import Status
+
+FIRST_KV_NSID = 2
+MAX_NSID = 1024
+DEFAULT_MAX_SEQS = 256
+MAX_SEQS = 4096
+DEFAULT_DIMS_PER_PAGE = 1      # one head dim per page: SparF reads only the r dims it picked
+FIRST_STREAM = 2          # streams 0 and 1 belong to the block FTL
+
+
+class KVManager:
+    """Owns the drive's attention engine and hands out KV namespaces."""
+
+    def __init__(self, ftl, profile, engine_threads: int = 1):
+        self.ftl, self.profile = ftl, profile
+        self.engine = Engine(ftl, profile, engine_threads)
+        self._streams = itertools.count(FIRST_STREAM)
+
+    def new_stream(self) -> int:
+        return next(self._streams)
+
+    def handle(self, ctrl, session, cmd):
+        if cmd[0] == VendorAdminOpcode.CREATE_KV_NAMESPACE:
+            return self.create(ctrl, session, cmd)
+        return self.delete(ctrl, session, cmd)
+
+    def shape_from(self, d) -> KVShape | None:
+        """Validate a KV_NS_DESC record; None if any field is invalid."""
+        page = self.ftl.geom.page_bytes
+        try:
+            dtype = KVDtype(int(d["dtype"]))
+        except ValueError:
+            return None
+        L, Hq, Hkv, D = (int(d[k]) for k in ("layers", "q_heads", "kv_heads", "head_dim"))
+        flags = int(d["flags"])
+        if not (L and Hq and Hkv and D) or Hq % Hkv or flags & ~FLAGS_VALID:
+            return None
+        eb = DTYPE_BYTES[dtype]
+        if page % (D * eb):
+            return None
+        T = int(d["tokens_per_page"]) or page // (D * eb)
+        if T * D * eb != page:
+            return None
+        sparse = bool(flags & FLAG_SPARSE_LAYOUT)
+        Dp = int(d["dims_per_page"]) or min(DEFAULT_DIMS_PER_PAGE, D)
+        if sparse and (D % Dp or page % (Dp * eb)):
+            return None
+        Tp = page // (Dp * eb) if sparse else 0
+        return KVShape(L, Hq, Hkv, D, dtype, T, sparse, Dp if sparse else 0, Tp, page)
+
+    def create(self, ctrl, session, cmd):
+        st, data = ctrl.data_in(session, cmd[1], cmd[7], cmd[8], KV_NS_DESC.itemsize)
+        if st:
+            return st, 0, 0
+        d = np.frombuffer(bytes(data), KV_NS_DESC)[0]
+        shape = self.shape_from(d)
+        max_seqs = int(d["max_seqs"]) or DEFAULT_MAX_SEQS
+        if shape is None or max_seqs > MAX_SEQS:
+            return Status.INVALID_FIELD, 0, 0
+        nsid = next((n for n in range(FIRST_KV_NSID, MAX_NSID) if n not in ctrl.namespaces), None)
+        if nsid is None:
+            return Status.NS_ID_UNAVAILABLE, 0, 0
+        store = KVStore(shape, self.ftl, max_seqs, self.new_stream)
+        ctrl.namespaces[nsid] = KVNamespace(nsid, shape, store, self.engine, session.id)
+        ctrl.owners[nsid] = session.id
+        return Status.SUCCESS, nsid, 0
+
+    def delete(self, ctrl, session, cmd):
+        nsid = cmd[3]
+        ns = ctrl.namespaces.get(nsid)
+        if not isinstance(ns, KVNamespace):
+            return Status.INVALID_NAMESPACE, 0, 0
+        if ctrl.owners.get(nsid) != session.id:
+            return Status.ACCESS_DENIED, 0, 0
+        ctrl.delete_namespace(nsid)
+        return Status.SUCCESS, 0, 0
+
+    def engine_log(self, ctrl) -> bytes:
+        kvs = [ns for ns in ctrl.namespaces.values() if isinstance(ns, KVNamespace)]
+        return self.engine.stats.as_log(len(kvs), sum(len(ns.store.seqs) for ns in kvs))

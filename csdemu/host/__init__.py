@@ -1,0 +1,7 @@
+"""The client library, what a host process links: the device handle and its
+admin and block verbs (device.py), I/O queues (queue.py), KV namespaces and
+Attend (kv.py), counter snapshots (counters.py), and a throwaway daemon for
+tools and tests (spawn.py, which starts one as a separate process).
+
+Imports csdemu.transport and nvme_cmds; never csdemu.drive (import-linter).
+"""

@@ -1,1 +1,0 @@
-"""The KV-cache side of the drive: layout, engine, timing."""

@@ -1,0 +1,246 @@
+"""Queue pairs in shared memory, both ends.
+
+A client's arena (one memfd per client, mapped by the daemon and the client)
+starts with a control region, then holds whatever queues and data buffers
+the client places in it — the controller memory buffer of a real drive,
+with queues in the CMB as NVMe allows:
+
+    0      doorbell page: u32 SQ tail at 8*qid, u32 CQ head at 8*qid+4
+           (shadow doorbells: plain memory stores, no MMIO trap)
+    4096   flags page: u32 need_wakeup at 0 (set by a sleeping daemon: the
+           client must signal the kick eventfd); u32 cq_armed[qid] at
+           256+4*qid (set by a client about to block on that CQ's vector)
+    8192   admin SQ (ADMIN_DEPTH x 64 B), then admin CQ
+    16384  free for the client: I/O queues and data buffers
+
+Every CQ region is `depth` 16-byte CQEs followed by `depth` u64 modeled
+device times (ns), one per CQE slot: the time is written before the CQE
+whose phase tag makes it visible.
+
+The rings follow SPDK's loop: a CQE is new when its phase tag matches the
+consumer's phase; the phase flips when the head wraps; a batch of entries
+is consumed before the head doorbell is written once.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+
+import numpy as np
+
+from nvme_cmds.spec import CQE_STRUCT, SQE_STRUCT
+
+# A raw completion, as HostCQ.pop_batch hands it to the host's hot paths: the
+# CQE's fields, then the modeled device time csdemu adds. Index it by name.
+CQ_DW0, CQ_DW1, CQ_SQHD, CQ_SQID, CQ_CID, CQ_STATUS, CQ_DEVICE_NS = range(7)
+
+PAGE = 4096
+DOORBELL_OFF = 0
+FLAGS_OFF = PAGE
+NEED_WAKEUP_WORD = FLAGS_OFF // 4
+CQ_ARMED_WORD = (FLAGS_OFF + 256) // 4
+ADMIN_DEPTH = 32
+ADMIN_SQ_OFF = 2 * PAGE
+ADMIN_CQ_OFF = ADMIN_SQ_OFF + ADMIN_DEPTH * 64
+CONTROL_BYTES = 4 * PAGE
+MAX_QUEUES = 64            # queue ids 0 (admin) .. 63 per client
+MAX_QUEUE_DEPTH = 1024     # CAP.MQES + 1
+
+_CQE_HEAD = struct.Struct("<IIHH")   # CQE DW0-2
+assert ADMIN_CQ_OFF + ADMIN_DEPTH * 24 <= CONTROL_BYTES
+
+
+def sq_bytes(depth: int) -> int:
+    return depth * 64
+
+
+def cq_bytes(depth: int) -> int:
+    return depth * 24
+
+
+_fence_lock = threading.Lock()
+
+
+def fence() -> None:
+    """Full memory barrier between a store and a later load.
+
+    Python cannot emit mfence. An uncontended lock round trip runs a locked
+    read-modify-write (sem_trywait's CAS), which is a full fence on x86-64.
+    Needed where a store must be visible before a load of another word: the
+    need-wakeup and cq-armed handshakes (io_uring does smp_mb there).
+    """
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+class ArenaView:
+    """numpy views of one client's arena mmap, plus memoryview word arrays for
+    the rings' hot paths (indexing a memoryview is several times cheaper than
+    a numpy scalar read or write, and both ends touch a few words per command)."""
+
+    def __init__(self, mm, size: int):
+        self.mm = mm
+        self.size = size
+        self.u32 = np.ndarray((size // 4,), np.uint32, buffer=mm)
+        self.u8 = np.ndarray((size,), np.uint8, buffer=mm)
+        self._mv = memoryview(mm)
+        self.w32 = self._mv.cast("I")
+        self.w64 = self._mv.cast("Q")
+
+    def close(self):
+        # Drop the views before the mmap so it can be closed.
+        self.u32 = self.u8 = None
+        if self._mv is not None:
+            self.w32.release()
+            self.w64.release()
+            self._mv.release()
+            self._mv = self.w32 = self.w64 = None
+
+
+# ---------------------------------------------------------------- host side
+
+class HostSQ:
+    def __init__(self, arena: ArenaView, qid: int, off: int, depth: int):
+        self.arena, self.qid, self.off, self.depth = arena, qid, off, depth
+        self.tail = 0
+        self.head = 0              # last SQ head the controller reported
+        self.db_word = (DOORBELL_OFF + 8 * qid) // 4
+
+    def free_slots(self) -> int:
+        return self.depth - 1 - (self.tail - self.head) % self.depth
+
+    def push(self, opc, flags, cid, nsid, cdw2, cdw3, mptr, prp1, prp2,
+             cdw10, cdw11, cdw12, cdw13, cdw14, cdw15) -> None:
+        SQE_STRUCT.pack_into(self.arena.mm, self.off + 64 * self.tail, opc, flags, cid,
+                             nsid, cdw2, cdw3, mptr, prp1, prp2,
+                             cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
+        self.tail = (self.tail + 1) % self.depth
+
+    def push_raw(self, entry: bytes) -> None:
+        self.arena.mm[self.off + 64 * self.tail: self.off + 64 * self.tail + 64] = entry
+        self.tail = (self.tail + 1) % self.depth
+
+    def ring(self) -> bool:
+        """Write the tail doorbell; True if the daemon asked to be woken."""
+        a = self.arena.w32
+        a[self.db_word] = self.tail
+        fence()
+        return a[NEED_WAKEUP_WORD] != 0
+
+
+class HostCQ:
+    def __init__(self, arena: ArenaView, qid: int, off: int, depth: int, vector: int):
+        self.arena, self.qid, self.off, self.depth, self.vector = arena, qid, off, depth, vector
+        self.head = 0
+        self.phase = 1
+        self.status_word = off // 4 + 3
+        self.ext_word = (off + 16 * depth) // 8
+        self.db_word = (DOORBELL_OFF + 8 * qid + 4) // 4
+        self.armed_word = CQ_ARMED_WORD + qid
+
+    def ready(self) -> bool:
+        return (self.arena.w32[self.status_word + 4 * self.head] >> 16) & 1 == self.phase
+
+    def pop_batch(self, limit: int) -> list[tuple]:
+        """Consume up to `limit` new CQEs -> [(dw0, dw1, sqhd, sqid, cid, status, device_ns)]."""
+        out = []
+        a = self.arena
+        w32, w64, mm = a.w32, a.w64, a.mm
+        while len(out) < limit:
+            h = self.head
+            if (w32[self.status_word + 4 * h] >> 16) & 1 != self.phase:
+                break
+            out.append(CQE_STRUCT.unpack_from(mm, self.off + 16 * h) + (w64[self.ext_word + h],))
+            h += 1
+            if h == self.depth:
+                h = 0
+                self.phase ^= 1
+            self.head = h
+        if out:
+            w32[self.db_word] = self.head
+        return out
+
+    def arm(self, on: bool) -> None:
+        self.arena.w32[self.armed_word] = 1 if on else 0
+        if on:
+            fence()
+
+
+# -------------------------------------------------------------- device side
+
+class DeviceSQ:
+    def __init__(self, arena: ArenaView, qid: int, off: int, depth: int, cqid: int):
+        self.arena, self.qid, self.off, self.depth, self.cqid = arena, qid, off, depth, cqid
+        self.cq = None                     # its DeviceCQ, looked up by the controller
+        self.head = 0
+        self.db_word = (DOORBELL_OFF + 8 * qid) // 4
+        self.inflight = bytearray(65536)   # by CID: 1 while a command is outstanding
+        self.bad_doorbells = 0
+
+    def fetch(self, limit: int) -> list[tuple]:
+        """Consume up to `limit` submitted SQEs as unpacked tuples."""
+        tail = self.arena.w32[self.db_word]
+        head = self.head
+        if tail == head:
+            return []
+        if tail >= self.depth:       # a garbage doorbell write: ignore it
+            self.bad_doorbells += 1
+            return []
+        n = min((tail - head) % self.depth, limit)
+        end = head + n
+        mm, off = self.arena.mm, self.off
+        if n == 1:                   # the usual case at low depth per queue: no slice copy
+            self.head = end % self.depth
+            return [SQE_STRUCT.unpack_from(mm, off + 64 * head)]
+        if end <= self.depth:
+            out = list(SQE_STRUCT.iter_unpack(mm[off + 64 * head: off + 64 * end]))
+        else:
+            out = list(SQE_STRUCT.iter_unpack(mm[off + 64 * head: off + 64 * self.depth]))
+            out += SQE_STRUCT.iter_unpack(mm[off: off + 64 * (end - self.depth)])
+        self.head = end % self.depth
+        return out
+
+
+class DeviceCQ:
+    def __init__(self, arena: ArenaView, qid: int, off: int, depth: int,
+                 vector: int, irq_enabled: bool):
+        self.arena, self.qid, self.off, self.depth = arena, qid, off, depth
+        self.vector, self.irq_enabled = vector, irq_enabled
+        self.tail = 0
+        self.phase = 1
+        self.ext_word = (off + 16 * depth) // 8
+        self.head_word = (DOORBELL_OFF + 8 * qid + 4) // 4
+        self.armed_word = CQ_ARMED_WORD + qid
+        self.sq_ids: set[int] = set()
+        self.backlog: list = []       # completions waiting for room
+        self.bad_doorbells = 0
+
+    def room(self) -> int:
+        head = self.arena.w32[self.head_word]
+        if head >= self.depth:
+            self.bad_doorbells += 1
+            return 0
+        return self.depth - 1 - (self.tail - head) % self.depth
+
+    def post(self, dw0, dw1, sqhd, sqid, cid, status_field_no_phase, device_ns) -> None:
+        """Write one CQE; the caller has checked room(). Status word goes last."""
+        t = self.tail
+        a = self.arena
+        a.w64[self.ext_word + t] = device_ns
+        base = self.off + 16 * t
+        _CQE_HEAD.pack_into(a.mm, base, dw0 & 0xFFFFFFFF, dw1 & 0xFFFFFFFF, sqhd, sqid)
+        # DW3 (cid, status, phase) goes last so the entry becomes visible whole.
+        a.w32[base // 4 + 3] = cid | (((status_field_no_phase & 0xFFFE) | self.phase) << 16)
+        t += 1
+        if t == self.depth:
+            t = 0
+            self.phase ^= 1
+        self.tail = t
+
+    def armed(self) -> bool:
+        # The CQE just posted must be visible before the flag is read: the
+        # client stores the flag, fences and then looks at the CQ (Dekker).
+        # Without this fence both sides can miss each other and the client
+        # sleeps until its poll timeout.
+        fence()
+        return self.arena.w32[self.armed_word] != 0

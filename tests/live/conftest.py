@@ -1,0 +1,18 @@
+import pytest
+
+from csdemu.host.spawn import DaemonProcess
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    """One real daemon process for the transport tests (temp dir, own socket)."""
+    d = DaemonProcess(extra_args=["--poll-idle-us", "2000"]).start()
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture
+def dev(daemon):
+    import csdemu
+    with csdemu.connect(daemon.socket_path) as device:
+        yield device

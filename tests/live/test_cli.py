@@ -1,0 +1,69 @@
+"""The command line against a real daemon: verbs work, bad input is one line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import ROOT
+
+
+def csdemu(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "csdemu", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(r, *needles):
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_identify_smart_log_passthru(daemon):
+    s = ["--socket", daemon.socket_path]
+    r = csdemu("identify", *s, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["sqes"] == 0x66
+    r = csdemu("identify", *s, "-n", "1")
+    assert r.returncode == 0 and "nsze" in r.stdout
+    r = csdemu("smart", *s, "--json")
+    assert "data_units_read" in json.loads(r.stdout)
+    r = csdemu("passthru", *s, "-o", "0x80", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "SUCCESS"
+    r = csdemu("passthru", *s, "-o", "0x02", "-n", "1", "-l", "4096", "--json")
+    out = json.loads(r.stdout)
+    assert out["status"] == "SUCCESS" and len(out["data"]) == 8192
+    r = csdemu("passthru", *s, "-o", "0x7e", "-n", "1")
+    assert r.returncode == 1 and "INVALID_OPCODE" in r.stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["start", "--poll-idle-us", "-5"], ["--poll-idle-us"]),
+    (["start", "--timing", "sometimes"], ["--timing"]),
+    (["log", "bogus", "--socket", "/nonexistent.sock"], ["bogus"]),
+    (["smart", "--socket", "/nonexistent.sock"], ["/nonexistent.sock"]),
+    (["passthru", "--opcode", "zz"], ["--opcode"]),
+    (["frobnicate"], ["frobnicate"]),
+    (["bench", "qpair", "--qd", "0"], ["--qd"]),
+    (["bench", "qpair", "--seconds", "-1"], ["--seconds"]),
+    (["bench", "generate", "--steps", "1"], ["--steps"]),
+    (["bench", "attention", "--contexts", "1k"], ["--contexts", "1k"]),
+    (["bench", "attention", "--contexts", "100"], ["--contexts", "16"]),
+    (["bench", "attention", "--repeat", "0"], ["--repeat"]),
+    (["eval-sparse", "--contexts", "0"], ["--contexts"]),
+    (["reproduce", "--batch", "1,x"], ["--batch"]),
+    (["log", "--length", "0"], ["--length"]),
+    (["bench", "flash", "--profile", "nope"], ["profile nope"]),
+    (["generate", "--profile", "nope"], ["profile nope"]),
+    (["eval-sparse", "--profile", "nope"], ["profile nope"]),
+    (["stress", os.path.join(ROOT, "tools", "stress", "decode-dense.ini"), "--profile", "nope"],
+     ["profile nope"]),
+    (["bench", "generate", "--socket", "/nonexistent.sock"], ["/nonexistent.sock"]),
+    (["start", "--cpus", "x"], ["--cpus", "'x'"]),
+    (["start", "--cpus", "4096"], ["--cpus", "CPU 4096"]),
+    (["nbd", "--cpus", "1-0", "--socket", "/nonexistent.sock"], ["--cpus", "'1-0'"]),
+])
+def test_bad_arguments_give_one_line(args, needles):
+    one_line_error(csdemu(*args), *needles)
