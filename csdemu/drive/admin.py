@@ -91,6 +91,7 @@ def delete_io_sq(ctrl, s, cmd):
         return _bad(Status.INVALID_QID)
     sq = s.sqs[qid]
     ctrl.held[:] = [h for h in ctrl.held if h[3] is not sq]
+    ctrl.drop_pending(s, sq)
     s.remove_sq(qid)
     return OK
 
@@ -249,6 +250,8 @@ def set_features(ctrl, s, cmd):
                     ns.restart_timeline(now)
             if ctrl.kv is not None:
                 ctrl.kv.engine.restart_timeline(now)
+        if ctrl.config.timing_mode != value:
+            ctrl.epoch += 1           # every CQ's horizon belongs to the old timeline
         ctrl.config.timing_mode = value
     elif fid == FeatureId.FAULT_INJECTION:
         ns = ctrl.namespaces.get(1)

@@ -69,6 +69,7 @@ class Controller:
         self.features: dict[int, int] = {}
         self.held: list = []                    # realtime heap of (done_ns, seq, session, ...)
         self._seq = 0
+        self.epoch = 0            # bumped when the modeled timeline restarts (timing mode switch)
         self.bounce = np.zeros(config.mdts_bytes, np.uint8)
         self.bounce_addr = self.bounce.ctypes.data
         self.lifetime = None      # csdemu.drive.lifetime.Lifetime: SMART power-on counters
@@ -79,6 +80,7 @@ class Controller:
         """One pass over a client's submission queues; returns commands handled."""
         n = 0
         w32 = session.arena.w32
+        busy = set()
         for sq in list(session.sqs.values()):
             # An idle queue is the common case of a pass: its doorbell alone
             # says so, unless completions wait for room in its CQ.
@@ -102,6 +104,7 @@ class Controller:
             if not cmds:
                 continue
             n += len(cmds)
+            busy.add(cq)
             if sq.qid == 0:
                 for cmd in cmds:
                     self._admin(session, sq, cq, cmd)
@@ -109,6 +112,8 @@ class Controller:
                 io = self._io
                 for cmd in cmds:
                     io(session, sq, cq, cmd)
+        if session.pending_cqs:
+            n += self._release_pending(session, busy)
         return n
 
     # ------------------------------------------------------------ completing
@@ -117,23 +122,67 @@ class Controller:
         if status and split_status(status)[0] == 2:
             self.counters.media_errors += 1
         device_ns = done_ns - arrival_ns if done_ns > arrival_ns else 0
-        if self.config.timing_mode == _REALTIME and done_ns > _mono():
-            if release:
-                sq.inflight[cid] = 1
-            self._seq += 1
-            heapq.heappush(self.held, (done_ns, self._seq, session, sq, cq, cid, status,
-                                       dw0, dw1, device_ns, release))
-            return
-        self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release)
+        if self.config.timing_mode == _REALTIME:
+            if done_ns > _mono():
+                if release:
+                    sq.inflight[cid] = 1
+                self._seq += 1
+                heapq.heappush(self.held, (done_ns, self._seq, session, sq, cq, cid, status,
+                                           dw0, dw1, device_ns, release))
+                return
+            return self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns)
+        # Virtual: posted at once, but in modeled-time order (_release_pending).
+        if release:
+            sq.inflight[cid] = 1
+        self._seq += 1
+        heapq.heappush(cq.pending, (done_ns, self._seq, sq, cid, status, dw0, dw1, device_ns,
+                                    release))
+        session.pending_cqs.add(cq)
 
-    def _post(self, session, sq, cq, cid, status, dw0, dw1, device_ns, release):
+    def _release_pending(self, session, busy) -> int:
+        """Virtual mode's step of modeled time: each CQ whose SQs brought
+        nothing new this pass posts its earliest pending completions (all
+        that share that time). So a host sees its completions in the order
+        the modeled drive finishes them, as in realtime mode, however far the
+        emulator runs ahead; a command it submits in answer then arrives at
+        that completion's time (arrival()), not at the latest of a batch
+        the emulator happened to finish in another order. Returns CQEs posted."""
+        n = 0
+        for cq in list(session.pending_cqs):
+            if cq in busy:
+                continue
+            pend = cq.pending
+            done = pend[0][0]
+            while pend and pend[0][0] == done:
+                _, _, sq, cid, status, dw0, dw1, device_ns, release = heapq.heappop(pend)
+                self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done)
+                n += 1
+            if not pend:
+                session.pending_cqs.discard(cq)
+        return n
+
+    def flush_pending(self, session) -> None:
+        """Post every pending virtual-mode completion of `session` (shutdown)."""
+        while session.pending_cqs:
+            self._release_pending(session, ())
+
+    def drop_pending(self, session, sq) -> None:
+        """Forget the pending completions of a deleted SQ."""
+        cq = sq.cq or session.cqs.get(sq.cqid)
+        if cq is not None and cq.pending:
+            cq.pending[:] = [p for p in cq.pending if p[2] is not sq]
+            heapq.heapify(cq.pending)
+            if not cq.pending:
+                session.pending_cqs.discard(cq)
+
+    def _post(self, session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns):
         if release:
             sq.inflight[cid] = 0
         field = _SUCCESS_FIELD if status == 0 else status_field(status)
         if cq.backlog or cq.room() <= 0:
-            cq.backlog.append((dw0, dw1, sq.head, sq.qid, cid, field, device_ns))
+            cq.backlog.append((dw0, dw1, sq.head, sq.qid, cid, field, device_ns, done_ns))
             return
-        cq.post(dw0, dw1, sq.head, sq.qid, cid, field, device_ns)
+        cq.post(dw0, dw1, sq.head, sq.qid, cid, field, device_ns, done_ns)
         session.interrupt(cq)
 
     def _drain_backlog(self, session, cq):
@@ -149,10 +198,10 @@ class Controller:
         """Post held completions whose time has come; return the next due time."""
         held = self.held
         while held and held[0][0] <= now_ns:
-            _, _, session, sq, cq, cid, status, dw0, dw1, dev_ns, release = heapq.heappop(held)
+            done, _, session, sq, cq, cid, status, dw0, dw1, dev_ns, release = heapq.heappop(held)
             if session.closed:
                 continue
-            self._post(session, sq, cq, cid, status, dw0, dw1, dev_ns, release)
+            self._post(session, sq, cq, cid, status, dw0, dw1, dev_ns, release, done)
         return held[0][0] if held else None
 
     def abort_held(self, session, sqid: int, cid: int) -> bool:
@@ -252,10 +301,25 @@ class Controller:
             return Status.DATA_TRANSFER_ERROR
         return 0
 
+    # ------------------------------------------------------------ arrival
+    def arrival(self, cq) -> int:
+        """When a command fetched now for `cq` arrives in modeled time: now,
+        but in virtual mode no earlier than the latest modeled completion its
+        host had consumed from that CQ. The emulator runs ahead of the drive,
+        so the wall clock alone would have a dependent command arrive before
+        the work it waited for had finished (docs/architecture.md, "Timing
+        modes")."""
+        now = _mono()
+        if cq.epoch != self.epoch:
+            cq.epoch = self.epoch
+            cq.forget_horizon()
+        hz = cq.horizon()
+        return hz if hz > now and self.config.timing_mode != _REALTIME else now
+
     # ------------------------------------------------------------ admin
     def _admin(self, session, sq, cq, cmd):
         cid = cmd[2]
-        arrival = time.monotonic_ns()
+        arrival = self.arrival(cq)
         if sq.inflight[cid]:
             return self.complete(session, sq, cq, cid, Status.CID_CONFLICT,
                                  arrival_ns=arrival, done_ns=arrival, release=False)
@@ -268,7 +332,7 @@ class Controller:
     # ------------------------------------------------------------ I/O
     def _io(self, session, sq, cq, cmd):
         opc, flags, cid, nsid = cmd[0], cmd[1], cmd[2], cmd[3]
-        arrival = _mono()
+        arrival = self.arrival(cq)
         self.counters.commands += 1
         if sq.inflight[cid]:
             return self.complete(session, sq, cq, cid, Status.CID_CONFLICT,

@@ -236,6 +236,8 @@ class Daemon:
     def shutdown(self):
         """Drain: post every held completion (at its time), then close."""
         ctrl = self.ctrl
+        for s in self.sessions.values():
+            ctrl.flush_pending(s)
         while ctrl.held:
             due = ctrl.release_due(time.monotonic_ns())
             if due is not None:

@@ -32,6 +32,7 @@ class Session:
         self.sqs: dict[int, DeviceSQ] = {}
         self.queue_spans: dict[tuple[str, int], tuple[int, int]] = {}
         self.aers: list[int] = []          # outstanding Async Event Request CIDs
+        self.pending_cqs: set = set()      # CQs with virtual-mode completions to post
         self.scratch = np.zeros(8, np.uint8)
         self.add_cq(0, ADMIN_CQ_OFF, ADMIN_DEPTH, 0, True)
         self.add_sq(0, ADMIN_SQ_OFF, ADMIN_DEPTH, 0)

@@ -214,6 +214,13 @@ class DeviceCQ:
         self.sq_ids: set[int] = set()
         self.backlog: list = []       # completions waiting for room
         self.bad_doorbells = 0
+        # The modeled completion time of the CQE in each slot, and the
+        # latest of those the host has consumed (see horizon()).
+        self.done_at = [0] * depth
+        self.seen_head = 0
+        self.consumed_ns = 0
+        self.epoch = 0                # the controller's timeline it was measured on
+        self.pending: list = []       # virtual mode: completions not yet posted, a heap by time
 
     def room(self) -> int:
         head = self.arena.w32[self.head_word]
@@ -222,10 +229,34 @@ class DeviceCQ:
             return 0
         return self.depth - 1 - (self.tail - head) % self.depth
 
-    def post(self, dw0, dw1, sqhd, sqid, cid, status_field_no_phase, device_ns) -> None:
+    def horizon(self) -> int:
+        """The latest modeled completion time among the CQEs the host has
+        consumed, as its CQ head doorbell says: whatever the host submits now,
+        it submits after seeing those completions."""
+        head = self.arena.w32[self.head_word]
+        h = self.seen_head
+        if head != h and head < self.depth:
+            done, hz, depth = self.done_at, self.consumed_ns, self.depth
+            while h != head:
+                if done[h] > hz:
+                    hz = done[h]
+                h += 1
+                if h == depth:
+                    h = 0
+            self.seen_head, self.consumed_ns = head, hz
+        return self.consumed_ns
+
+    def forget_horizon(self) -> None:
+        """Start the horizon afresh (the modeled timeline was restarted)."""
+        self.horizon()
+        self.consumed_ns = 0
+
+    def post(self, dw0, dw1, sqhd, sqid, cid, status_field_no_phase, device_ns,
+             done_ns=0) -> None:
         """Write one CQE; the caller has checked room(). Status word goes last."""
         t = self.tail
         a = self.arena
+        self.done_at[t] = done_ns
         a.w64[self.ext_word + t] = device_ns
         base = self.off + 16 * t
         _CQE_HEAD.pack_into(a.mm, base, dw0 & 0xFFFFFFFF, dw1 & 0xFFFFFFFF, sqhd, sqid)

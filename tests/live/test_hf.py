@@ -82,3 +82,31 @@ def test_eval_sparse_rows_report_pages_sensed(daemon, model_tok):
     assert 0 < sparf["flash_pages_per_step"]
     assert sparf["flash_pages_vs_dense"] == pytest.approx(
         sparf["flash_pages_per_step"] / dense["flash_pages_per_step"], abs=1e-3)
+
+
+def test_decode_steps_cost_the_same_in_virtual_and_realtime(model_tok):
+    """Causal virtual time: the modeled attention time of SmolLM2's decode
+    steps is what a realtime drive reports, not inflated by phantom queueing
+    (tests/live/test_causal_time.py has the rule's other paths)."""
+    from csdemu.host.spawn import DaemonProcess
+    model, tok = model_tok
+    inputs = build_inputs(tok, PROMPTS[:2], chat=True)
+
+    def decode_ns(dev):
+        with CSDCache(dev, model.config, batch_size=2) as cache, torch.no_grad():
+            model.generate(**inputs, max_new_tokens=4, do_sample=False, cache=cache,
+                           pad_token_id=tok.pad_token_id)
+            return cache.state.device_ns, cache.state.attends
+
+    use_drive_attention(model)
+    try:
+        with DaemonProcess(profile="instinfer", extra_args=["--timing", "virtual"]) as d, \
+                csdemu.connect(d.socket_path) as dev:
+            decode_ns(dev)                                   # first-use set-up off the record
+            virtual, n = decode_ns(dev)
+            dev.set_timing_mode(True)
+            realtime, m = decode_ns(dev)
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert n == m == 3 * model.config.num_hidden_layers
+    assert abs(virtual - realtime) <= 0.01 * realtime, (virtual / n, realtime / m)
