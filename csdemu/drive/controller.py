@@ -109,9 +109,9 @@ class Controller:
                 for cmd in cmds:
                     self._admin(session, sq, cq, cmd)
             else:
-                io = self._io
-                for cmd in cmds:
-                    io(session, sq, cq, cmd)
+                io, before = self._io, sq.consumed_before
+                for i, cmd in enumerate(cmds):
+                    io(session, sq, cq, cmd, before(i))
         if session.pending_cqs:
             n += self._release_pending(session, busy)
         return n
@@ -302,18 +302,21 @@ class Controller:
         return 0
 
     # ------------------------------------------------------------ arrival
-    def arrival(self, cq) -> int:
+    def arrival(self, cq, consumed: int = 0) -> int:
         """When a command fetched now for `cq` arrives in modeled time: now,
         but in virtual mode no earlier than the latest modeled completion its
-        host had consumed from that CQ. The emulator runs ahead of the drive,
-        so the wall clock alone would have a dependent command arrive before
-        the work it waited for had finished (docs/architecture.md, "Timing
-        modes")."""
+        host had consumed from that CQ when it wrote the command (`consumed`
+        CQEs, as its SQ slot says; else as far as the CQ head doorbell says
+        now). The emulator runs ahead of the drive, so the wall clock alone
+        would have a dependent command arrive before the work it waited for
+        had finished (docs/architecture.md, "Timing modes")."""
         now = _mono()
         if cq.epoch != self.epoch:
             cq.epoch = self.epoch
             cq.forget_horizon()
         hz = cq.horizon()
+        if consumed:
+            hz = cq.horizon_at(consumed)
         return hz if hz > now and self.config.timing_mode != _REALTIME else now
 
     # ------------------------------------------------------------ admin
@@ -330,9 +333,9 @@ class Controller:
         self.complete(session, sq, cq, cid, status, dw0, dw1, arrival, arrival)
 
     # ------------------------------------------------------------ I/O
-    def _io(self, session, sq, cq, cmd):
+    def _io(self, session, sq, cq, cmd, consumed=0):
         opc, flags, cid, nsid = cmd[0], cmd[1], cmd[2], cmd[3]
-        arrival = self.arrival(cq)
+        arrival = self.arrival(cq, consumed)
         self.counters.commands += 1
         if sq.inflight[cid]:
             return self.complete(session, sq, cq, cid, Status.CID_CONFLICT,

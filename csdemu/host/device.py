@@ -98,8 +98,9 @@ class Device:
         except NVMeError:
             self.admin_cmd(AdminOpcode.DELETE_IO_CQ, cdw10=qid)
             raise
-        q = Queue(self, qid, HostSQ(self.arena, qid, sq_off, depth),
-                  HostCQ(self.arena, qid, cq_off, depth, vector), self.vector_fds[vector])
+        cq = HostCQ(self.arena, qid, cq_off, depth, vector)
+        q = Queue(self, qid, HostSQ(self.arena, qid, sq_off, depth, cq), cq,
+                  self.vector_fds[vector])
         self.queues[qid] = q
         return q
 

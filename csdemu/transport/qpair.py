@@ -15,7 +15,11 @@ with queues in the CMB as NVMe allows:
 
 Every CQ region is `depth` 16-byte CQEs followed by `depth` u64 modeled
 device times (ns), one per CQE slot: the time is written before the CQE
-whose phase tag makes it visible.
+whose phase tag makes it visible. Every I/O SQ region is `depth` 64-byte
+SQEs followed by `depth` u32 counts, one per SQE slot: how many CQEs of its
+CQ the host had consumed when it wrote that SQE, so the controller knows
+which completions a command was submitted after (causal virtual time; 0 =
+not said, and the CQ head doorbell at fetch stands in).
 
 The rings follow SPDK's loop: a CQE is new when its phase tag matches the
 consumer's phase; the phase flips when the head wraps; a batch of entries
@@ -51,7 +55,7 @@ assert ADMIN_CQ_OFF + ADMIN_DEPTH * 24 <= CONTROL_BYTES
 
 
 def sq_bytes(depth: int) -> int:
-    return depth * 64
+    return depth * 68            # SQEs, then a u32 consumed-count per slot
 
 
 def cq_bytes(depth: int) -> int:
@@ -100,11 +104,14 @@ class ArenaView:
 # ---------------------------------------------------------------- host side
 
 class HostSQ:
-    def __init__(self, arena: ArenaView, qid: int, off: int, depth: int):
+    def __init__(self, arena: ArenaView, qid: int, off: int, depth: int, cq=None):
         self.arena, self.qid, self.off, self.depth = arena, qid, off, depth
         self.tail = 0
         self.head = 0              # last SQ head the controller reported
         self.db_word = (DOORBELL_OFF + 8 * qid) // 4
+        # I/O SQs: each slot's consumed-count of `cq` (the admin SQ has none)
+        self.cq = cq
+        self.snap_word = (off + 64 * depth) // 4 if cq is not None else None
 
     def free_slots(self) -> int:
         return self.depth - 1 - (self.tail - self.head) % self.depth
@@ -114,10 +121,14 @@ class HostSQ:
         SQE_STRUCT.pack_into(self.arena.mm, self.off + 64 * self.tail, opc, flags, cid,
                              nsid, cdw2, cdw3, mptr, prp1, prp2,
                              cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
+        if self.snap_word is not None:
+            self.arena.w32[self.snap_word + self.tail] = self.cq.consumed & 0xFFFFFFFF
         self.tail = (self.tail + 1) % self.depth
 
     def push_raw(self, entry: bytes) -> None:
         self.arena.mm[self.off + 64 * self.tail: self.off + 64 * self.tail + 64] = entry
+        if self.snap_word is not None:
+            self.arena.w32[self.snap_word + self.tail] = self.cq.consumed & 0xFFFFFFFF
         self.tail = (self.tail + 1) % self.depth
 
     def ring(self) -> bool:
@@ -133,6 +144,7 @@ class HostCQ:
         self.arena, self.qid, self.off, self.depth, self.vector = arena, qid, off, depth, vector
         self.head = 0
         self.phase = 1
+        self.consumed = 0          # CQEs reaped so far (HostSQ tells the controller)
         self.status_word = off // 4 + 3
         self.ext_word = (off + 16 * depth) // 8
         self.db_word = (DOORBELL_OFF + 8 * qid + 4) // 4
@@ -158,6 +170,7 @@ class HostCQ:
             self.head = h
         if out:
             w32[self.db_word] = self.head
+            self.consumed += len(out)
         return out
 
     def arm(self, on: bool) -> None:
@@ -176,11 +189,22 @@ class DeviceSQ:
         self.db_word = (DOORBELL_OFF + 8 * qid) // 4
         self.inflight = bytearray(65536)   # by CID: 1 while a command is outstanding
         self.bad_doorbells = 0
+        # I/O SQs: each slot's consumed-count of the CQ (see the module docstring)
+        self.snap_word = (off + 64 * depth) // 4 if qid else None
+        self.fetched_at = 0                # slot of the first SQE the last fetch() took
+
+    def consumed_before(self, i: int) -> int:
+        """The CQEs the host had consumed when it wrote the i-th SQE of the
+        last fetch() (0: not said, or the admin SQ)."""
+        if self.snap_word is None:
+            return 0
+        return self.arena.w32[self.snap_word + (self.fetched_at + i) % self.depth]
 
     def fetch(self, limit: int) -> list[tuple]:
         """Consume up to `limit` submitted SQEs as unpacked tuples."""
         tail = self.arena.w32[self.db_word]
         head = self.head
+        self.fetched_at = head
         if tail == head:
             return []
         if tail >= self.depth:       # a garbage doorbell write: ignore it
@@ -219,6 +243,8 @@ class DeviceCQ:
         self.done_at = [0] * depth
         self.seen_head = 0
         self.consumed_ns = 0
+        self.consumed = 0             # CQEs the host has consumed, and the horizon
+        self.horizons = [0] * depth   # after each of the last `depth` of them
         self.epoch = 0                # the controller's timeline it was measured on
         self.pending: list = []       # virtual mode: completions not yet posted, a heap by time
 
@@ -237,19 +263,31 @@ class DeviceCQ:
         h = self.seen_head
         if head != h and head < self.depth:
             done, hz, depth = self.done_at, self.consumed_ns, self.depth
+            hist, c = self.horizons, self.consumed
             while h != head:
                 if done[h] > hz:
                     hz = done[h]
+                c += 1
+                hist[c % depth] = hz
                 h += 1
                 if h == depth:
                     h = 0
-            self.seen_head, self.consumed_ns = head, hz
+            self.seen_head, self.consumed_ns, self.consumed = head, hz, c
+        return self.consumed_ns
+
+    def horizon_at(self, count: int) -> int:
+        """The horizon when the host had consumed `count` CQEs (a count its
+        SQE slot carries); the current one if the count is not one of the
+        last `depth` the host reached. Call horizon() first."""
+        if 0 < count <= self.consumed and self.consumed - count < self.depth:
+            return self.horizons[count % self.depth]
         return self.consumed_ns
 
     def forget_horizon(self) -> None:
         """Start the horizon afresh (the modeled timeline was restarted)."""
         self.horizon()
         self.consumed_ns = 0
+        self.horizons = [0] * self.depth
 
     def post(self, dw0, dw1, sqhd, sqid, cid, status_field_no_phase, device_ns,
              done_ns=0) -> None:
