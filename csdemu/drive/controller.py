@@ -131,7 +131,10 @@ class Controller:
                                            dw0, dw1, device_ns, release))
                 return
             return self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns)
-        # Virtual: posted at once, but in modeled-time order (_release_pending).
+        # Virtual: posted at once, but in modeled-time order (_release_pending);
+        # nothing to order when nothing waits and the time is already past.
+        if not cq.pending and done_ns <= _mono():
+            return self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns)
         if release:
             sq.inflight[cid] = 1
         self._seq += 1
@@ -140,21 +143,23 @@ class Controller:
         session.pending_cqs.add(cq)
 
     def _release_pending(self, session, busy) -> int:
-        """Virtual mode's step of modeled time: each CQ whose SQs brought
-        nothing new this pass posts its earliest pending completions (all
-        that share that time). So a host sees its completions in the order
-        the modeled drive finishes them, as in realtime mode, however far the
-        emulator runs ahead; a command it submits in answer then arrives at
-        that completion's time (arrival()), not at the latest of a batch
-        the emulator happened to finish in another order. Returns CQEs posted."""
+        """Post virtual-mode completions in modeled-time order. Those due by
+        the wall clock go at once: whatever arrives later arrives after now
+        and cannot finish before them. Of the rest, ahead of the wall clock,
+        each CQ whose SQs brought nothing new this pass posts its earliest
+        (all that share that time): one step of modeled time. So a host sees
+        its completions in the order the modeled drive finishes them, as in
+        realtime mode, however far the emulator runs ahead, and a command it
+        submits in answer arrives at that completion's time (arrival()), not
+        at the latest of a batch the emulator finished in another order.
+        Returns CQEs posted."""
         n = 0
+        now = _mono()
         for cq in list(session.pending_cqs):
-            if cq in busy:
-                continue
             pend = cq.pending
-            done = pend[0][0]
-            while pend and pend[0][0] == done:
-                _, _, sq, cid, status, dw0, dw1, device_ns, release = heapq.heappop(pend)
+            due = pend[0][0] if now < pend[0][0] and cq not in busy else now
+            while pend and pend[0][0] <= due:
+                done, _, sq, cid, status, dw0, dw1, device_ns, release = heapq.heappop(pend)
                 self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done)
                 n += 1
             if not pend:
@@ -311,13 +316,14 @@ class Controller:
         would have a dependent command arrive before the work it waited for
         had finished (docs/architecture.md, "Timing modes")."""
         now = _mono()
+        if self.config.timing_mode == _REALTIME:
+            cq.horizon()             # keeps the consumed count; the time is never ahead
+            return now
         if cq.epoch != self.epoch:
             cq.epoch = self.epoch
             cq.forget_horizon()
-        hz = cq.horizon()
-        if consumed:
-            hz = cq.horizon_at(consumed)
-        return hz if hz > now and self.config.timing_mode != _REALTIME else now
+        hz = cq.horizon_at(consumed) if consumed else cq.horizon()
+        return hz if hz > now else now
 
     # ------------------------------------------------------------ admin
     def _admin(self, session, sq, cq, cmd):

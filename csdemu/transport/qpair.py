@@ -278,7 +278,9 @@ class DeviceCQ:
     def horizon_at(self, count: int) -> int:
         """The horizon when the host had consumed `count` CQEs (a count its
         SQE slot carries); the current one if the count is not one of the
-        last `depth` the host reached. Call horizon() first."""
+        last `depth` the host reached."""
+        if count > self.consumed:
+            self.horizon()
         if 0 < count <= self.consumed and self.consumed - count < self.depth:
             return self.horizons[count % self.depth]
         return self.consumed_ns

