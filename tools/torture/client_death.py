@@ -28,8 +28,8 @@ import numpy as np
 
 from tools.torture.common import ROOT, patterns, rss_kib, small_daemon, part_main
 
-import csdemu  # noqa: E402
-from csdemu.transport.control import request  # noqa: E402
+import csdemu
+from csdemu.transport.control import request
 
 VICTIM = r"""
 import json, os, sys, random, numpy as np

@@ -6,14 +6,13 @@ through real shared memory; nothing is mocked.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from csdemu.host.spawn import DaemonProcess  # noqa: E402
-from nvme_cmds.status import Status, decode_status_field  # noqa: E402
+from csdemu.host.spawn import DaemonProcess
+from nvme_cmds.status import Status, decode_status_field
 
 # A drive small enough to start in half a second, fill and GC within seconds:
 # femu-bbssd geometry (8 ch x 8 LUNs, no write buffer) with 16 blocks of 64 pages

@@ -36,11 +36,11 @@ import numpy as np
 from tools.torture.common import (BS, SMALL_DRIVE, field_status, identify_block,
                                   part_main, patterns)
 
-import csdemu  # noqa: E402
-from csdemu.host.spawn import DaemonProcess  # noqa: E402
-from nvme_cmds.kv import append_cdws  # noqa: E402
-from nvme_cmds.opcodes import NvmOpcode as N, VendorIoOpcode as VI  # noqa: E402
-from nvme_cmds.status import status_name  # noqa: E402
+import csdemu
+from csdemu.host.spawn import DaemonProcess
+from nvme_cmds.kv import append_cdws
+from nvme_cmds.opcodes import NvmOpcode as N, VendorIoOpcode as VI
+from nvme_cmds.status import status_name
 
 SGL = 0x40
 HOT = 8192                     # LBAs the writer overwrites (32 MiB)

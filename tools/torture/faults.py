@@ -19,9 +19,9 @@ import numpy as np
 
 from tools.torture.common import BS, patterns, small_daemon, part_main
 
-import csdemu  # noqa: E402
-from csdemu.transport.errors import NVMeError  # noqa: E402
-from nvme_cmds.status import Status, status_name  # noqa: E402
+import csdemu
+from csdemu.transport.errors import NVMeError
+from nvme_cmds.status import Status, status_name
 
 FID_FAULTS = 0xC1
 

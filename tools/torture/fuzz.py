@@ -39,11 +39,11 @@ from tools.torture.fuzz_gen import Gen
 from tools.torture.fuzz_record import Sandbox, Stats
 from tools.torture.common import DEFINED_STATUSES, field_status, small_daemon, part_main
 
-import csdemu  # noqa: E402
-from csdemu.transport.control import request  # noqa: E402
-from csdemu.transport.qpair import CQ_STATUS, cq_bytes, sq_bytes  # noqa: E402
-from nvme_cmds.opcodes import AdminOpcode as A, VendorAdminOpcode as VA, VendorIoOpcode as VI  # noqa: E402
-from nvme_cmds.status import Status, status_name  # noqa: E402
+import csdemu
+from csdemu.transport.control import request
+from csdemu.transport.qpair import CQ_STATUS, cq_bytes, sq_bytes
+from nvme_cmds.opcodes import AdminOpcode as A, VendorAdminOpcode as VA, VendorIoOpcode as VI
+from nvme_cmds.status import Status, status_name
 
 IO_BATCH = 128
 ADMIN_BATCH = 16

@@ -28,11 +28,11 @@ import numpy as np
 
 from tools.torture.common import SMALL_DRIVE, small_daemon, part_main
 
-import csdemu  # noqa: E402
-from csdemu.host.spawn import DaemonProcess  # noqa: E402
-from nvme_cmds.kv import append_cdws, attend_cdws, read_cdws  # noqa: E402
-from nvme_cmds.opcodes import AdminOpcode as A, NvmOpcode as N, VendorAdminOpcode as VA, VendorIoOpcode as VI  # noqa: E402
-from nvme_cmds.status import Status, status_name  # noqa: E402
+import csdemu
+from csdemu.host.spawn import DaemonProcess
+from nvme_cmds.kv import append_cdws, attend_cdws, read_cdws
+from nvme_cmds.opcodes import AdminOpcode as A, NvmOpcode as N, VendorAdminOpcode as VA, VendorIoOpcode as VI
+from nvme_cmds.status import Status, status_name
 
 SGL = 0x40
 NOBODY = 65534

@@ -18,7 +18,7 @@ import time
 
 from tools.torture.common import ROOT, rss_kib, part_main
 
-from csdemu.host.spawn import DaemonProcess  # noqa: E402
+from csdemu.host.spawn import DaemonProcess
 
 FIO_JOB = """
 [global]
