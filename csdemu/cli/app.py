@@ -39,7 +39,6 @@ def main():
     """csdemu: an emulated NVMe computational storage drive for in-storage LLM attention."""
 
 
-
 for command in (daemon.start, daemon.stop, daemon.status, daemon.profiles,
                 admin.identify, admin.smart, admin.log, admin.passthru,
                 bench.bench, generate.generate, generate.eval_sparse, nbd.nbd,
