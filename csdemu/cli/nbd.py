@@ -15,7 +15,6 @@ import click
 
 from csdemu.cli.options import SOCKET_OPT, cpus_option
 from csdemu.drive.cpus import pin_to
-from csdemu.nbd.server import nbd_uri, nbdkit_argv, wait_socket
 
 
 @click.command()
@@ -36,6 +35,7 @@ def nbd(socket_path, nbd_socket, nsid, threads, readonly, run_cmd, cpus, verbose
 
     Prints the NBD URI, serves until interrupted (or until --run finishes),
     then prints the drive's SMART and flash-log deltas for the session."""
+    from csdemu.nbd.server import nbd_uri, nbdkit_argv, wait_socket
     from csdemu.transport.paths import default_socket
     from csdemu.transport.control import reachable
     from csdemu.host.counters import counter_deltas, device_counters, format_deltas

@@ -11,6 +11,27 @@ import time
 from csdemu.transport.control import reachable
 
 
+def read_log(path: str) -> str:
+    """A child's log so far ("" if there is none yet)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def terminate(proc, timeout: float) -> int:
+    """SIGTERM a child, SIGKILL it if it outlives `timeout` s; -> its exit status."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode if proc else 0
+
+
 class DaemonProcess:
     """A `csdemu start --foreground` child process."""
 
@@ -44,20 +65,10 @@ class DaemonProcess:
         return self
 
     def log_text(self) -> str:
-        try:
-            return open(self.log_path, errors="replace").read()
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else 0
+        return terminate(self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

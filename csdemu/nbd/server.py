@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from csdemu.drive.cpus import pin_to
+from csdemu.host.spawn import read_log, terminate
 
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugin.py")
 # what the plugin puts on sys.path inside nbdkit: the directory holding csdemu/
@@ -54,7 +55,7 @@ def wait_socket(path: str, proc: subprocess.Popen, timeout: float, log_path: str
         if proc.poll() is not None:
             tail = ""
             if log_path:
-                lines = open(log_path, errors="replace").read().strip().splitlines()
+                lines = read_log(log_path).strip().splitlines()
                 tail = ": " + (lines[-1] if lines else "")
             raise RuntimeError(f"nbdkit exited with status {proc.returncode}{tail}")
         if time.monotonic() > deadline:
@@ -90,19 +91,10 @@ class NbdServer:
         return self
 
     def log_text(self) -> str:
-        try:
-            return open(self.log_path, errors="replace").read()
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20)
         if getattr(self, "log", None):
             self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
