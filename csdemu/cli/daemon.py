@@ -10,7 +10,7 @@ import time
 import click
 
 from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail
-from csdemu.transport.control import reachable
+from csdemu.transport.control import reachable, socket_unusable
 from csdemu.transport.paths import default_data_dir, default_socket
 
 @click.command()
@@ -35,6 +35,9 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
     data_dir = data_dir or default_data_dir()
     if profile and config_file:
         fail("give --profile or --config, not both")
+    unusable = socket_unusable(socket_path)     # before anything is forked or formatted
+    if unusable:
+        fail(f"--socket: {unusable}")
     if foreground:
         if cpus is not None:
             from csdemu.drive.cpus import pin_process

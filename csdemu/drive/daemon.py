@@ -24,7 +24,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from csdemu.drive import jit_watch  # noqa: E402
-from csdemu.transport.control import reachable, send_msg  # noqa: E402
+from csdemu.transport.control import send_msg, socket_unusable  # noqa: E402
 from csdemu.drive.cpus import format_cpu_list  # noqa: E402
 from csdemu.transport.qpair import CONTROL_BYTES, fence  # noqa: E402
 from csdemu.drive.session import Session  # noqa: E402
@@ -59,9 +59,10 @@ class Daemon:
     def listen(self):
         d = os.path.dirname(self.socket_path) or "."
         os.makedirs(d, mode=0o700, exist_ok=True)
-        if os.path.exists(self.socket_path):
-            if reachable(self.socket_path):
-                raise SystemExit(f"csdemu: a daemon is already listening on {self.socket_path}")
+        unusable = socket_unusable(self.socket_path)
+        if unusable:
+            raise SystemExit(f"csdemu: {unusable}")
+        if os.path.lexists(self.socket_path):
             os.unlink(self.socket_path)            # left behind by a daemon that died
         self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)

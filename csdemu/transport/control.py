@@ -8,7 +8,9 @@ The attach connection stays open: EOF tells the daemon the client is gone.
 """
 import array
 import json
+import os
 import socket
+import stat
 
 MAX_FDS = 64
 
@@ -48,6 +50,22 @@ def request(path: str, op: str, timeout: float | None = 10.0) -> dict:
         return reply
     finally:
         s.close()
+
+
+def socket_unusable(path: str) -> str | None:
+    """Why a daemon may not listen at `path`, or None if it may: the path
+    is something other than a socket (which binding would delete), or a
+    live daemon answers there. A socket no one answers on was left by a
+    daemon that died, and may be replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(mode):
+        return f"{path} exists and is not a socket; refusing to replace it"
+    if reachable(path):
+        return f"a csdemu daemon is already listening on {path}"
+    return None
 
 
 def reachable(path: str) -> bool:

@@ -67,3 +67,26 @@ def test_identify_smart_log_passthru(daemon):
 ])
 def test_bad_arguments_give_one_line(args, needles):
     one_line_error(csdemu(*args), *needles)
+
+
+@pytest.mark.parametrize("foreground", [False, True])
+def test_start_refuses_a_socket_path_that_is_a_file(tmp_path, foreground):
+    """--socket naming a regular file: refused in one line, the file kept,
+    and nothing formatted in the data dir."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep me")
+    data = tmp_path / "data"
+    r = csdemu("start", "--socket", str(victim), "--data-dir", str(data),
+               *(["--foreground"] if foreground else []))
+    one_line_error(r, "--socket", str(victim), "not a socket")
+    assert victim.read_text() == "keep me"
+    assert not data.exists() or not os.listdir(data)
+
+
+def test_start_refuses_a_live_socket_and_the_daemon_keeps_serving(daemon, tmp_path):
+    data = tmp_path / "other-data"
+    r = csdemu("start", "--socket", daemon.socket_path, "--data-dir", str(data))
+    one_line_error(r, "already listening", daemon.socket_path)
+    assert not data.exists() or not os.listdir(data)
+    r = csdemu("identify", "--socket", daemon.socket_path, "--json")
+    assert r.returncode == 0
