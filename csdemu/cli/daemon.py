@@ -13,6 +13,7 @@ from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail
 from csdemu.transport.control import reachable, socket_unusable
 from csdemu.transport.paths import default_data_dir, default_socket
 
+
 @click.command()
 @click.option("--data-dir", default=None, metavar="DIR", help="where flash backing files live")
 @SOCKET_OPT
@@ -71,7 +72,8 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = open(log_path, errors="replace").read().strip().splitlines()[-1:]
+            from csdemu.host.spawn import read_log     # the parent only: the daemon never loads it
+            tail = read_log(log_path).strip().splitlines()[-1:]
             fail(f"daemon exited with status {proc.returncode}: {tail[0] if tail else 'see ' + log_path}")
         if reachable(socket_path):
             click.echo(f"csdemu daemon {proc.pid} listening on {socket_path} (log: {log_path})")

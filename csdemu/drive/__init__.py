@@ -2,7 +2,8 @@
 
     daemon.py      control socket, attach, the poll loop
     session.py     one attached client: its queues, arena and IOMMU grants
-    controller.py  fetch, decode and dispatch commands; post completions
+    controller.py  fetch, decode and dispatch commands, move their data
+    completions.py when completions are posted and commands arrive, in modeled time
     admin.py       admin commands (identify, logs, features, queues)
     dma.py         PRP transfers into client memory (process_vm_readv/writev)
     namespace.py   the protocol a namespace serves: process_io(req) -> Result

@@ -90,8 +90,7 @@ def delete_io_sq(ctrl, s, cmd):
     if qid == 0 or qid not in s.sqs or cmd[9] >> 16:
         return _bad(Status.INVALID_QID)
     sq = s.sqs[qid]
-    ctrl.held[:] = [h for h in ctrl.held if h[3] is not sq]
-    ctrl.drop_pending(s, sq)
+    ctrl.drop_sq(s, sq)
     s.remove_sq(qid)
     return OK
 

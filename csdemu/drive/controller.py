@@ -3,19 +3,18 @@ to admin handlers or namespaces, and posts completions.
 
 It never touches NAND or the FTL: an I/O command goes to a namespace through
 `process_io(Request) -> Result` (csdemu.drive.namespace), which returns the
-modeled completion time. In virtual mode the CQE is posted at once; in
-realtime mode it is held in a heap until the controller clock reaches it,
-as FEMU does.
+modeled completion time; when and in what order completions are posted,
+and when a command arrives in modeled time, is completions.py's concern.
 """
 from __future__ import annotations
 
 import heapq
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from csdemu.drive import admin
+from csdemu.drive.completions import Completions
 from csdemu.drive.dma import dma_from_host, dma_to_host
 from csdemu.drive.namespace import Request
 from csdemu.transport.qpair import CONTROL_BYTES
@@ -23,7 +22,7 @@ from nvme_cmds.features import TimingMode
 from nvme_cmds.nvm import CDW12_FUA, nlb, nvm_data_lengths
 from nvme_cmds.opcodes import NvmOpcode, VendorIoOpcode
 from nvme_cmds.spec import FLAGS_FUSE_MASK, FLAGS_PSDT_SHIFT, FLAGS_RSVD_MASK
-from nvme_cmds.status import DNR_BIT, Status, split_status
+from nvme_cmds.status import Status
 
 BATCH = 64        # SQEs fetched per queue per pass (fairness between queues)
 
@@ -37,15 +36,6 @@ class ControllerConfig:
     profile_name: str = ""
 
 
-def status_field(status: int) -> int:
-    """CQE DW3 upper half without the phase bit."""
-    sct, sc = split_status(status)
-    return (sc << 1) | (sct << 9) | (DNR_BIT if status else 0)
-
-
-_SUCCESS_FIELD = status_field(Status.SUCCESS)
-_REALTIME = int(TimingMode.REALTIME)
-_mono = time.monotonic_ns
 
 
 class Counters:
@@ -59,7 +49,7 @@ class Counters:
         self.busy_ns = 0
 
 
-class Controller:
+class Controller(Completions):
     def __init__(self, config: ControllerConfig, namespaces: dict, device_info: dict | None = None):
         self.config = config
         self.namespaces = dict(namespaces)      # nsid -> Namespace
@@ -80,7 +70,7 @@ class Controller:
         """One pass over a client's submission queues; returns commands handled."""
         n = 0
         w32 = session.arena.w32
-        busy = set()
+        busy = ()                                # CQs whose SQs brought commands this pass
         for sq in list(session.sqs.values()):
             # An idle queue is the common case of a pass: its doorbell alone
             # says so, unless completions wait for room in its CQ.
@@ -104,7 +94,7 @@ class Controller:
             if not cmds:
                 continue
             n += len(cmds)
-            busy.add(cq)
+            busy = (*busy, cq)
             if sq.qid == 0:
                 for cmd in cmds:
                     self._admin(session, sq, cq, cmd)
@@ -115,107 +105,6 @@ class Controller:
         if session.pending_cqs:
             n += self._release_pending(session, busy)
         return n
-
-    # ------------------------------------------------------------ completing
-    def complete(self, session, sq, cq, cid, status, dw0=0, dw1=0,
-                 arrival_ns=0, done_ns=0, release=True):
-        if status and split_status(status)[0] == 2:
-            self.counters.media_errors += 1
-        device_ns = done_ns - arrival_ns if done_ns > arrival_ns else 0
-        if self.config.timing_mode == _REALTIME:
-            if done_ns > _mono():
-                if release:
-                    sq.inflight[cid] = 1
-                self._seq += 1
-                heapq.heappush(self.held, (done_ns, self._seq, session, sq, cq, cid, status,
-                                           dw0, dw1, device_ns, release))
-                return
-            return self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns)
-        # Virtual: posted at once, but in modeled-time order (_release_pending);
-        # nothing to order when nothing waits and the time is already past.
-        if not cq.pending and done_ns <= _mono():
-            return self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns)
-        if release:
-            sq.inflight[cid] = 1
-        self._seq += 1
-        heapq.heappush(cq.pending, (done_ns, self._seq, sq, cid, status, dw0, dw1, device_ns,
-                                    release))
-        session.pending_cqs.add(cq)
-
-    def _release_pending(self, session, busy) -> int:
-        """Post virtual-mode completions in modeled-time order. Those due by
-        the wall clock go at once: whatever arrives later arrives after now
-        and cannot finish before them. Of the rest, ahead of the wall clock,
-        each CQ whose SQs brought nothing new this pass posts its earliest
-        (all that share that time): one step of modeled time. So a host sees
-        its completions in the order the modeled drive finishes them, as in
-        realtime mode, however far the emulator runs ahead, and a command it
-        submits in answer arrives at that completion's time (arrival()), not
-        at the latest of a batch the emulator finished in another order.
-        Returns CQEs posted."""
-        n = 0
-        now = _mono()
-        for cq in list(session.pending_cqs):
-            pend = cq.pending
-            due = pend[0][0] if now < pend[0][0] and cq not in busy else now
-            while pend and pend[0][0] <= due:
-                done, _, sq, cid, status, dw0, dw1, device_ns, release = heapq.heappop(pend)
-                self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done)
-                n += 1
-            if not pend:
-                session.pending_cqs.discard(cq)
-        return n
-
-    def flush_pending(self, session) -> None:
-        """Post every pending virtual-mode completion of `session` (shutdown)."""
-        while session.pending_cqs:
-            self._release_pending(session, ())
-
-    def drop_pending(self, session, sq) -> None:
-        """Forget the pending completions of a deleted SQ."""
-        cq = sq.cq or session.cqs.get(sq.cqid)
-        if cq is not None and cq.pending:
-            cq.pending[:] = [p for p in cq.pending if p[2] is not sq]
-            heapq.heapify(cq.pending)
-            if not cq.pending:
-                session.pending_cqs.discard(cq)
-
-    def _post(self, session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns):
-        if release:
-            sq.inflight[cid] = 0
-        field = _SUCCESS_FIELD if status == 0 else status_field(status)
-        if cq.backlog or cq.room() <= 0:
-            cq.backlog.append((dw0, dw1, sq.head, sq.qid, cid, field, device_ns, done_ns))
-            return
-        cq.post(dw0, dw1, sq.head, sq.qid, cid, field, device_ns, done_ns)
-        session.interrupt(cq)
-
-    def _drain_backlog(self, session, cq):
-        room = cq.room()
-        k = min(room, len(cq.backlog))
-        for entry in cq.backlog[:k]:
-            cq.post(*entry)
-        del cq.backlog[:k]
-        if k:
-            session.interrupt(cq)
-
-    def release_due(self, now_ns: int) -> int | None:
-        """Post held completions whose time has come; return the next due time."""
-        held = self.held
-        while held and held[0][0] <= now_ns:
-            done, _, session, sq, cq, cid, status, dw0, dw1, dev_ns, release = heapq.heappop(held)
-            if session.closed:
-                continue
-            self._post(session, sq, cq, cid, status, dw0, dw1, dev_ns, release, done)
-        return held[0][0] if held else None
-
-    def abort_held(self, session, sqid: int, cid: int) -> bool:
-        for i, item in enumerate(self.held):
-            if item[2] is session and item[3].qid == sqid and item[5] == cid:
-                self.held[i] = (0,) + item[1:6] + (Status.ABORT_REQUESTED,) + item[7:]
-                heapq.heapify(self.held)
-                return True
-        return False
 
     def ns_access(self, session, nsid: int) -> int:
         """0 if `session` may use namespace `nsid`; a KV namespace is its owner's alone."""
@@ -305,25 +194,6 @@ class Controller:
         if not dma_to_host(session.pid, addr, src.ctypes.data, length):
             return Status.DATA_TRANSFER_ERROR
         return 0
-
-    # ------------------------------------------------------------ arrival
-    def arrival(self, cq, consumed: int = 0) -> int:
-        """When a command fetched now for `cq` arrives in modeled time: now,
-        but in virtual mode no earlier than the latest modeled completion its
-        host had consumed from that CQ when it wrote the command (`consumed`
-        CQEs, as its SQ slot says; else as far as the CQ head doorbell says
-        now). The emulator runs ahead of the drive, so the wall clock alone
-        would have a dependent command arrive before the work it waited for
-        had finished (docs/architecture.md, "Timing modes")."""
-        now = _mono()
-        if self.config.timing_mode == _REALTIME:
-            cq.horizon()             # keeps the consumed count; the time is never ahead
-            return now
-        if cq.epoch != self.epoch:
-            cq.epoch = self.epoch
-            cq.forget_horizon()
-        hz = cq.horizon_at(consumed) if consumed else cq.horizon()
-        return hz if hz > now else now
 
     # ------------------------------------------------------------ admin
     def _admin(self, session, sq, cq, cmd):

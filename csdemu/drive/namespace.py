@@ -11,7 +11,7 @@ Times are integer nanoseconds on the controller's clock
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from nvme_cmds.status import Status

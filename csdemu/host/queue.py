@@ -12,7 +12,7 @@ import select
 import time
 
 from csdemu.transport.errors import Completion
-from csdemu.transport.qpair import HostCQ, HostSQ
+from csdemu.transport.qpair import CQ_CID, CQ_SQHD, HostCQ, HostSQ
 
 SPIN_NS = 200_000        # busy-poll this long before blocking on the interrupt fd
 # Generous: the first attend of a kernel variant may JIT-compile it (tens of
@@ -91,10 +91,10 @@ class Queue:
     def reap_raw(self, limit: int = 1 << 30) -> list[tuple]:
         out = self.cq.pop_batch(limit)
         if out:
-            self.sq.head = out[-1][2]
+            self.sq.head = out[-1][CQ_SQHD]
             for e in out:
-                if e[4] < self.sq.depth:
-                    self.free_cids.append(e[4])
+                if e[CQ_CID] < self.sq.depth:
+                    self.free_cids.append(e[CQ_CID])
             self.outstanding -= len(out)
         return out
 

@@ -238,13 +238,13 @@ class DeviceCQ:
         self.sq_ids: set[int] = set()
         self.backlog: list = []       # completions waiting for room
         self.bad_doorbells = 0
-        # The modeled completion time of the CQE in each slot, and the
-        # latest of those the host has consumed (see horizon()).
+        # The modeled completion time of the CQE in each slot; how many CQEs
+        # the host has consumed, and the horizon (see horizon()) after each
+        # of the last `depth` of them, the current one at consumed % depth.
         self.done_at = [0] * depth
         self.seen_head = 0
-        self.consumed_ns = 0
-        self.consumed = 0             # CQEs the host has consumed, and the horizon
-        self.horizons = [0] * depth   # after each of the last `depth` of them
+        self.consumed = 0
+        self.horizons = [0] * depth
         self.epoch = 0                # the controller's timeline it was measured on
         self.pending: list = []       # virtual mode: completions not yet posted, a heap by time
 
@@ -260,10 +260,10 @@ class DeviceCQ:
         consumed, as its CQ head doorbell says: whatever the host submits now,
         it submits after seeing those completions."""
         head = self.arena.w32[self.head_word]
-        h = self.seen_head
-        if head != h and head < self.depth:
-            done, hz, depth = self.done_at, self.consumed_ns, self.depth
-            hist, c = self.horizons, self.consumed
+        h, depth, hist = self.seen_head, self.depth, self.horizons
+        if head != h and head < depth:
+            done, c = self.done_at, self.consumed
+            hz = hist[c % depth]
             while h != head:
                 if done[h] > hz:
                     hz = done[h]
@@ -272,8 +272,8 @@ class DeviceCQ:
                 h += 1
                 if h == depth:
                     h = 0
-            self.seen_head, self.consumed_ns, self.consumed = head, hz, c
-        return self.consumed_ns
+            self.seen_head, self.consumed = head, c
+        return hist[self.consumed % depth]
 
     def horizon_at(self, count: int) -> int:
         """The horizon when the host had consumed `count` CQEs (a count its
@@ -281,14 +281,13 @@ class DeviceCQ:
         last `depth` the host reached."""
         if count > self.consumed:
             self.horizon()
-        if 0 < count <= self.consumed and self.consumed - count < self.depth:
-            return self.horizons[count % self.depth]
-        return self.consumed_ns
+        if not 0 < count <= self.consumed or self.consumed - count >= self.depth:
+            count = self.consumed
+        return self.horizons[count % self.depth]
 
     def forget_horizon(self) -> None:
         """Start the horizon afresh (the modeled timeline was restarted)."""
         self.horizon()
-        self.consumed_ns = 0
         self.horizons = [0] * self.depth
 
     def post(self, dw0, dw1, sqhd, sqid, cid, status_field_no_phase, device_ns,

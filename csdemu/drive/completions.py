@@ -1,0 +1,144 @@
+"""When completions are posted, and when commands arrive, in modeled time.
+
+Realtime mode holds each completion in a heap until the controller clock
+reaches its modeled time, as FEMU does. Virtual mode posts it as soon as
+the work is done, but in modeled-time order per CQ, and a command arrives
+no earlier than the latest completion its host had consumed when it wrote
+it (docs/architecture.md, "Timing modes"). Mixed into the Controller, whose
+config, counters, held heap and epoch it uses.
+"""
+from __future__ import annotations
+
+import heapq
+import time
+
+from nvme_cmds.features import TimingMode
+from nvme_cmds.status import Status, encode_status_field, split_status
+
+_SUCCESS_FIELD = encode_status_field(Status.SUCCESS, 0)
+_REALTIME = int(TimingMode.REALTIME)
+_mono = time.monotonic_ns
+
+
+class Completions:
+    def complete(self, session, sq, cq, cid, status, dw0=0, dw1=0,
+                 arrival_ns=0, done_ns=0, release=True):
+        if status and split_status(status)[0] == 2:
+            self.counters.media_errors += 1
+        device_ns = done_ns - arrival_ns if done_ns > arrival_ns else 0
+        if self.config.timing_mode == _REALTIME:
+            if done_ns > _mono():
+                if release:
+                    sq.inflight[cid] = 1
+                self._seq += 1
+                heapq.heappush(self.held, (done_ns, self._seq, session, sq, cq, cid, status,
+                                           dw0, dw1, device_ns, release))
+                return
+            return self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns)
+        # Virtual: posted at once, but in modeled-time order (_release_pending);
+        # nothing to order when nothing waits and the time is already past.
+        if not cq.pending and done_ns <= _mono():
+            return self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns)
+        if release:
+            sq.inflight[cid] = 1
+        self._seq += 1
+        heapq.heappush(cq.pending, (done_ns, self._seq, sq, cid, status, dw0, dw1, device_ns,
+                                    release))
+        session.pending_cqs.add(cq)
+
+    def _release_pending(self, session, busy) -> int:
+        """Post virtual-mode completions in modeled-time order. Those due by
+        the wall clock go at once: whatever arrives later arrives after now
+        and cannot finish before them. Of the rest, ahead of the wall clock,
+        each CQ whose SQs brought nothing new this pass posts its earliest
+        (all that share that time): one step of modeled time. So a host sees
+        its completions in the order the modeled drive finishes them, as in
+        realtime mode, however far the emulator runs ahead, and a command it
+        submits in answer arrives at that completion's time (arrival()), not
+        at the latest of a batch the emulator finished in another order.
+        Returns CQEs posted."""
+        n = 0
+        now = _mono()
+        for cq in list(session.pending_cqs):
+            pend = cq.pending
+            due = pend[0][0] if now < pend[0][0] and cq not in busy else now
+            while pend and pend[0][0] <= due:
+                done, _, sq, cid, status, dw0, dw1, device_ns, release = heapq.heappop(pend)
+                self._post(session, sq, cq, cid, status, dw0, dw1, device_ns, release, done)
+                n += 1
+            if not pend:
+                session.pending_cqs.discard(cq)
+        return n
+
+    def flush_pending(self, session) -> None:
+        """Post every pending virtual-mode completion of `session` (shutdown)."""
+        while session.pending_cqs:
+            self._release_pending(session, ())
+
+    def drop_sq(self, session, sq) -> None:
+        """Forget the held (realtime) and pending (virtual) completions of a
+        deleted SQ."""
+        self.held[:] = [h for h in self.held if h[3] is not sq]
+        heapq.heapify(self.held)
+        cq = sq.cq or session.cqs.get(sq.cqid)
+        if cq is not None and cq.pending:
+            cq.pending[:] = [p for p in cq.pending if p[2] is not sq]
+            heapq.heapify(cq.pending)
+            if not cq.pending:
+                session.pending_cqs.discard(cq)
+
+    def _post(self, session, sq, cq, cid, status, dw0, dw1, device_ns, release, done_ns):
+        if release:
+            sq.inflight[cid] = 0
+        field = _SUCCESS_FIELD if status == 0 else encode_status_field(status, 0)
+        if cq.backlog or cq.room() <= 0:
+            cq.backlog.append((dw0, dw1, sq.head, sq.qid, cid, field, device_ns, done_ns))
+            return
+        cq.post(dw0, dw1, sq.head, sq.qid, cid, field, device_ns, done_ns)
+        session.interrupt(cq)
+
+    def _drain_backlog(self, session, cq):
+        room = cq.room()
+        k = min(room, len(cq.backlog))
+        for entry in cq.backlog[:k]:
+            cq.post(*entry)
+        del cq.backlog[:k]
+        if k:
+            session.interrupt(cq)
+
+    def release_due(self, now_ns: int) -> int | None:
+        """Post held completions whose time has come; return the next due time."""
+        held = self.held
+        while held and held[0][0] <= now_ns:
+            done, _, session, sq, cq, cid, status, dw0, dw1, dev_ns, release = heapq.heappop(held)
+            if session.closed:
+                continue
+            self._post(session, sq, cq, cid, status, dw0, dw1, dev_ns, release, done)
+        return held[0][0] if held else None
+
+    def abort_held(self, session, sqid: int, cid: int) -> bool:
+        for i, item in enumerate(self.held):
+            if item[2] is session and item[3].qid == sqid and item[5] == cid:
+                self.held[i] = (0,) + item[1:6] + (Status.ABORT_REQUESTED,) + item[7:]
+                heapq.heapify(self.held)
+                return True
+        return False
+
+    # ------------------------------------------------------------ arrival
+    def arrival(self, cq, consumed: int = 0) -> int:
+        """When a command fetched now for `cq` arrives in modeled time: now,
+        but in virtual mode no earlier than the latest modeled completion its
+        host had consumed from that CQ when it wrote the command (`consumed`
+        CQEs, as its SQ slot says; else as far as the CQ head doorbell says
+        now). The emulator runs ahead of the drive, so the wall clock alone
+        would have a dependent command arrive before the work it waited for
+        had finished (docs/architecture.md, "Timing modes")."""
+        now = _mono()
+        if self.config.timing_mode == _REALTIME:
+            cq.horizon()             # keeps the consumed count; the time is never ahead
+            return now
+        if cq.epoch != self.epoch:
+            cq.epoch = self.epoch
+            cq.forget_horizon()
+        hz = cq.horizon_at(consumed) if consumed else cq.horizon()
+        return hz if hz > now else now
