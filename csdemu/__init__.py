@@ -14,10 +14,11 @@ _API = {
     "Queue": "csdemu.host.queue",
     "KVNamespace": "csdemu.host.kv", "SparF": "csdemu.host.kv",
     "Completion": "csdemu.transport.errors", "NVMeError": "csdemu.transport.errors",
-    "DaemonError": "csdemu.transport.errors",
+    "DaemonError": "csdemu.transport.errors", "DeviceGone": "csdemu.transport.errors",
 }
 
-__all__ = ["connect", "Device", "Queue", "KVNamespace", "SparF", "Completion", "NVMeError", "DaemonError"]
+__all__ = ["connect", "Device", "Queue", "KVNamespace", "SparF", "Completion", "NVMeError", "DaemonError",
+           "DeviceGone"]
 __version__ = "0.1.0"
 
 

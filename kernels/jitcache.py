@@ -8,9 +8,14 @@ the drive would run the old code, and an experiment on a callee would
 measure nothing. So every process that has not been given a cache directory
 (``NUMBA_CACHE_DIR``) uses ``numba/<digest>`` in the per-user cache
 directory (``$CSDEMU_CACHE_DIR``, else ``$XDG_CACHE_HOME/csdemu``, else
-``~/.cache/csdemu``), the digest covering every ``.py`` file of the packages
-that hold cached functions. Changing any of them gives a fresh directory,
-and Numba compiles anew; an unchanged tree finds its cache as before. The
+``~/.cache/csdemu``), the digest covering the source compiled code can see:
+every ``.py`` file of ``kernels/``, every file of ``csdemu/`` and
+``nvme_cmds/`` that imports numba, and, transitively, the modules of those
+packages such a file imports (a jitted function freezes their globals).
+Changing any of them gives a fresh directory, and Numba compiles anew; an
+unchanged tree finds its cache as before. Editing the daemon's Python
+(controller, sessions, host library) keeps the cache: a three-minute
+recompile per edit bought nothing. The
 cache never goes beside the sources: an installed csdemu's sources sit in
 site-packages, which is no place for it.
 
@@ -18,6 +23,7 @@ Reads files, imports nothing from them: ``kernels`` still imports nothing
 from ``csdemu``.
 """
 
+import ast
 import hashlib
 import os
 import shutil
@@ -26,25 +32,68 @@ import numba
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("kernels", "csdemu", "nvme_cmds")
+#: packages whose every file counts; in the others only what compiled code sees
+WHOLE = ("kernels",)
 ENV = "NUMBA_CACHE_DIR"
 USER_ENV = "CSDEMU_CACHE_DIR"
 #: source versions whose caches are kept (the current one included)
 KEEP = 3
 
 
+def _py_files(root: str, pkg: str) -> list[str]:
+    out = []
+    for dirpath, dirnames, files in os.walk(os.path.join(root, pkg)):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        out += [os.path.join(dirpath, n) for n in sorted(files) if n.endswith(".py")]
+    return out
+
+
+def _imports(source: str) -> tuple[bool, list[str]]:
+    """-> (imports numba, the dotted names of the PACKAGES modules it imports),
+    at module level only: an import inside a function is no global a jitted
+    function could freeze."""
+    uses_numba, mods = False, []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        uses_numba |= any(n == "numba" or n.startswith("numba.") for n in names)
+        mods += [n for n in names if n.split(".")[0] in PACKAGES]
+    return uses_numba, mods
+
+
+def compiled_sources(root: str = ROOT) -> list[str]:
+    """The files the digest covers, relative to ``root``, sorted."""
+    texts = {os.path.relpath(p, root): open(p, "rb").read()
+             for pkg in PACKAGES for p in _py_files(root, pkg)}
+    by_module = {}
+    for rel in texts:
+        mod = rel[:-3].replace(os.sep, ".")
+        by_module[mod[:-len(".__init__")] if mod.endswith(".__init__") else mod] = rel
+    parsed = {rel: _imports(src.decode()) for rel, src in texts.items()}
+    todo = [rel for rel, (numba_, _) in parsed.items()
+            if numba_ or rel.split(os.sep)[0] in WHOLE]
+    seen = set()
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        todo += [by_module[m] for m in parsed[rel][1] if m in by_module]
+    return sorted(seen)
+
+
 def source_digest(root: str = ROOT) -> str:
-    """sha256 over the relative path and bytes of every .py file of
-    PACKAGES under ``root``, in a fixed order (16 hex digits)."""
+    """sha256 over the relative path and bytes of every file of
+    ``compiled_sources``, in a fixed order (16 hex digits)."""
     h = hashlib.sha256(numba.__version__.encode())
-    for pkg in PACKAGES:
-        for dirpath, dirnames, files in os.walk(os.path.join(root, pkg)):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in sorted(files):
-                if name.endswith(".py"):
-                    path = os.path.join(dirpath, name)
-                    h.update(os.path.relpath(path, root).encode() + b"\0")
-                    with open(path, "rb") as f:
-                        h.update(f.read())
+    for rel in compiled_sources(root):
+        h.update(rel.encode() + b"\0")
+        with open(os.path.join(root, rel), "rb") as f:
+            h.update(f.read())
     return h.hexdigest()[:16]
 
 

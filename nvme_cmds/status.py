@@ -56,6 +56,9 @@ class Status(IntEnum):
     NS_INSUFFICIENT_CAPACITY = 0x115
     NS_ID_UNAVAILABLE = 0x116
     # SCT 2h: media and data integrity errors
+    # Path related (SCT 3): what the Linux driver reports when the path to
+    # the controller is lost (NVME_SC_HOST_PATH_ERROR)
+    HOST_PATH_ERROR = 0x370
     WRITE_FAULT = 0x280
     UNRECOVERED_READ_ERROR = 0x281
     ACCESS_DENIED = 0x286

@@ -38,11 +38,27 @@ class Completion:
 
 
 class NVMeError(Exception):
-    def __init__(self, status: int, what: str = ""):
+    """A command failed. ``command`` names it (e.g. "kv append"); ``field``,
+    when known, names the field the drive (or the library, before sending)
+    found wrong, with why."""
+
+    def __init__(self, status: int, what: str = "", field: str = ""):
         self.status = status
+        self.command = what
+        self.field = field
         self.sct, self.sc = split_status(status)
         prefix = f"{what}: " if what else ""
-        super().__init__(f"{prefix}{status_name(status)} (SCT {self.sct:#x}, SC {self.sc:#04x})")
+        suffix = f" [{field}]" if field else ""
+        super().__init__(f"{prefix}{status_name(status)} (SCT {self.sct:#x}, SC {self.sc:#04x}){suffix}")
+
+
+class DeviceGone(NVMeError):
+    """The daemon died or closed the connection: every waiting and later
+    call on the device raises this (status Host Pathing Error, as Linux
+    reports a lost path)."""
+
+    def __init__(self, what: str = "", why: str = "the daemon closed the control socket"):
+        super().__init__(Status.HOST_PATH_ERROR, what, why)
 
 
 class DaemonError(RuntimeError):

@@ -1,5 +1,6 @@
 """Numba's cache directory follows the source (kernels/jitcache.py): a change
-to any file of the packages gives another directory; an unchanged tree the
+to any file compiled code can see gives another directory, a change elsewhere
+does not; an unchanged tree the
 same one; a directory the user chose is kept. Pure code, no daemon."""
 import os
 import shutil
@@ -29,6 +30,18 @@ def test_digest_follows_every_package_file(tmp_path):
     assert d1 != d0
     (tmp_path / "kernels" / "ir" / "values.py").write_text("# another\n")
     assert jitcache.source_digest(root) not in (d0, d1)
+
+
+def test_digest_ignores_source_compiled_code_cannot_see(tmp_path):
+    root = _tree(tmp_path)
+    d0 = jitcache.source_digest(root)
+    ctrl = tmp_path / "csdemu" / "drive" / "controller.py"
+    ctrl.write_text(ctrl.read_text() + "\n# changed\n")
+    assert jitcache.source_digest(root) == d0
+    # imported by engine.py, which imports numba: its globals may be frozen
+    logs = tmp_path / "nvme_cmds" / "logs.py"
+    logs.write_text(logs.read_text() + "\n# changed\n")
+    assert jitcache.source_digest(root) != d0
 
 
 def test_cache_files_and_bytecode_do_not_count(tmp_path):
