@@ -11,7 +11,7 @@ import click
 
 from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail
 from csdemu.transport.control import reachable, socket_unusable
-from csdemu.transport.paths import default_data_dir, default_socket
+from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_problem
 
 
 @click.command()
@@ -36,8 +36,8 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
     data_dir = data_dir or default_data_dir()
     if profile and config_file:
         fail("give --profile or --config, not both")
-    unusable = socket_unusable(socket_path)     # before anything is forked or formatted
-    if unusable:
+    unusable = socket_dir_problem(socket_path) or socket_unusable(socket_path)
+    if unusable:                                 # before anything is forked or formatted
         fail(f"--socket: {unusable}")
     if foreground:
         if cpus is not None:

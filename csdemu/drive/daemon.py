@@ -24,19 +24,26 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from csdemu.drive import jit_watch  # noqa: E402
-from csdemu.transport.control import send_msg, socket_unusable  # noqa: E402
+from csdemu.transport.control import socket_unusable  # noqa: E402
+from csdemu.transport.paths import socket_dir_problem  # noqa: E402
 from csdemu.drive.cpus import format_cpu_list  # noqa: E402
 from csdemu.transport.qpair import CONTROL_BYTES, fence  # noqa: E402
 from csdemu.drive.session import Session  # noqa: E402
+from csdemu.drive.control_conn import ControlConn, Refused, parse_request  # noqa: E402
+from csdemu.drive.conn_limits import ConnLimits  # noqa: E402
 
 MIN_ARENA = 1 << 20
 MAX_ARENA = 1 << 30
 DEFAULT_ARENA = 16 << 20
+LISTEN_BACKLOG = 64
 IDLE_GUARD_S = 0.5     # longest sleep without a wake-up (belt and braces)
 SELECT_EVERY_NS = 1_000_000
 # Spinning yields the core after every empty pass; back on it only this long
 # later means other tasks kept it (a loaded machine), so sleep instead.
 CROWDED_NS = 500_000
+# A held completion is due at its modeled time; no command models seconds,
+# so one still held this long after stop is a bug, not work to wait for.
+SHUTDOWN_DRAIN_NS = 10_000_000_000
 
 
 class Daemon:
@@ -46,7 +53,9 @@ class Daemon:
         self.poll_idle_ns = poll_idle_us * 1000
         self.info = info or {}
         self.sessions: dict[int, Session] = {}
-        self.conns: dict[socket.socket, bytes] = {}     # unattached control connections
+        self.conns: dict[socket.socket, ControlConn] = {}    # attached or not
+        self.limits = ConnLimits()
+        self.spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.sel = selectors.DefaultSelector()
         self.started = time.time()
         self.stopping = False
@@ -59,7 +68,7 @@ class Daemon:
     def listen(self):
         d = os.path.dirname(self.socket_path) or "."
         os.makedirs(d, mode=0o700, exist_ok=True)
-        unusable = socket_unusable(self.socket_path)
+        unusable = socket_dir_problem(self.socket_path, self.uid) or socket_unusable(self.socket_path)
         if unusable:
             raise SystemExit(f"csdemu: {unusable}")
         if os.path.lexists(self.socket_path):
@@ -71,84 +80,136 @@ class Daemon:
         finally:
             os.umask(old)
         os.chmod(self.socket_path, 0o600)
-        self.lsock.listen(64)
+        self.lsock.listen(LISTEN_BACKLOG)
         self.lsock.setblocking(False)
         self.sel.register(self.lsock, selectors.EVENT_READ, ("listen", None))
 
-    def _accept(self):
-        try:
-            conn, _ = self.lsock.accept()
-        except BlockingIOError:
-            return
-        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid not in (self.uid, 0):
-            conn.close()
-            return
-        conn.setblocking(False)
-        self.conns[conn] = b""
-        self.sel.register(conn, selectors.EVENT_READ, ("conn", (pid, uid)))
+    def _accept_all(self):
+        """Take the whole backlog (up to its size) on one wake-up: a burst
+        of clients would otherwise find it full while the loop polls."""
+        for _ in range(LISTEN_BACKLOG):
+            if not self._accept():
+                return
 
-    def _readable(self, conn, cred, session=None):
+    def _accept(self) -> bool:
         try:
-            chunk = conn.recv(65536)
+            sock, _ = self.lsock.accept()
+        except BlockingIOError:
+            return False
+        except OSError:                 # EMFILE/ENFILE: free the spare fd to say no
+            sock = self._accept_with_spare()
+            if sock is None:
+                return False
+            self._refuse(sock, "the daemon is out of file descriptors")
+            return True
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid not in (self.uid, 0):
+            sock.close()
+            return True
+        full = self.limits.connection_refusal(len(self.conns), len(self.sessions))
+        if full:
+            self._refuse(sock, full)
+            return True
+        sock.setblocking(False)
+        conn = ControlConn(sock, (pid, uid))
+        self.conns[sock] = conn
+        self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+        return True
+
+    def _accept_with_spare(self):
+        """Without a free fd the listening socket stays readable and the loop
+        would spin; the spare fd kept for this lets one connection in to be
+        told why, and the backlog drains."""
+        os.close(self.spare_fd)
+        try:
+            sock, _ = self.lsock.accept()
+        except OSError:
+            sock = None
+        finally:
+            self.spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return sock
+
+    def _refuse(self, sock, why):
+        try:
+            sock.send((json.dumps({"ok": False, "error": why}) + "\n").encode(), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        sock.close()
+
+    def _readable(self, conn: ControlConn):
+        try:
+            chunk = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             chunk = b""
         if not chunk:
-            self._disconnect(conn, session)
-            return
-        buf = self.conns.get(conn, b"") + chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            self._request(conn, cred, line, session)
-        if conn in self.conns:
-            self.conns[conn] = buf
-
-    def _request(self, conn, cred, line, session):
+            return self._disconnect(conn)
         try:
-            msg = json.loads(line)
-            op = msg["op"]
-        except (ValueError, KeyError, TypeError):
-            return self._reply(conn, {"ok": False, "error": "malformed control message"})
-        if op == "status":
-            return self._reply(conn, self.status())
-        if op == "stop":
-            self.stopping = True
-            return self._reply(conn, {"ok": True})
-        if op == "attach" and session is None:
-            return self._attach(conn, cred, msg)
+            lines = conn.feed(chunk)
+        except Refused as exc:
+            conn.send({"ok": False, "error": str(exc)})
+            return self._disconnect(conn)
+        for line in lines:
+            if conn.sock not in self.conns:
+                return
+            self._request(conn, line)
+
+    def _request(self, conn: ControlConn, line: bytes):
+        try:
+            msg = parse_request(line)
+        except Refused as exc:
+            return self._reply(conn, {"ok": False, "error": str(exc)})
+        op = msg["op"]
+        try:
+            if op == "status":
+                return self._reply(conn, self.status())
+            if op == "stop":
+                self.stopping = True
+                return self._reply(conn, {"ok": True})
+            if op == "attach" and conn.session is None:
+                return self._attach(conn, msg)
+        except Exception as exc:        # noqa: BLE001 - no request may end the loop
+            print(f"csdemu: control request {op!r} failed: {exc!r}", file=sys.stderr)
+            return self._reply(conn, {"ok": False, "error": f"internal error: {exc}"})
         self._reply(conn, {"ok": False, "error": f"unknown or misplaced op {op!r}"})
 
-    def _reply(self, conn, obj, fds=()):
-        try:
-            conn.setblocking(True)
-            send_msg(conn, obj, fds)
-            conn.setblocking(False)
-        except OSError:
-            pass
+    def _reply(self, conn: ControlConn, obj, fds=()):
+        if not conn.send(obj, fds):
+            return self._disconnect(conn)
+        self._want_write(conn)
 
-    def _attach(self, conn, cred, msg):
+    def _want_write(self, conn: ControlConn):
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        if conn.sock in self.conns and self.sel.get_key(conn.sock).events != events:
+            self.sel.modify(conn.sock, events, ("conn", conn))
+
+    def _attach(self, conn: ControlConn, msg):
         size = msg.get("arena_bytes", DEFAULT_ARENA)
         if not isinstance(size, int) or not MIN_ARENA <= size <= MAX_ARENA or size % 4096:
             return self._reply(conn, {"ok": False, "error":
                                       f"arena_bytes must be a multiple of 4096 in [{MIN_ARENA}, {MAX_ARENA}]"})
-        pid, uid = cred
-        s = Session(self.next_client, conn, pid, uid, size)
+        full = self.limits.session_refusal(len(self.sessions))
+        if full:
+            return self._reply(conn, {"ok": False, "error": full})
+        pid, uid = conn.cred
+        s = Session(self.next_client, conn.sock, pid, uid, size)
         self.next_client += 1
         self.sessions[s.id] = s
-        self.sel.modify(conn, selectors.EVENT_READ, ("session", s))
+        conn.session = s
         self.sel.register(s.kick_fd, selectors.EVENT_READ, ("kick", s))
         self._reply(conn, {"ok": True, "client_id": s.id, "arena_bytes": size,
                            "control_bytes": CONTROL_BYTES, "vectors": len(s.vector_fds)},
                     s.fds_to_send())
 
-    def _disconnect(self, conn, session):
+    def _disconnect(self, conn: ControlConn):
+        if self.conns.pop(conn.sock, None) is None:
+            return
         try:
-            self.sel.unregister(conn)
+            self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        self.conns.pop(conn, None)
+        session = conn.session
         if session is not None:
             try:
                 self.sel.unregister(session.kick_fd)
@@ -158,18 +219,22 @@ class Daemon:
             self.sessions.pop(session.id, None)
             session.close()
         else:
-            conn.close()
+            conn.sock.close()
 
     # ------------------------------------------------------------ loop
     def _events(self, timeout):
-        for key, _ in self.sel.select(timeout):
+        for key, mask in self.sel.select(timeout):
             kind, obj = key.data
             if kind == "listen":
-                self._accept()
+                self._accept_all()
             elif kind == "conn":
-                self._readable(key.fileobj, obj)
-            elif kind == "session":
-                self._readable(key.fileobj, (obj.pid, obj.uid), obj)
+                if mask & selectors.EVENT_WRITE:
+                    if not obj.flush():
+                        self._disconnect(obj)
+                        continue
+                    self._want_write(obj)
+                if mask & selectors.EVENT_READ:
+                    self._readable(obj)
             elif kind == "kick":
                 try:
                     os.eventfd_read(obj.kick_fd)
@@ -186,6 +251,12 @@ class Daemon:
         self.listen()
         signal.signal(signal.SIGTERM, lambda *a: setattr(self, "stopping", True))
         signal.signal(signal.SIGINT, lambda *a: setattr(self, "stopping", True))
+        try:
+            self._loop()
+        finally:
+            self.shutdown()
+
+    def _loop(self):
         ctrl = self.ctrl
         mono = time.monotonic_ns
         last_work = last_select = mark = mono()
@@ -219,7 +290,6 @@ class Daemon:
                 continue
             self._sleep(next_due, now)
             last_work = last_select = mark = mono()
-        self.shutdown()
 
     def _sleep(self, next_due, now):
         for s in self.sessions.values():
@@ -235,28 +305,49 @@ class Daemon:
             s.set_need_wakeup(False)
 
     def shutdown(self):
-        """Drain: post every held completion (at its time), then close."""
+        """Drain: post every held completion (at its time), then close. Every
+        step runs whatever an earlier one raised (on a full disk the
+        checkpoint fails), and the socket is removed last, always; the
+        failures are one line each and make the exit status 1."""
+        ctrl, failed = self.ctrl, []
+
+        def step(what, fn, *args):
+            try:
+                fn(*args)
+            except Exception as exc:       # noqa: BLE001 - keep closing the rest
+                failed.append(f"{what}: {exc}")
+
+        try:
+            for s in self.sessions.values():
+                step("posting completions", ctrl.flush_pending, s)
+            step("posting held completions", self._release_held)
+            for nsid, ns in sorted(ctrl.namespaces.items()):
+                step(f"closing namespace {nsid}", ns.close)
+            for s in list(self.sessions.values()):
+                step(f"closing client {s.id}", s.close)
+            if ctrl.lifetime is not None:
+                step("saving lifetime counters", ctrl.lifetime.save, True)
+        finally:
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+            self.lsock.close()
+        for line in failed:
+            print(f"csdemu: shutdown: {line}", file=sys.stderr)
+        if failed:
+            raise SystemExit(1)
+
+    def _release_held(self):
         ctrl = self.ctrl
-        for s in self.sessions.values():
-            ctrl.flush_pending(s)
-        while ctrl.held:
+        deadline = time.monotonic_ns() + SHUTDOWN_DRAIN_NS
+        while ctrl.held and time.monotonic_ns() < deadline:
             due = ctrl.release_due(time.monotonic_ns())
             if due is not None:
-                time.sleep(max(0.0, (due - time.monotonic_ns()) / 1e9))
-        for ns in list(ctrl.namespaces.values()):
-            try:
-                ns.close()
-            except Exception as exc:       # keep closing the others
-                print(f"csdemu: closing namespace failed: {exc}", file=sys.stderr)
-        for s in list(self.sessions.values()):
-            s.close()
-        if ctrl.lifetime is not None:
-            ctrl.lifetime.save(closing=True)
-        try:
-            os.unlink(self.socket_path)
-        except OSError:
-            pass
-        self.lsock.close()
+                time.sleep(min(max(0.0, (due - time.monotonic_ns()) / 1e9), 0.1))
+        if ctrl.held:
+            raise RuntimeError(f"{len(ctrl.held)} completions still held after "
+                               f"{SHUTDOWN_DRAIN_NS / 1e9:.0f} s")
 
     def status(self) -> dict:
         ctrl = self.ctrl

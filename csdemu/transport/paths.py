@@ -1,5 +1,6 @@
 """Default locations. `csdemu start` and `csdemu.connect()` agree on these."""
 import os
+import stat
 from pathlib import Path
 
 
@@ -21,3 +22,26 @@ def default_data_dir() -> str:
         return env
     return str(Path.home() / ".local" / "share" / "csdemu")
 
+
+
+def socket_dir_problem(socket_path: str, uid: int | None = None) -> str | None:
+    """Why a daemon may not listen in `socket_path`'s directory, or None.
+    Whoever controls that directory can move the socket aside and answer in
+    the daemon's place, so it must be a real directory (not a symlink, whose
+    target its owner may change) owned by the user and closed to others
+    (0700, as XDG_RUNTIME_DIR is). A missing directory is fine: the daemon
+    creates it so."""
+    d = os.path.dirname(os.path.abspath(socket_path))
+    uid = os.getuid() if uid is None else uid
+    try:
+        st = os.lstat(d)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return f"socket directory {d} is not a directory (a symlink?)"
+    if st.st_uid != uid:
+        return f"socket directory {d} is owned by uid {st.st_uid}, not {uid}"
+    if st.st_mode & 0o077:
+        return (f"socket directory {d} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                f"other users could replace the socket, so it must be 0700")
+    return None

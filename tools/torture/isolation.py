@@ -211,15 +211,17 @@ def other_user_attacks(log=print) -> dict:
     if os.geteuid() != 0:
         return {"skipped": "not running as root: cannot switch to a second uid"}
     pub = tempfile.mkdtemp(prefix="csdemu-iso-")
-    os.chmod(pub, 0o755)
     d1 = small_daemon().start()                      # socket in its private 0700 dir
     try:
-        # A socket in a public directory is still 0600 ...
+        # The daemon refuses a socket directory others may enter, so an
+        # operator must open it up afterwards: the socket itself is still
+        # 0600 ...
         pub_sock = os.path.join(pub, "public.sock")
         d3 = DaemonProcess(socket_path=pub_sock, data_dir=os.path.join(pub, "data"),
                            extra_args=SMALL_DRIVE).start()
         open_sock = os.path.join(pub, "open.sock")
         d4 = DaemonProcess(socket_path=open_sock, extra_args=SMALL_DRIVE).start()
+        os.chmod(pub, 0o755)
         os.chmod(open_sock, 0o666)                   # ... and opened up, SO_PEERCRED must refuse
         clients = [csdemu.connect(p) for p in (d1.socket_path, pub_sock)]
         try:

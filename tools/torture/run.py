@@ -23,12 +23,19 @@ import time
 from tools.torture.common import ROOT, machine
 
 RESULTS = os.path.join(ROOT, "bench", "results")
-PARTS = ("fuzz", "crash", "client_death", "isolation", "faults", "soak")
+PARTS = ("fuzz", "crash", "client_death", "isolation", "faults", "control", "disk_full",
+         "corrupt_files", "soak")
+#: parts that judge themselves: run_<part>(size, seed, log) -> {"failures": [str],
+#: "summary": {name: figure}, ...details}
+SELF_JUDGED = {"control": "tools.torture.control", "disk_full": "tools.torture.disk_full",
+               "corrupt_files": "tools.torture.corrupt_files"}
 SIZES = {
     "ci": {"fuzz_commands": 20_000, "crash_trials": 3, "crash_cold": 4096, "victims": 3,
-           "window_s": 1.5, "fault_ops": 3000, "fault_lbas": 4096, "soak_s": 0},
+           "window_s": 1.5, "fault_ops": 3000, "fault_lbas": 4096, "soak_s": 0,
+           "control_rounds": 200},
     "full": {"fuzz_commands": 1_000_000, "crash_trials": 100, "crash_cold": 16384, "victims": 20,
-             "window_s": 3.0, "fault_ops": 60_000, "fault_lbas": 16384, "soak_s": 0},
+             "window_s": 3.0, "fault_ops": 60_000, "fault_lbas": 16384, "soak_s": 0,
+             "control_rounds": 5000},
 }
 
 
@@ -48,6 +55,9 @@ def run_part(name: str, size: dict, seed: int, log=print) -> dict:
     if name == "faults":
         from tools.torture.faults import run_faults
         return run_faults(size["fault_ops"], seed, lbas=size["fault_lbas"], log=log)
+    if name in SELF_JUDGED:
+        import importlib
+        return getattr(importlib.import_module(SELF_JUDGED[name]), f"run_{name}")(size, seed, log=log)
     if name == "soak":
         from tools.torture.soak import run_soak
         return run_soak(size["soak_s"], log=log)
@@ -89,6 +99,8 @@ def failures(results: dict) -> list[str]:
                   "reads_other_status"):
             need(m[k] == 0, f"faults: {k} = {m[k]}")
         need(m["daemon_alive"], "faults: daemon died")
+    for part in SELF_JUDGED:
+        bad += [f"{part}: {msg}" for msg in results.get(part, {}).get("failures", [])]
     s = results.get("soak")
     if s:
         need(s["errors"] == 0, f"soak: {s['errors']} errors: {s.get('error_examples')}")
@@ -137,6 +149,8 @@ def summary(results: dict) -> dict:
                    faults_wrong_data=m["wrong_data"] + m["kv_wrong_data"], faults_writes=m["writes"],
                    faults_write_errors=m["write_errors"], faults_program_failures=m["program_failures"],
                    faults_bad_blocks=m["bad_blocks"], faults_final_mismatches=m["final_mismatches"])
+    for part in SELF_JUDGED:
+        out.update({f"{part}_{k}": v for k, v in results.get(part, {}).get("summary", {}).items()})
     s = results.get("soak")
     if s:
         out.update(soak_seconds=s["seconds"], soak_rss_kib_start=s["rss_kib_start"],
