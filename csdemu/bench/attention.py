@@ -45,6 +45,10 @@ import numpy as np
 
 B, HQ, HKV, D, T, NCH = 8, 32, 8, 128, 16, 8
 
+#: the storage dtypes torch's CPU SDPA is timed in (bf16 reads the kernel's
+#: bytes; fp16 too, but CPU SDPA is slow in it; fp32 twice as many bytes)
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
 
 #: pause after each timed call: numpy's OpenBLAS workers spin ~2^28 cycles
 #: after a call, and the next figure measured beside them lost a third of
@@ -145,16 +149,24 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) ->
             overlap_read, _ = overlap_reader(lay.pool, order, fma_per_byte)
             fns["overlap"] = overlap_read
         if torch is not None:
-            qt, kt, vt = (torch.from_numpy(x) for x in (q.reshape(B, HQ, 1, D), K, V))
-            fns["torch"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
-            fns["torch"]()
+            # q grouped by its kv head, [B, kv_heads, g, D]: one plain SDPA per
+            # kv head. (enable_gqa=True takes a path 2.6x slower on CPU.) Each
+            # storage dtype torch has; its best is the baseline.
+            qt = torch.from_numpy(qg)
+            kt, vt = torch.from_numpy(K), torch.from_numpy(V)
+            for name, dt in TORCH_DTYPES.items():
+                args = tuple(x.to(getattr(torch, dt)) for x in (qt, kt, vt))
+                fns[f"torch_{name}"] = (lambda a=args: F.scaled_dot_product_attention(*a))
+                fns[f"torch_{name}"]()
         with torch.no_grad() if torch is not None else contextlib.nullcontext():
             best = _best_interleaved(fns, repeat)
         row = {"context": ctx, "kv_bytes": _kv_bytes(ctx), "kernel_s": best["kernel"],
                "page_order_bytes_per_s": page_bytes / best["page_order"],
                "numpy_s": best["numpy"], "max_abs_err_vs_numpy": err}
-        if "torch" in best:
-            row["torch_s"] = best["torch"]
+        if torch is not None:
+            row.update({f"torch_{n}_s": best[f"torch_{n}"] for n in TORCH_DTYPES})
+            row["torch_best"] = min(TORCH_DTYPES, key=lambda n: best[f"torch_{n}"])
+            row["torch_s"] = best[f"torch_{row['torch_best']}"]
         if "stream" in best:
             stream = stream_bytes / best["stream"]
             cached_rate = _kv_bytes(ctx) / best["cached"]
@@ -191,7 +203,10 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) ->
     res["kernel_vs_ideal_overlap"] = res["kernel_bytes_per_s"] / overlap_rate
     res["kernel_vs_numpy"] = big["numpy_s"] / big["kernel_s"]
     if "torch_s" in big:
+        import torch
         res["kernel_vs_torch"] = big["torch_s"] / big["kernel_s"]
+        res["torch_best_dtype"] = big["torch_best"]
+        res["torch_threads"] = torch.get_num_threads()
     return res
 
 
@@ -246,6 +261,10 @@ def daemon_section(socket_path: str, context: int = 4096, attends: int = 20) -> 
     out["dense_kernel_bytes_per_s"] = out["dense_flash_bytes"] / (out["dense_kernel_ms"] / 1e3)
     out["realtime_factor"] = out["dense_realtime_factor"]
     out["sparf_bytes_vs_dense"] = out["sparf_flash_bytes"] / out["dense_flash_bytes"]
+    # the other two sides of SparF's saving: sensing still reads whole pages,
+    # and the modeled time follows the slower of sensing and moving
+    out["sparf_pages_vs_dense"] = out["sparf_pages_sensed"] / out["dense_pages_sensed"]
+    out["sparf_modeled_vs_dense"] = out["sparf_modeled_ms"] / out["dense_modeled_ms"]
     return out
 
 
@@ -253,8 +272,46 @@ TARGETS = {"kernel_vs_stream": 0.9, "kernel_vs_numpy": 5.0, "kernel_vs_torch": 1
            "realtime_factor": 1.0, "sparf_bytes_vs_dense": 0.25}
 
 
+_BEST = ("best of --repeat rounds that call kernel, numpy, torch and the readers in turn "
+         "(a 0.15 s pause after each); first calls (JIT, allocation) untimed")
+HOW = {
+    "stream_bytes_per_s": "parallel Numba sum over a hugepage buffer as large as the largest KV; " + _BEST,
+    "kernel_bytes_per_s": "dense kernel, largest context, fp16 K/V bytes read / time, "
+                          "kernel_threads threads; " + _BEST,
+    "kernel_threads": "Numba threads of the kernel (and the readers)",
+    "kernel_vs_*": "ratio of rates (or of times) at the largest context, same rounds",
+    "page_order_*": "the Numba sum over exactly the kernel's pages in its order, prefetched "
+                    "one page ahead; " + _BEST,
+    "peak_fma_per_s": "independent FMA chains in registers on every kernel thread",
+    "fma_per_kv_byte": "the kernel's own MAC and byte counters",
+    "roofline_bytes_per_s": "min(stream, peak FMA / FMA per byte)",
+    "kernel_cached_bytes_per_s": "the kernel with every page reference folded onto 128 pages "
+                                 "(in L2): its arithmetic alone",
+    "no_overlap_bytes_per_s": "1 / (1 / cached + 1 / page order)",
+    "ideal_overlap_*": "page-order walk plus the kernel's FMA count on chains no load feeds",
+    "kernel_vs_numpy": "numpy matmul/exp/matmul with q grouped by kv head, over float32 K/V "
+                       "(numpy has no fp16 BLAS: twice the kernel's bytes), numpy's BLAS threads; "
+                       + _BEST,
+    "kernel_vs_torch": "torch CPU SDPA with q grouped [B, kv_heads, g, D] (no enable_gqa, a "
+                       "slower path), K/V in fp32, bf16 and fp16 each, the fastest "
+                       "(torch_best_dtype) with torch_threads threads; " + _BEST,
+    "torch_best_dtype": "the storage dtype of torch's fastest run at the largest context",
+    "torch_threads": "torch.get_num_threads() during the run",
+    "daemon_context": "tokens per sequence in the daemon section",
+    "dense_*": "live daemon (instinfer, virtual timing), one layer, batch 8, 32 q / 8 kv heads "
+               "x 128, fp16, SparF layout; 20 attends each started on an idle drive after one "
+               "untimed; wall as the client sees it, modeled = the completion's device_ns, "
+               "flash bytes/pages from the engine log",
+    "sparf_*": "as dense_*, SparF at r and k for 1/8 with a 16-token window",
+    "realtime_factor": "dense_realtime_factor",
+    "engine_threads": "kernel threads of the daemon",
+    "contexts": "per context: kernel_s, numpy_s and torch_<dtype>_s best times, " + _BEST,
+}
+
+
 def run_attention_bench(socket_path: str, repeat: int = 5, contexts=(1024, 2048, 4096, 8192, 16384)) -> dict:
     res = kernel_section(contexts, repeat)
     res.update(daemon_section(socket_path))
     res["targets"] = TARGETS
+    res["how"] = HOW
     return res
