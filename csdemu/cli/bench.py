@@ -47,15 +47,17 @@ def qpair(socket_path, seconds, qd, samples, as_json, out):
 @SOCKET_OPT
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--context", default=2048, show_default=True, type=click.IntRange(1, 1 << 20))
-@click.option("--steps", default=16, show_default=True, type=click.IntRange(2, 100_000),
-              help="decode steps; the first is a warm-up, the rest are timed")
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(1, 100_000),
+              help="timed decode steps per round (after an untimed prefill and step)")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="interleaved rounds of drive dense, drive SparF and sdpa")
 @click.option("--profile", default=None, metavar="NAME")
 @click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),
               help="kernel threads of the drive started for the run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE")
-def generate_bench(socket_path, batch, context, steps, profile, engine_threads, as_json, out):
-    """SmolLM2 decode tokens/s: attention on the drive vs in-process sdpa."""
+def generate_bench(socket_path, batch, context, steps, rounds, profile, engine_threads, as_json, out):
+    """SmolLM2 decode tokens/s: attention on the drive vs transformers' sdpa."""
     from csdemu.host.device import connect
     from csdemu.bench.generate import run_generate_bench
     from csdemu.hf.weights import load_smollm2
@@ -63,7 +65,7 @@ def generate_bench(socket_path, batch, context, steps, profile, engine_threads, 
             connect(path) as dev:
         model, tok = load_smollm2()
         try:
-            result = run_generate_bench(dev, model, tok, batch, context, steps)
+            result = run_generate_bench(dev, model, tok, batch, context, steps, rounds)
         except ValueError as exc:           # e.g. batch x context longer than the corpus
             raise click.ClickException(str(exc)) from None
     result["engine_threads"] = engine_threads
@@ -100,4 +102,24 @@ def flash_bench(profile, as_json, out):
     """Flash backend: emulator MB/s vs modeled MB/s, WAF at 90 % fill."""
     from csdemu.bench.flash import run_flash_bench
     result = run_flash_bench(profile)
+    emit(result, out, as_json)
+
+
+@bench.command("realtime")
+@click.option("--profile", default="instinfer", show_default=True, metavar="NAME",
+              help="profile of the drive started for the run (and of the model it is timed against)")
+@click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="kernel threads of the drive started for the run")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def realtime_bench(profile, engine_threads, as_json, out):
+    """End to end: the client's wall time over the modeled time, block I/O and Attend.
+    Starts a fresh drive of its own: the in-process model must see the same state."""
+    from csdemu.bench.realtime import run_realtime_bench
+    from csdemu.drive.profile import load_profile
+    from csdemu.host.spawn import DaemonProcess
+    load_profile(profile)                # a bad name fails here, in one line
+    with DaemonProcess(profile=profile, extra_args=["--engine-threads", str(engine_threads)]) as d:
+        result = run_realtime_bench(d.socket_path, profile)
+    result["engine_threads"] = engine_threads
     emit(result, out, as_json)
