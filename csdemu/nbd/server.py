@@ -42,7 +42,9 @@ def nbdkit_argv(daemon_socket: str, nbd_socket: str, nsid: int = 1, threads: int
         argv.append("--verbose")
     if run:
         argv += ["--run", run]
-    argv += ["python", plugin]
+    # a .py file runs under nbdkit's python plugin; a bare name is one of
+    # nbdkit's own (C) plugins, such as "memory"
+    argv += ["python", plugin] if plugin.endswith(".py") else [plugin]
     if plugin == PLUGIN:
         argv += [f"socket={daemon_socket}", f"nsid={nsid}", f"root={ROOT}", f"site={site[0]}"]
     argv += list(extra)

@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
-"""fio benchmark: csdemu through nbdkit against nbdkit serving a plain bytearray.
+"""fio benchmark: csdemu through nbdkit against two nbdkit baselines.
 
-    .venv/bin/python csdemu/bench/fio.py [--seconds 10] [--rounds 4] [--read-only]
+    .venv/bin/python -m csdemu.bench.fio.bench [--seconds 10] [--rounds 4] [--read-only]
 
-`run_fio_bench()` returns one flat dict:
+`run_fio_bench()` returns one flat dict (each figure's "how" is in it):
 - 4 KiB random read at QD8 (csdemu/bench/fio/randread.fio) through nbdkit into
-  csdemu, and the same fio job against nbdkit's Python plugin serving a
-  bytearray of the same size (csdemu/bench/fio/bytearray_plugin.py), measured in
-  the same run, rounds interleaved (A B A B) and the best round of each kept;
-  the ratio csdemu / bytearray (target >= 1.0: the csdemu path includes the
-  FTL and a second process, so this measures transport overhead), and the
-  ratio of each round pair with their median (how much the machine moved);
-- where the CPU goes in each of those runs: CPU microseconds per I/O of fio,
-  nbdkit and (csdemu only) the daemon, from /proc/PID/stat and the children
-  times of fio, and how many of the machine's cores that kept busy;
+  csdemu, against nbdkit's Python plugin serving a bytearray of the same size
+  (csdemu/bench/fio/bytearray_plugin.py: Python in nbdkit as csdemu's plugin
+  has, so both pay nbdkit's GIL hand-offs across CPUs) and against nbdkit's C
+  memory plugin (no Python: the ceiling of the NBD path), rounds interleaved
+  and the best round of each kept, with every round's ratio and the median;
+- the same, pinned like for like: the daemon alone on the last CPU, either
+  nbdkit on the others;
+- where the CPU goes in each run: CPU microseconds per I/O of fio, nbdkit and
+  (csdemu only) the daemon, from /proc/PID/stat and fio's children times;
 - 4 KiB random write at QD8 over 90 % of the namespace once it has been
   filled to 90 % (csdemu/bench/fio/randwrite.fio), with the drive's WAF, GC runs
   and pages copied during that run (vendor log C0h deltas).
@@ -80,6 +80,40 @@ def _pair_figures(key: str, best_c: dict, best_b: dict, pairs: list) -> dict:
     }
 
 
+def _memory_figures(key: str, best_c: dict, best_m: dict, pairs: list) -> dict:
+    mi = _iops(best_m, "read")
+    return {
+        f"{key}_4k_qd8_iops_memory": round(mi, 1),
+        f"{key}_ratio_csdemu_over_memory": round(_iops(best_c, "read") / mi, 4) if mi else None,
+        f"{key}_ratio_memory_rounds": [round(x, 3) for x in pairs],
+        f"{key}_ratio_memory_median": round(statistics.median(pairs), 4),
+        f"{key}_p50_us_memory": _clat_us(best_m, "read", "50.000000"),
+        f"{key}_cpu_memory": best_m["cpu"],
+    }
+
+
+HOW = {
+    "randread_*": "fio randread.fio (4 KiB random reads, QD8, libnbd engine) for --seconds per "
+                  "run through nbdkit (16 threads) on one machine, rounds interleaved: csdemu, "
+                  "bytearray, memory; best round of each, ratios of the best and per round",
+    "*_bytearray": "nbdkit's python plugin serving a bytearray: as csdemu's plugin, Python in "
+                   "nbdkit, so its GIL hand-offs across CPUs limit both alike",
+    "*_over_bytearray": "csdemu IOPS / the bytearray plugin's, the best runs of the same rounds",
+    "*memory*": "nbdkit's C memory plugin (allocator=malloc): no Python at all, the NBD path's "
+                "ceiling; csdemu has a Python plugin and a second process in the path",
+    "*_cpu_*": "CPU microseconds per I/O of fio, nbdkit and the daemon (/proc/PID/stat), and "
+               "the cores they kept busy",
+    "pinned_*": "as randread_*, the daemon pinned alone to the last CPU and nbdkit (either "
+                "plugin) to the others: like for like, each nbdkit on the same CPUs",
+    "pinned_cpus": "the CPUs of the pinned runs", "pinned_gain_*": "pinned IOPS / unpinned IOPS",
+    "randwrite_*": "fio randwrite.fio (4 KiB random writes, QD8) over 90 % of the namespace "
+                   "once filled to 90 %; WAF, GC runs and pages copied from vendor log C0h deltas",
+    "namespace_bytes": "the block namespace's size", "seconds_per_job": "fio runtime of each job",
+    "rounds": "interleaved rounds of the read comparison",
+    "geometry": "the drive: instinfer cut small so the fill and GC come within seconds",
+}
+
+
 def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
                   read_only: bool = False) -> dict:
     from csdemu.bench.fio import runner as run_fio
@@ -110,22 +144,23 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
             data["cpu"] = cpu_per_io(c0, snap(), ios, time.monotonic() - t0)
         return data
 
-    def compare(c_srv, b_srv, daemon_pid, label):
-        """`rounds` interleaved randread runs against each server -> the best
-        run of each and every round's ratio."""
-        best_c = best_b = None
-        pairs = []
+    def compare(c_srv, bases: dict, daemon_pid, label):
+        """`rounds` interleaved randread runs against csdemu and each baseline
+        server ({name: server}) -> (best csdemu run, {name: best run},
+        {name: every round's csdemu / baseline ratio})."""
+        best_c, best, pairs = None, dict.fromkeys(bases), {n: [] for n in bases}
         for r in range(rounds):
             say(f"{label}round {r + 1}: randread.fio against csdemu")
             c = fio("randread", c_srv.uri, {"nbdkit": c_srv.proc.pid, "daemon": daemon_pid})
-            say(f"{label}round {r + 1}: randread.fio against the bytearray plugin")
-            b = fio("randread", b_srv.uri, {"nbdkit": b_srv.proc.pid})
-            pairs.append(_iops(c, "read") / _iops(b, "read"))
             if best_c is None or _iops(c, "read") > _iops(best_c, "read"):
                 best_c = c
-            if best_b is None or _iops(b, "read") > _iops(best_b, "read"):
-                best_b = b
-        return best_c, best_b, pairs
+            for name, srv in bases.items():
+                say(f"{label}round {r + 1}: randread.fio against the {name} plugin")
+                b = fio("randread", srv.uri, {"nbdkit": srv.proc.pid})
+                pairs[name].append(_iops(c, "read") / _iops(b, "read"))
+                if best[name] is None or _iops(b, "read") > _iops(best[name], "read"):
+                    best[name] = b
+        return best_c, best, pairs
 
     with DaemonProcess(extra_args=extra) as d:
         with NbdServer(d.socket_path) as srv:
@@ -137,10 +172,14 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
                 ns = dev.identify_ns(1)
                 size = ns["nsze"] << ns["lbaf0_lbads"]
             base_plugin = os.path.join(FIO_DIR, "bytearray_plugin.py")
-            base = NbdServer(None, plugin=base_plugin, extra=[f"size={size}"])
-            with base:
-                best_c, best_b, pairs = compare(srv, base, d.proc.pid, "")
-            out.update(_pair_figures("randread", best_c, best_b, pairs))
+            # nbdkit's own C memory plugin, its memory allocated for real:
+            # the NBD path's ceiling, with no Python in nbdkit at all
+            mem_args = [f"size={size}", "allocator=malloc"]
+            with NbdServer(None, plugin=base_plugin, extra=[f"size={size}"]) as base, \
+                    NbdServer(None, plugin="memory", extra=mem_args) as mem:
+                best_c, best, pairs = compare(srv, {"bytearray": base, "memory": mem}, d.proc.pid, "")
+            out.update(_pair_figures("randread", best_c, best["bytearray"], pairs["bytearray"]))
+            out.update(_memory_figures("randread", best_c, best["memory"], pairs["memory"]))
             out["randread_ratio_target"] = TARGET_RATIO
             cpus = sorted(os.sched_getaffinity(0))
             if len(cpus) >= 2:
@@ -151,16 +190,19 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
                     with NbdServer(d.socket_path, cpus=ncpus) as psrv, \
                             NbdServer(None, plugin=base_plugin, extra=[f"size={size}"],
                                       cpus=ncpus) as pbase:
-                        best_pc, best_pb, ppairs = compare(psrv, pbase, d.proc.pid, "pinned: ")
+                        best_pc, pbest, ppairs = compare(psrv, {"bytearray": pbase}, d.proc.pid,
+                                                         "pinned: ")
                 finally:
                     pin_process(set(cpus), d.proc.pid)
-                out.update(_pair_figures("pinned_randread", best_pc, best_pb, ppairs))
+                best_pb = pbest["bytearray"]
+                out.update(_pair_figures("pinned_randread", best_pc, best_pb, ppairs["bytearray"]))
                 out["pinned_cpus"] = {"daemon": format_cpu_list(dcpu),
                                       "nbdkit": format_cpu_list(ncpus), "fio": "any"}
                 out["pinned_gain_csdemu"] = round(_iops(best_pc, "read") / _iops(best_c, "read"), 4)
-                out["pinned_gain_bytearray"] = round(_iops(best_pb, "read") / _iops(best_b, "read"), 4)
+                out["pinned_gain_bytearray"] = round(_iops(best_pb, "read") / _iops(best["bytearray"], "read"), 4)
             if read_only:
                 out["machine"] = machine()
+                out["how"] = HOW
                 return out
             say("randwrite.fio at 90 % fill")
             before = device_counters(d.socket_path)
@@ -178,6 +220,7 @@ def run_fio_bench(seconds: float = 10.0, rounds: int = 4, echo=None,
                 "geometry": "instinfer, " + ", ".join(BENCH_SET),
             })
     out["machine"] = machine()
+    out["how"] = HOW
     return out
 
 
