@@ -155,7 +155,23 @@ def run_flash_bench(profile_name: str = "instinfer", data_dir=None, *, seq_bytes
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+    out["how"] = HOW
     return out
+
+
+HOW = {
+    "profile": "the drive profile modeled", "qd": "commands outstanding on the modeled clock",
+    "io_bytes": "bytes per sequential command (random ones are 4 KiB)", "seed": "LBA order seed",
+    "seq_*": "process_io of the flash namespace alone, in this process: no controller, transport "
+             "or DMA (bench realtime has those); wall = time inside process_io (+ the copy out "
+             "for _with_copy), modeled = last modeled completion - first arrival of a closed "
+             "loop of qd on the modeled clock; data freshly written, so in the page cache",
+    "rand_*": "as seq_*, 4 KiB commands at random LBAs",
+    "realtime_factor_seq_read*": "wall / modeled of seq_read (backend alone; see bench realtime "
+                                 "for the client's view)",
+    "waf_random_overwrite_90pct": "a copy of the profile cut to few lines, filled to 90 % and "
+                                  "overwritten once at random in 4 KiB: NAND pages / host pages",
+}
 
 
 if __name__ == "__main__":          # python -m csdemu.bench.flash [profile]

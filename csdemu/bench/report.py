@@ -6,6 +6,7 @@ context, shape, ...) is a table.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 
 
@@ -41,3 +42,21 @@ def text(result: dict) -> str:
         lines += ["", f"{name}:", "  ".join(c.rjust(x) for c, x in zip(cols, w))]
         lines += ["  ".join(v.rjust(x) for v, x in zip(row, w)) for row in cells]
     return "\n".join(lines)
+
+
+def how_for(how: dict, name: str) -> str:
+    """How a figure was measured: the entry of `how` (a result's "how" dict)
+    named `name`, else the first whose glob pattern matches it; "" if none."""
+    if name in how:
+        return how[name]
+    return next((text for pat, text in how.items() if fnmatch.fnmatchcase(name, pat)), "")
+
+
+#: keys of a result that are about the figures, not figures
+META = ("machine", "how", "targets")
+
+
+def unexplained(result: dict) -> list[str]:
+    """The figures and tables of a result that no "how" entry explains."""
+    how = result.get("how", {})
+    return [k for k in result if k not in META and not how_for(how, k)]

@@ -12,6 +12,7 @@ ROOT = os.getcwd()
 RESULTS = os.path.join(ROOT, "bench", "results")
 
 from csdemu.bench import report
+from csdemu.bench.machine import commit
 
 fmt = report.fmt
 
@@ -21,6 +22,7 @@ BENCHES = [
     ("flash", ["bench", "flash", "--json"]),
     ("attention", ["bench", "attention", "--json"]),
     ("generate", ["bench", "generate", "--json"]),
+    ("realtime", ["bench", "realtime", "--json"]),
     ("eval_sparse", ["eval-sparse", "--json"]),
 ]
 MODULES = [
@@ -45,28 +47,50 @@ def run_module(name, module) -> bool:
     return r.returncode == 0
 
 
-def render() -> str:
-    lines = ["# Benchmarks", "",
-             "Written by `make bench` (python -m csdemu.bench.run) from bench/results/*.json. "
-             "Comparisons are ratios measured inside one run.", ""]
-    for fn in sorted(os.listdir(RESULTS)):
-        if not fn.endswith(".json"):
-            continue
-        with open(os.path.join(RESULTS, fn)) as f:
-            data = json.load(f)
-        m = data.pop("machine", {})
-        lines += [f"## {fn[:-5]}", "",
-                  f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
-                  f"Python {m.get('python', '?')}, Linux {m.get('kernel', '?')}; run {m.get('date', '?')}.", "",
-                  "| figure | value |", "|---|---|"]
-        figures, tables = report.split(data)
-        lines += [f"| {k} | {fmt(v)} |" for k, v in figures.items()]
+def _section(name: str, data: dict, note: str = "") -> list[str]:
+    m = data.pop("machine", {})
+    how = data.pop("how", {})
+    lines = [f"## {name}{note}", "",
+             f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+             f"Python {m.get('python', '?')}, Linux {m.get('kernel', '?')}; "
+             f"run {m.get('date', '?')} on commit {m.get('commit', 'unknown')}.", "",
+             "| figure | value | how measured |", "|---|---|---|"]
+    figures, tables = report.split(data)
+    lines += [f"| {k} | {fmt(v)} | {report.how_for(how, k)} |" for k, v in figures.items()]
+    lines.append("")
+    for k, rows in tables.items():
+        cols = report.columns(rows)
+        lines += [f"{k}: {report.how_for(how, k)}", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
         lines.append("")
-        for k, rows in tables.items():
-            cols = report.columns(rows)
-            lines += [f"{k}:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-            lines.append("")
+    return lines
+
+
+def render(tree: str | None = None) -> str:
+    """BENCHMARKS.md: the sections run on `tree` (default: this checkout's
+    commit) first, then any from other trees under their own heading."""
+    tree = tree or commit()
+    results = {}
+    for fn in sorted(os.listdir(RESULTS)):
+        if fn.endswith(".json"):
+            with open(os.path.join(RESULTS, fn)) as f:
+                results[fn[:-5]] = json.load(f)
+    ours = {k: v for k, v in results.items() if v.get("machine", {}).get("commit") == tree}
+    other = {k: v for k, v in results.items() if k not in ours}
+    lines = ["# Benchmarks", "",
+             f"Written by `make bench` (python -m csdemu.bench.run) from bench/results/*.json. "
+             f"Every section below the next heading ran on commit {tree}"
+             f"{' (HEAD plus the changes of the commit that carries this file)' if tree.endswith('+dirty') else ''}. "
+             "Comparisons are ratios measured inside one run; each figure says how it was measured.", ""]
+    for name, data in ours.items():
+        lines += _section(name, data)
+    if other:
+        lines += ["# From other runs", "",
+                  "These sections come from separate runs (e.g. `make torture`) on the trees "
+                  "named in each; they were not rerun with the sections above.", ""]
+        for name, data in other.items():
+            lines += _section(name, data, f" (commit {data.get('machine', {}).get('commit', 'unknown')})")
     return "\n".join(lines)
 
 

@@ -39,6 +39,20 @@ SIZES = {
 }
 
 
+HOW = {
+    "fuzz_*": "random and structured SQEs through a real daemon's rings (docs/torture.md, part 1)",
+    "crash_*": "kill -9 during writes, flushes and KV appends, restart, check (part 2)",
+    "client_death_*": "clients killed mid-command while bystanders run (part 3)",
+    "isolation_*": "a second client and a second uid trying every way in (part 4)",
+    "faults_*": "injected program, erase and read faults under load (part 5)",
+    "control_*": "control-socket fuzz (part 7)",
+    "disk_full_*": "backing file system filled under load (docs/torture.md)",
+    "corrupt_files_*": "every data-dir file damaged before a restart (docs/torture.md)",
+    "soak_*": "fio and stress for --soak-seconds (part 6)",
+    "failures": "criteria that failed in the run that wrote these figures",
+}
+
+
 def run_part(name: str, size: dict, seed: int, log=print) -> dict:
     if name == "fuzz":
         from tools.torture.fuzz import run_fuzz
@@ -210,6 +224,7 @@ def write_results(results: dict, size_name: str) -> list[str]:
         flat.update(results["summary"])
         flat["failures"] = len(results["failures"])
         flat["machine"] = results["machine"]
+        flat["how"] = HOW
         with open(path, "w") as f:
             f.write(json.dumps(flat, indent=2) + "\n")
         paths.append(path)
