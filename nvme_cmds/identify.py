@@ -31,10 +31,10 @@ CSD_VENDOR = np.dtype({
 
 ID_CTRL = np.dtype({
     "names": ["vid", "ssvid", "sn", "mn", "fr", "mdts", "cntlid", "ver", "oacs", "lpa",
-              "sqes", "cqes", "maxcmd", "nn", "oncs", "vwc", "sgls", "vs"],
+              "elpe", "sqes", "cqes", "maxcmd", "nn", "oncs", "vwc", "sgls", "vs"],
     "formats": ["<u2", "<u2", "S20", "S40", "S8", "u1", "<u2", "<u4", "<u2", "u1",
-                "u1", "u1", "<u2", "<u4", "<u2", "u1", "<u4", CSD_VENDOR],
-    "offsets": [0, 2, 4, 24, 64, 77, 78, 80, 256, 261, 512, 513, 514, 516, 520, 525,
+                "u1", "u1", "u1", "<u2", "<u4", "<u2", "u1", "<u4", CSD_VENDOR],
+    "offsets": [0, 2, 4, 24, 64, 77, 78, 80, 256, 261, 262, 512, 513, 514, 516, 520, 525,
                 536, 3072],
     "itemsize": 4096,
 })

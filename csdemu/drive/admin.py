@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from csdemu.drive import dma
+from csdemu.drive.error_log import ERROR_LOG_ENTRIES, error_log
 from csdemu.transport.qpair import MAX_QUEUE_DEPTH, MAX_QUEUES, cq_bytes, sq_bytes
 from csdemu.drive.session import NUM_VECTORS
 from nvme_cmds import identify as idf
@@ -118,6 +119,7 @@ def identify_controller(ctrl) -> np.ndarray:
     rec["cntlid"] = 1
     rec["ver"] = NVME_VERSION
     rec["lpa"] = 0x02                        # extended data for Get Log Page
+    rec["elpe"] = ERROR_LOG_ENTRIES - 1      # 0's based
     rec["sqes"] = 0x66                       # 64-byte SQEs
     rec["cqes"] = 0x44                       # 16-byte CQEs
     rec["maxcmd"] = MAX_QUEUE_DEPTH
@@ -189,8 +191,6 @@ def smart_log(ctrl) -> np.ndarray:
 def log_page_bytes(ctrl, lid: int) -> np.ndarray | None:
     if lid == LogPage.SMART:
         return smart_log(ctrl).view(np.uint8)
-    if lid == LogPage.ERROR_INFO:
-        return np.zeros(64, np.uint8)
     for ns in ctrl.namespaces.values():
         page = ns.log_page(lid)
         if page is not None:
@@ -205,7 +205,7 @@ def get_log_page(ctrl, s, cmd):
     lid = cdw10 & 0xFF
     numd = ((cdw10 >> 16) | ((cdw11 & 0xFFFF) << 16)) + 1
     offset = cmd[11] | (cmd[12] << 32)
-    page = log_page_bytes(ctrl, lid)
+    page = error_log(ctrl, s).page() if lid == LogPage.ERROR_INFO else log_page_bytes(ctrl, lid)
     if page is None:
         return _bad(Status.INVALID_LOG_PAGE)
     if offset % 4 or offset > page.nbytes:

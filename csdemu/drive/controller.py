@@ -16,6 +16,7 @@ import numpy as np
 from csdemu.drive import admin
 from csdemu.drive.completions import Completions
 from csdemu.drive.dma import dma_from_host, dma_to_host
+from csdemu.drive.error_log import log_error
 from csdemu.drive.namespace import Request
 from csdemu.transport.qpair import CONTROL_BYTES
 from nvme_cmds.features import TimingMode
@@ -64,6 +65,7 @@ class Controller(Completions):
         self.bounce_addr = self.bounce.ctypes.data
         self.lifetime = None      # csdemu.drive.lifetime.Lifetime: SMART power-on counters
         self.kv = None            # the KV layer (csdemu.drive.kv.manager.KVManager): C1h/C4h, log C1h
+        self.error_logs: dict = {}  # session id -> error_log.ErrorLog (log page 01h)
 
     # ------------------------------------------------------------ fetching
     def poll(self, session) -> int:
@@ -117,6 +119,7 @@ class Controller(Completions):
         return self.ns_access(session, nsid) == 0
 
     def drop_session(self, session):
+        self.error_logs.pop(session.id, None)
         self.held = [h for h in self.held if h[2] is not session]
         heapq.heapify(self.held)
         for nsid in [n for n, owner in self.owners.items() if owner == session.id]:
@@ -206,6 +209,8 @@ class Controller(Completions):
         if status is None:          # held (Async Event Request)
             sq.inflight[cid] = 1
             return
+        if status:
+            log_error(self, session, 0, cid, status, cmd[3])
         self.complete(session, sq, cq, cid, status, dw0, dw1, arrival, arrival)
 
     # ------------------------------------------------------------ I/O
@@ -218,16 +223,17 @@ class Controller(Completions):
                                  arrival_ns=arrival, done_ns=arrival, release=False)
         if opc == _NOP:
             st = self.check_flags(flags) or (self.ns_access(session, nsid) if nsid else 0)
-            return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
+            if st:
+                return self._refuse(session, sq, cq, cid, st, arrival, nsid)
+            return self.complete(session, sq, cq, cid, 0, arrival_ns=arrival, done_ns=arrival)
         if opc == _READ and flags == _SGL_ONLY and self._read_into(session, sq, cq, cmd, arrival):
             return
         st = self.ns_access(session, nsid)
         if st:
-            return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
+            return self._refuse(session, sq, cq, cid, st, arrival, nsid)
         ns = self.namespaces[nsid]
         if opc < 0x80 and not getattr(ns, "nvm", True):
-            return self.complete(session, sq, cq, cid, Status.INVALID_OPCODE,
-                                 arrival_ns=arrival, done_ns=arrival)
+            return self._refuse(session, sq, cq, cid, Status.INVALID_OPCODE, arrival, nsid)
         st = self.check_flags(flags)
         cdw = cmd[9:15]
         meta_len = 0
@@ -242,14 +248,14 @@ class Controller(Completions):
                 st, in_len, out_len, meta_len = (lengths(opc, cdw) if lengths
                                                  else (Status.INVALID_OPCODE, 0, 0, 0))
         if st:
-            return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
+            return self._refuse(session, sq, cq, cid, st, arrival, nsid)
         data = meta = None
         if meta_len:
             st, meta = self.arena_slice(session, cmd[6], meta_len)
         if in_len and not st:
             st, data = self.data_in(session, flags, cmd[7], cmd[8], in_len)
         if st:
-            return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
+            return self._refuse(session, sq, cq, cid, st, arrival, nsid)
         req = Request(opc, nsid, cdw, arrival, data, out_len, session.id,
                       bool(cdw[2] & CDW12_FUA) if opc < 0x80 else False, meta)
         try:
@@ -266,7 +272,15 @@ class Controller(Completions):
                 out_addr, out_sgl = cmd[7], cmd[8]
             st = self.data_out(session, flags, out_addr, out_sgl, res.data, out_len)
         self._account(opc, in_len, out_len, st)
+        if st:
+            log_error(self, session, sq.qid, cid, st, nsid)
         self.complete(session, sq, cq, cid, st, res.dw0, res.dw1, arrival, max(res.done_ns, arrival))
+
+    def _refuse(self, session, sq, cq, cid, st, arrival, nsid):
+        """Complete a command that did no work (logging it if it failed)."""
+        if st:
+            log_error(self, session, sq.qid, cid, st, nsid)
+        return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
 
     def _read_into(self, session, sq, cq, cmd, arrival) -> bool:
         """A Read into the arena whose namespace can place the data there

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from nvme_cmds import errlog
 from nvme_cmds import identify as idf
 from nvme_cmds.logs import FLASH_LOG, SMART_LOG
 from nvme_cmds.nvm import DSM_RANGE, lba_cdws, nvm_data_lengths
@@ -13,6 +14,7 @@ from nvme_cmds.spec import CQE, CQE_STRUCT, SGL_DESC, SQE, SQE_STRUCT
 from nvme_cmds.status import (SCT, Status, decode_status_field, encode_status_field,
                               make_status, split_status, status_name)
 
+from csdemu.drive.error_log import ERROR_LOG_ENTRIES, ErrorLog
 from tests import ROOT
 
 
@@ -86,3 +88,35 @@ def test_every_opcode_has_its_fields_documented():
         for enum in enums:
             for op in enum:
                 assert FIELDS.get((queue, op)), f"{queue} {op.name} has no field description"
+
+
+def test_error_log_entry_layout():
+    e = errlog.ERROR_LOG_ENTRY           # NVMe 2.0 Figure 206
+    assert e.itemsize == 64
+    assert [e.fields[n][1] for n in ("error_count", "sqid", "cid", "status", "param_loc", "lba",
+                                     "nsid", "vs_info", "trtype", "csi")] == [0, 8, 10, 12, 14, 16,
+                                                                             24, 28, 29, 32]
+    assert idf.ID_CTRL.fields["elpe"][1] == 262 and idf.ID_CTRL.fields["lpa"][1] == 261
+    assert errlog.cdw_location(10, 25) == 43 | (1 << 8)
+    assert errlog.split_location(errlog.cdw_location(14)) == (56, 0)
+    assert errlog.split_location(errlog.NO_LOCATION) is None
+    with pytest.raises(ValueError):
+        errlog.location(64)
+    st = errlog.ErrorStatus(Status.INVALID_FIELD, 40, 7)
+    assert st == Status.INVALID_FIELD and (st.loc, st.info) == (40, 7)
+    assert decode_status_field(encode_status_field(st, 1)) == (Status.INVALID_FIELD, 1)
+
+
+def test_error_log_keeps_the_newest_entries_first():
+    log = ErrorLog()
+    for cid in range(ERROR_LOG_ENTRIES + 5):
+        log.add(1, cid, errlog.ErrorStatus(Status.INVALID_FIELD, 40, (1 << 32) | cid), 2)
+    log.add(0, 7, Status.INVALID_OPCODE, 0)
+    recs = errlog.entries(log.page().tobytes())
+    assert len(recs) == ERROR_LOG_ENTRIES
+    assert int(recs[0]["error_count"]) == ERROR_LOG_ENTRIES + 6
+    assert (int(recs[0]["sqid"]), int(recs[0]["cid"]), int(recs[0]["param_loc"])) == (0, 7, 0xFFFF)
+    assert decode_status_field(int(recs[0]["status"]))[0] == Status.INVALID_OPCODE
+    r = recs[1]
+    assert (int(r["cid"]), int(r["param_loc"]), int(r["nsid"])) == (ERROR_LOG_ENTRIES + 4, 40, 2)
+    assert int(r["csi"]) == (1 << 32) | (ERROR_LOG_ENTRIES + 4)
