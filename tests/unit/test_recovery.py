@@ -1,9 +1,12 @@
 """Crash recovery in pure code: drop the FTL without closing, tear pages, reopen."""
+import os
+
 import numpy as np
 import pytest
 
 from csdemu.drive.flash import FlashNamespace
-from csdemu.drive.flash.checkpoint import load_checkpoint
+from csdemu.drive.flash.checkpoint import CKPT_NAME, JOURNAL_NAME, load_checkpoint
+from csdemu.drive.flash.files import DataDirError
 from tests.naive_ftl import DictFTL, Host, blob, profile, tmp_path  # noqa: F401  (tmp_path: tmpfs data dirs)
 from nvme_cmds.status import Status
 
@@ -217,3 +220,95 @@ def test_gc_erase_after_unflushed_trim_never_resurrects_older_data(tmp_path):
     got = bytes(Host(ns).read(X, 1).data)
     assert got in (blob(X, 1, 2), bytes(4096))
     ns.close()
+
+
+def damage(path, how: str) -> None:
+    """Delete, halve, or flip one byte in the middle of a file."""
+    if how == "delete":
+        path.unlink()
+        return
+    size = path.stat().st_size
+    if how == "truncate":
+        os.truncate(path, size // 2)
+        return
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        b = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+TRIMMED = [(100, 500), (700, 500)]          # 1,000 LBAs
+
+
+def written_then_trimmed(d):
+    ns = FlashNamespace(1, profile(), d)
+    host = Host(ns)
+    for lba in range(0, 1400, 8):
+        host.write(lba, blob(lba, 8, 1))
+    host.trim(TRIMMED)
+    host.flush()
+    return ns, host
+
+
+def check_trimmed(ns, extra=()):
+    host = Host(ns)
+    gone = {x for lo, n in list(TRIMMED) + list(extra) for x in range(lo, lo + n)}
+    for lba in range(0, 1400, 7):
+        want = bytes(4096) if lba in gone else blob(lba, 1, 1)
+        assert bytes(host.read(lba, 1).data) == want, f"LBA {lba}"
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_trims_survive_the_loss_of_the_checkpoint(tmp_path, how, caplog):
+    ns, host = written_then_trimmed(tmp_path)
+    ns.close()                                    # clean: the trims are in the checkpoint
+    ns = reopen(tmp_path)
+    Host(ns).trim([(1300, 50)])                   # and one since, in the journal only
+    Host(ns).flush()
+    crash(ns)
+    damage(tmp_path / CKPT_NAME, how)
+    ns = reopen(tmp_path)
+    assert CKPT_NAME in caplog.text               # said so in the log
+    check_trimmed(ns, [(1300, 50)])
+    ns.close()
+    ns = reopen(tmp_path)                         # and the rebuilt state is checkpointed
+    assert ns.ftl.recovery.scanned == 0
+    check_trimmed(ns, [(1300, 50)])
+    ns.close()
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_damaged_journal_after_a_crash_refuses_to_start(tmp_path, how):
+    ns, host = written_then_trimmed(tmp_path)
+    ns.close()
+    ns = reopen(tmp_path)
+    Host(ns).trim([(1300, 50)])
+    Host(ns).flush()
+    crash(ns)                                     # the checkpoint lacks that trim
+    damage(tmp_path / JOURNAL_NAME, how)
+    with pytest.raises(DataDirError, match=f"{JOURNAL_NAME}.*--format"):
+        reopen(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_damaged_journal_after_a_clean_shutdown_is_rewritten(tmp_path, how, caplog):
+    ns, host = written_then_trimmed(tmp_path)
+    ns.close()
+    damage(tmp_path / JOURNAL_NAME, how)
+    ns = reopen(tmp_path)
+    assert JOURNAL_NAME in caplog.text
+    check_trimmed(ns)
+    ns.close()
+    ns = reopen(tmp_path)
+    check_trimmed(ns)
+    ns.close()
+
+
+def test_checkpoint_and_journal_both_lost_refuses_to_start(tmp_path):
+    ns, host = written_then_trimmed(tmp_path)
+    ns.close()
+    damage(tmp_path / CKPT_NAME, "flip")
+    damage(tmp_path / JOURNAL_NAME, "delete")
+    with pytest.raises(DataDirError, match=f"{CKPT_NAME}.*{JOURNAL_NAME}"):
+        reopen(tmp_path)

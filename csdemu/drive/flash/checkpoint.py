@@ -5,75 +5,90 @@ checkpoint.bin   64-byte header + the L2P (int64 PPN per logical page, -1 =
                  temporary file, fsync'ed, then renamed over the old one, so
                  a crash leaves either the old or the new checkpoint, never a
                  mix. The header carries a CRC32 of the table.
-trim.journal     append-only records (seq, first lpn, count) of deallocations
-                 (DSM deallocate, Write Zeroes) made since the checkpoint.
-                 Programs need no journal: their OOB records are the log.
+trim.journal     64-byte header (the checkpoint seq it starts from, how many
+                 records it holds, a CRC32 of them, a CRC32 of itself), then
+                 records (seq, first lpn, count) of deallocations. Programs
+                 need no journal: their OOB records are the log.
+
+A checkpoint rewrites the journal to start from it with a *base*: one
+record per run of LBAs the checkpoint has unmapped, stamped seq S + 1. So the
+journal alone says which LBAs were deallocated, and losing checkpoint.bin
+costs a full OOB scan, never a trimmed LBA's old data: recovery from the OOB
+records and the journal gives the same L2P.
+
+The record count and CRC in the header make a truncated or edited journal
+an error (JournalError) rather than trims silently lost; records past the
+count are the tail of a commit a crash interrupted, and are ignored.
 
 Recovery (recovery.py) = checkpoint + OOB records with seq > checkpoint seq +
 journal records with seq > checkpoint seq.
 """
 from __future__ import annotations
 
+import errno
 import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from csdemu.drive.flash.files import BackingError, open_private, write_atomic
+
 CKPT_NAME = "checkpoint.bin"
 JOURNAL_NAME = "trim.journal"
 MAGIC = 0x54504B43_4D454443        # "CDEMCKPT" little-endian-ish tag
 VERSION = 1
+JOURNAL_MAGIC = 0x314A5254_4D454443    # "CDEMTRJ1"
+JOURNAL_VERSION = 2                     # 1 had no header: records from byte 0
 
 HEADER = np.dtype([("magic", "<u8"), ("version", "<u4"), ("clean", "<u4"),
                    ("seq", "<u8"), ("nlpns", "<u8"), ("crc", "<u4"),
                    ("_pad", "u1", (28,))])
 assert HEADER.itemsize == 64
 
+JHEADER = np.dtype([("magic", "<u8"), ("version", "<u4"), ("hcrc", "<u4"),
+                    ("base_seq", "<u8"), ("count", "<u8"), ("crc", "<u4"),
+                    ("_pad", "u1", (28,))])
+assert JHEADER.itemsize == 64
+
 TRIM_REC = np.dtype([("seq", "<u8"), ("lpn", "<u8"), ("count", "<u8")])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class JournalError(ValueError):
+    """trim.journal is missing, truncated or corrupt (the message says which)."""
 
 
 def save_checkpoint(data_dir, l2p: np.ndarray, seq: int, clean: bool) -> None:
-    d = Path(data_dir)
+    """Raises OSError (nothing replaced) if it cannot be written."""
     hdr = np.zeros(1, HEADER)
     hdr["magic"], hdr["version"], hdr["clean"] = MAGIC, VERSION, int(clean)
     hdr["seq"], hdr["nlpns"] = seq, l2p.size
     body = np.ascontiguousarray(l2p, dtype="<i8")
     hdr["crc"] = zlib.crc32(body)
-    tmp = d / (CKPT_NAME + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(hdr.tobytes())
-        f.write(memoryview(body).cast("B"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, d / CKPT_NAME)
-    _fsync_dir(d)
+    write_atomic(Path(data_dir) / CKPT_NAME, (hdr.tobytes(), body))
 
 
-def load_checkpoint(data_dir, nlpns: int):
-    """-> (l2p, seq, clean) or None if absent/corrupt/of another size."""
+def read_checkpoint(data_dir, nlpns: int):
+    """-> ((l2p, seq, clean), None), or (None, why it cannot be used)."""
     p = Path(data_dir) / CKPT_NAME
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        return None
+        return None, f"{CKPT_NAME} is missing"
     if len(raw) != HEADER.itemsize + 8 * nlpns:
-        return None
+        return None, f"{CKPT_NAME} is {len(raw)} bytes, not {HEADER.itemsize + 8 * nlpns}"
     hdr = np.frombuffer(raw, HEADER, count=1)[0]
     if int(hdr["magic"]) != MAGIC or int(hdr["version"]) != VERSION or int(hdr["nlpns"]) != nlpns:
-        return None
+        return None, f"{CKPT_NAME} has a bad header"
     body = np.frombuffer(raw, "<i8", offset=HEADER.itemsize).copy()
     if zlib.crc32(body) != int(hdr["crc"]):
-        return None
-    return body, int(hdr["seq"]), bool(hdr["clean"])
+        return None, f"{CKPT_NAME} fails its CRC"
+    return (body, int(hdr["seq"]), bool(hdr["clean"])), None
+
+
+def load_checkpoint(data_dir, nlpns: int):
+    """-> (l2p, seq, clean) or None if absent/corrupt/of another size."""
+    return read_checkpoint(data_dir, nlpns)[0]
 
 
 def mark_unclean(data_dir) -> None:
@@ -82,7 +97,10 @@ def mark_unclean(data_dir) -> None:
     if not p.exists():
         return
     with open(p, "r+b") as f:
-        hdr = np.frombuffer(f.read(HEADER.itemsize), HEADER).copy()
+        raw = f.read(HEADER.itemsize)
+        if len(raw) < HEADER.itemsize:
+            return
+        hdr = np.frombuffer(raw, HEADER).copy()
         if hdr["clean"][0]:
             hdr["clean"] = 0
             f.seek(0)
@@ -91,38 +109,101 @@ def mark_unclean(data_dir) -> None:
             os.fsync(f.fileno())
 
 
+def unmapped_runs(l2p: np.ndarray, seq: int) -> np.ndarray:
+    """A journal base: one record (seq, lpn, count) per run of unmapped LPNs."""
+    edges = np.diff(np.concatenate(([0], (l2p < 0).view(np.int8), [0])))
+    lo, hi = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    rec = np.empty(lo.size, TRIM_REC)
+    rec["seq"], rec["lpn"], rec["count"] = seq, lo, hi - lo
+    return rec
+
+
 class TrimJournal:
     """Deallocation records, buffered in memory until `commit()`."""
 
     def __init__(self, data_dir):
         self.path = Path(data_dir) / JOURNAL_NAME
         self.pending: list[tuple[int, int, int]] = []
-        self.path.touch(exist_ok=True)
+        self.base_seq = 0
+        self.count = 0              # committed records
+        self.crc = 0                # CRC32 of the committed records
+
+    def _header(self) -> bytes:
+        h = np.zeros(1, JHEADER)
+        h["magic"], h["version"] = JOURNAL_MAGIC, JOURNAL_VERSION
+        h["base_seq"], h["count"], h["crc"] = self.base_seq, self.count, self.crc
+        h["hcrc"] = zlib.crc32(h.tobytes())
+        return h.tobytes()
+
+    def rewrite(self, base_seq: int, base: np.ndarray) -> None:
+        """Start afresh from a checkpoint at `base_seq` with records `base`."""
+        body = np.ascontiguousarray(base, TRIM_REC)
+        old = (self.base_seq, self.count, self.crc)
+        self.base_seq, self.count, self.crc = base_seq, body.size, zlib.crc32(body)
+        try:
+            write_atomic(self.path, (self._header(), body))
+        except OSError:
+            self.base_seq, self.count, self.crc = old
+            raise
+
+    def load(self) -> np.ndarray:
+        """-> the committed records; JournalError if the file cannot be trusted."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raise JournalError(f"{JOURNAL_NAME} is missing") from None
+        if len(raw) < JHEADER.itemsize:
+            raise JournalError(f"{JOURNAL_NAME} is {len(raw)} bytes, shorter than its header")
+        h = np.frombuffer(raw, JHEADER, count=1).copy()
+        hcrc = int(h["hcrc"][0])
+        h["hcrc"] = 0
+        if int(h["magic"][0]) != JOURNAL_MAGIC or int(h["version"][0]) != JOURNAL_VERSION:
+            raise JournalError(f"{JOURNAL_NAME} has no version-{JOURNAL_VERSION} header")
+        if zlib.crc32(h.tobytes()) != hcrc:
+            raise JournalError(f"{JOURNAL_NAME}: its header fails its CRC")
+        count = int(h["count"][0])
+        have = (len(raw) - JHEADER.itemsize) // TRIM_REC.itemsize
+        if have < count:
+            raise JournalError(f"{JOURNAL_NAME} is truncated: {have} of {count} records")
+        body = np.frombuffer(raw, TRIM_REC, count=count, offset=JHEADER.itemsize)
+        if zlib.crc32(body) != int(h["crc"][0]):
+            raise JournalError(f"{JOURNAL_NAME}: its records fail their CRC")
+        self.base_seq, self.count, self.crc = int(h["base_seq"][0]), count, int(h["crc"][0])
+        return body.copy()
 
     def add(self, seq: int, lpn: int, count: int) -> None:
         self.pending.append((seq, lpn, count))
 
     def commit(self, sync: bool = True) -> None:
+        """Append the pending records, then count them in the header (each
+        step fsynced when `sync`, so the header never counts records the file
+        lacks). Raises BackingError with the records still pending."""
         if not self.pending:
             return
         rec = np.array(self.pending, dtype=TRIM_REC)
-        with open(self.path, "ab") as f:
-            f.write(rec.tobytes())
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
+        try:
+            fd = open_private(self.path, os.O_RDWR)
+            try:
+                off = JHEADER.itemsize + self.count * TRIM_REC.itemsize
+                data = rec.tobytes()
+                if os.pwrite(fd, data, off) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                if sync:
+                    os.fsync(fd)
+                count, crc = self.count, self.crc
+                self.count, self.crc = count + rec.size, zlib.crc32(data, crc)
+                try:
+                    os.pwrite(fd, self._header(), 0)    # one sector: all or nothing
+                    if sync:
+                        os.fsync(fd)
+                except OSError:
+                    self.count, self.crc = count, crc
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise BackingError(e.errno, f"appending to {JOURNAL_NAME}") from None
         self.pending.clear()
-
-    def records(self) -> np.ndarray:
-        raw = self.path.read_bytes()
-        n = len(raw) // TRIM_REC.itemsize          # a torn tail record is dropped
-        return np.frombuffer(raw[:n * TRIM_REC.itemsize], TRIM_REC).copy()
-
-    def truncate(self) -> None:
-        """After a checkpoint: every committed record is now redundant."""
-        with open(self.path, "wb") as f:
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def shut_down_cleanly(data_dir) -> bool | None:
@@ -130,7 +211,9 @@ def shut_down_cleanly(data_dir) -> bool | None:
     p = Path(data_dir) / CKPT_NAME
     try:
         with open(p, "rb") as f:
-            hdr = np.frombuffer(f.read(HEADER.itemsize), HEADER)
+            raw = f.read(HEADER.itemsize)
     except FileNotFoundError:
         return None
-    return bool(hdr.size and hdr["clean"][0])
+    if len(raw) < HEADER.itemsize:
+        return False
+    return bool(np.frombuffer(raw, HEADER)["clean"][0])

@@ -11,31 +11,39 @@ charged on the shared clocks (timing.py); methods take the time the work may
 start and return when it ends. The FTL never touches queues or shared
 memory; csdemu.drive.flash.nvm_namespace decodes NVMe commands into these calls.
 The KV layer's own streams on the same flash, and the line budget between
-them and the host, are streams.py's (mixed in).
+them and the host, are streams.py's (mixed in); opening, flushing,
+checkpoints and closing are durability.py's (mixed in too).
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from csdemu.drive.flash import datapath as dp
 from csdemu.drive.flash import gc as gcmod
-from csdemu.drive.flash.checkpoint import TrimJournal, load_checkpoint, mark_unclean, save_checkpoint
+from csdemu.drive.flash.checkpoint import TrimJournal
+from csdemu.drive.flash.durability import Durability
 from csdemu.drive.flash.faults import FaultInjector
+from csdemu.drive.flash.files import BackingError
 from csdemu.drive.flash.geometry import Geometry
 from csdemu.drive.flash.lines import FIRST_USER_STREAM, STREAM_GC, STREAM_HOST, LineManager
 from csdemu.drive.flash.nand import BAD_ERASE, BAD_FACTORY, BAD_PROGRAM, NandArray
-from csdemu.drive.flash.recovery import rebuild
 from csdemu.drive.flash.streams import UserStreams
 from csdemu.drive.flash.timing import Clocks, NandTiming, Op, _pcie, advance_batch
 
 COUNTERS = ("host_pages_written", "host_pages_read", "nand_pages_written", "nand_pages_read",
             "gc_runs", "gc_pages_copied", "erases", "read_failures", "program_failures",
-            "erase_failures", "media_errors", "pages_deallocated", "checkpoints")
+            "erase_failures", "media_errors", "crc_errors", "pages_deallocated", "checkpoints",
+            "writes_refused_full")
+
+log = logging.getLogger("csdemu.drive.flash")
 
 
-class BlockFTL(UserStreams):
+class BlockFTL(UserStreams, Durability):
     def __init__(self, profile, data_dir, *, create: bool, sync_before_erase: bool = True,
-                 checkpoint_every_pages: int | None = None):
+                 checkpoint_every_pages: int | None = None, preallocate: bool = False,
+                 seeded_crc: bool = True):
         self.profile = profile
         self.dir = data_dir
         g = self.geom = Geometry(profile)
@@ -44,7 +52,8 @@ class BlockFTL(UserStreams):
         self.kv_lines = der.kv_lines
         self.pb = g.page_bytes
         self.sync_before_erase = sync_before_erase
-        self.nand = NandArray(data_dir, g, create=create)
+        self.nand = NandArray(data_dir, g, create=create, preallocate=preallocate,
+                              seeded_crc=seeded_crc)
         if create and profile.faults.bad_block_ppm:
             rng = np.random.default_rng(profile.faults.seed)
             bad = np.flatnonzero(rng.random(g.total_blocks) < profile.faults.bad_block_ppm / 1e6)
@@ -60,8 +69,7 @@ class BlockFTL(UserStreams):
         self.faults = FaultInjector.from_profile(profile)
         self.gcp = gcmod.GcPolicy(profile, g.lines - self.kv_lines)
         self.journal = TrimJournal(data_dir)
-        if create:
-            self.journal.truncate()
+        self.full = False       # the last write found the backing file system full
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.wb = np.zeros(der.write_buffer_pages, np.int64)   # release time per buffer slot
         self.wb_head = 0
@@ -70,17 +78,11 @@ class BlockFTL(UserStreams):
         self._bg_next = 0
         self._dirty = False     # programs since the last msync
         self._scr = dp.scratch(64)
-        if create:
-            self.l2p = np.full(self.nlpns, -1, np.int64)
-            self.seq = 1
-            self.recovery = None
-            self.checkpoint(clean=False)
-        else:
-            ck = load_checkpoint(data_dir, self.nlpns)
-            r = rebuild(self.nand, self.nlpns, ck, self.journal.records())
-            self.l2p, self.seq, self.recovery = r.l2p, r.next_seq, r
-            self.lines.rebuild(self.nand, r.valid)
-            mark_unclean(data_dir)
+        try:
+            self.open_l2p(create)
+        except BaseException:
+            self.nand.close()
+            raise
 
     # ------------------------------------------------------------------ timing
     def _scratch(self, n):
@@ -143,22 +145,19 @@ class BlockFTL(UserStreams):
                          *self._link))
 
     # ------------------------------------------------------------------ placement
-    def sync(self) -> None:
-        self.nand.sync()
-        self._dirty = False
-
-    def _program(self, stream, ppns, lpns, pages):
+    def _program(self, stream, ppns, lpns, pages, poison=None):
         self._dirty = True
         k = ppns.shape[0]
         seqs = np.arange(self.seq, self.seq + k, dtype=np.uint64)
         self.seq += k
-        self.nand.program(ppns, pages, lpns, seqs, stream)
+        self.nand.program(ppns, pages, lpns, seqs, stream, poison)
         self.counters["nand_pages_written"] += k
 
-    def place(self, stream: int, lpns: np.ndarray, pages: np.ndarray, start: int):
+    def place(self, stream: int, lpns: np.ndarray, pages: np.ndarray, start: int, poison=None):
         """Allocate, program (remapping failed programs) and charge pages of
         `stream`. Returns (ppns, last program done, per-page release times),
-        or (None, start, None) if there is no space."""
+        or (None, start, None) if there is no space. Raises BackingError
+        when a backing file refuses the data (none of it is then mapped)."""
         n = lpns.shape[0]
         if stream >= FIRST_USER_STREAM:
             reserve = 0                 # bounded by _within_kv_budget instead
@@ -170,13 +169,14 @@ class BlockFTL(UserStreams):
         rel, t_end = self.charge_programs(ppns, start)
         fail = self.faults.check("program", n) if self.faults.active else None
         if fail is None:
-            self._program(stream, ppns, lpns, pages)
+            self._program(stream, ppns, lpns, pages, poison)
             return ppns, t_end, rel
         out, out_rel = ppns.copy(), rel.copy()
         todo = np.arange(n)
         while True:
             ok = ~fail
-            self._program(stream, ppns[ok], lpns[todo[ok]], pages[todo[ok]])
+            self._program(stream, ppns[ok], lpns[todo[ok]], pages[todo[ok]],
+                          None if poison is None else poison[todo[ok]])
             for b in np.unique(self.geom.block_of(ppns[fail])).tolist():
                 self.nand.mark_bad(b, BAD_PROGRAM)
                 self.lines.retire_block(b)
@@ -190,7 +190,8 @@ class BlockFTL(UserStreams):
             out[todo], out_rel[todo] = ppns, rel
             fail = self.faults.check("program", todo.size)
             if fail is None:
-                self._program(stream, ppns, lpns[todo], pages[todo])
+                self._program(stream, ppns, lpns[todo], pages[todo],
+                              None if poison is None else poison[todo])
                 return out, t_end, out_rel
 
     # ------------------------------------------------------------------ GC
@@ -222,7 +223,11 @@ class BlockFTL(UserStreams):
         lm = self.lines
         t = now
         for line in np.flatnonzero((lm.state == 2) & (lm.vpc == 0)).tolist():
-            t = max(t, self.erase_line(line, now))
+            try:
+                t = max(t, self.erase_line(line, now))
+            except BackingError as e:       # the lines stay FULL and empty: GC erases them later
+                log.warning("reclaiming empty lines: %s", e)
+                break
             self.counters["gc_runs"] += 1
         return t
 
@@ -241,11 +246,20 @@ class BlockFTL(UserStreams):
             self.wb_head = (self.wb_head + n) % B
             t = max(t, int(self.wb[slots].max()))
         t_x = self.pcie(t, n * self.pb)
-        self.gc_if_needed(t_x)
-        ppns, t_prog, rel = self.place(STREAM_HOST, np.arange(lpn0, lpn0 + n, dtype=np.int64),
-                                       pages, t_x)
+        try:
+            self.gc_if_needed(t_x)
+            ppns, t_prog, rel = self.place(STREAM_HOST, np.arange(lpn0, lpn0 + n, dtype=np.int64),
+                                           pages, t_x)
+        except BackingError as e:
+            if not e.full:
+                raise                       # an I/O error: the namespace says Write Fault
+            self.no_space(e)
+            return False, t_x
         if ppns is None:
             return False, t_x
+        if self.full:
+            self.full = False
+            log.warning("%s: backing file system has room again: writes succeed", self.dir)
         dp.remap(self.l2p, lpn0, ppns, self.lines.valid, self.lines.vpc, self.geom.pages_per_line)
         self.counters["host_pages_written"] += n
         self._since_ckpt += n
@@ -268,6 +282,8 @@ class BlockFTL(UserStreams):
                                 self.clocks.iv, self.prm, self._scratch(n))
         if done >= 0:                                  # fast path: all mapped
             self.counters["nand_pages_read"] += n
+            if not self.nand.check(ppns):
+                return self.media_error(done)
             if run:
                 p0 = int(ppns[0])
                 return True, self.nand.data[p0:p0 + n], done
@@ -278,6 +294,8 @@ class BlockFTL(UserStreams):
         if mp.size:
             done = int(self.charge_reads(mp, t0, pcie=True).max())
         done = max(done, self.pcie(t0, int((~m).sum()) * self.pb))
+        if mp.size and not self.nand.check(mp):
+            return self.media_error(done)
         out = np.zeros((n, self.pb), np.uint8)
         if mp.size:
             out[m] = self.nand.data[mp]
@@ -289,6 +307,13 @@ class BlockFTL(UserStreams):
         is unmapped or faults are armed (the caller then takes read())."""
         if self.faults.active:
             return -1
+        ppns = self.l2p[lpn0:lpn0 + n]
+        if n == 1:
+            p = int(ppns[0])
+            if p < 0 or not (self.nand.verified[p] or self.nand.check(ppns)):
+                return -1
+        elif (ppns < 0).any() or not self.nand.check(ppns):
+            return -1                       # read() reports the failing page
         c = self.clocks
         done = dp.read_into(self.l2p, lpn0, n, self.nand.data, out, self._geo, t0, self.floor,
                             c.state, c.iv, self.prm, self._scratch(n))
@@ -297,6 +322,12 @@ class BlockFTL(UserStreams):
             cnt["host_pages_read"] += n
             cnt["nand_pages_read"] += n
         return done
+
+    def media_error(self, done: int):
+        """A mapped page failed its CRC: Unrecovered Read Error, no data."""
+        self.counters["crc_errors"] += 1
+        self.counters["media_errors"] += 1
+        return False, None, done
 
     def read_fault(self, n: int) -> bool:
         """Draw read faults for n pages; on failure count a media error."""
@@ -316,35 +347,12 @@ class BlockFTL(UserStreams):
         self.journal.add(self.seq, lpn0, n)
         self.seq += 1
 
-    def flush(self, now: int) -> int:
-        """Make everything written so far durable; return the modeled end time."""
-        self.journal.commit(sync=True)
-        self.sync()
-        if self._since_ckpt >= self.ckpt_every or len(self.journal.pending) > 4096:
-            self.checkpoint(clean=False)
-        wb_last = int(self.wb.max()) if self.wb.size else 0
-        return max(now, self.clocks.next_idle_ns(), wb_last)
-
     def restart_timeline(self, now: int) -> None:
         """Start the modeled timeline afresh at `now`: every LUN, bus and
         write-buffer slot is free. Virtual mode lets modeled work run ahead of
         the wall clock; real-time mode must not turn that into real waiting."""
         self.clocks.reset(now)
         np.minimum(self.wb, now, out=self.wb)
-
-    def checkpoint(self, clean: bool) -> None:
-        self.sync()
-        save_checkpoint(self.dir, self.l2p, self.seq - 1, clean)
-        self.journal.pending.clear()
-        self.journal.truncate()
-        self._since_ckpt = 0
-        self.counters["checkpoints"] += 1
-
-    def close(self) -> None:
-        if self.nand.data is None:
-            return
-        self.checkpoint(clean=True)
-        self.nand.close()
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict:

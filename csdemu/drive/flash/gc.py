@@ -16,10 +16,12 @@ host may allocate. At least one free line is always kept back for GC itself.
 """
 from __future__ import annotations
 
+import errno
 import math
 
 import numpy as np
 
+from csdemu.drive.flash.files import BackingError
 from csdemu.drive.flash.lines import FULL, STREAM_GC, LineManager
 
 
@@ -57,18 +59,23 @@ def select_victim(lm: LineManager, policy: str, *, force: bool, max_valid_frac: 
 
 
 def collect(ftl, line: int, now_ns: int) -> int:
-    """Relocate the valid pages of `line`, erase it, return the modeled end time."""
+    """Relocate the valid pages of `line`, erase it, return the modeled end
+    time. Raises BackingError, with the victim still intact, if there is no
+    room for the copies (or the journal cannot be written before the erase)."""
     lm, nand = ftl.lines, ftl.nand
     ppns = lm.valid_in_line(line)
     t = now_ns
     if ppns.size:
         lpns = nand.oob["lpn"][ppns].copy()
         data = nand.read(ppns)
+        # a page failing its CRC is copied marked uncorrectable: a fresh CRC
+        # over its data would return the corruption as good data from now on
+        ok = nand.check_each(ppns)
         rd = ftl.charge_reads(ppns, now_ns, pcie=False)
         t = int(rd.max())
-        new, t_prog, _ = ftl.place(STREAM_GC, lpns, data, t)
+        new, t_prog, _ = ftl.place(STREAM_GC, lpns, data, t, None if ok.all() else ~ok)
         if new is None:
-            raise RuntimeError("GC: no space left to relocate valid pages")
+            raise BackingError(errno.ENOSPC, "GC: no free line to relocate valid pages to")
         ftl.l2p[lpns] = new
         lm.invalidate(ppns)
         lm.mark_valid(new)

@@ -199,17 +199,18 @@ class LineManager:
         return 1.0 - len(self.free) / self.geom.lines
 
     # -- restart ------------------------------------------------------------------
-    def rebuild(self, nand, valid: np.ndarray) -> None:
-        """Recompute every line's state from the NAND OOB records and a valid
-        bitmap (after recovery). A partly programmed line becomes the open line
-        of its stream again; a second one for the same stream is closed."""
+    def rebuild(self, records: np.ndarray, valid: np.ndarray) -> None:
+        """Recompute every line's state from the OOB records (recovery's
+        cleaned copy: corrupt ones present, of seq 0) and a valid bitmap. A
+        partly programmed line becomes the open line of its stream again; a
+        second one for the same stream is closed."""
         g = self.geom
         self.valid = valid
         self.vpc = np.bincount(np.flatnonzero(valid) // self.ppl, minlength=g.lines).astype(np.int64)
         self.refresh_bad()
-        present = (nand.oob["flags"] & 1).reshape(g.lines, self.ppl) != 0
-        seqs = nand.oob["seq"].reshape(g.lines, self.ppl)
-        streams = nand.oob["stream"].reshape(g.lines, self.ppl)
+        present = (records["flags"] & 1).reshape(g.lines, self.ppl) != 0
+        seqs = records["seq"].reshape(g.lines, self.ppl).astype(np.int64)
+        streams = records["stream"].reshape(g.lines, self.ppl)
         self.cursor = {}
         self.free = deque()
         self.state[:] = FREE

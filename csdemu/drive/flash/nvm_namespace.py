@@ -16,17 +16,17 @@ before handling the next command (GC may erase and reuse the block).
 """
 from __future__ import annotations
 
-import json
+import errno
 import logging
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 
+from csdemu.drive.flash.device_file import DEVICE_FILE, FORMAT_VERSION, device_record, read_device_file
+from csdemu.drive.flash.files import BackingError, write_atomic
 from csdemu.drive.flash.ftl import BlockFTL
 from csdemu.drive.namespace import Request, Result
-from csdemu.drive.profile import Profile, load_profile, profile_from_dict
+from csdemu.drive.profile import Profile, load_profile
 from nvme_cmds.logs import FLASH_LOG, MAX_CHANNELS, SMART_LOG, LogPage, u128
 from nvme_cmds import nvm
 from nvme_cmds.nvm import CDW11_DSM_AD, CDW12_DEAC, CDW12_FUA, CDW12_RSVD_RW, DSM_RANGE
@@ -35,8 +35,6 @@ from nvme_cmds.status import Status
 
 log = logging.getLogger("csdemu.drive.flash")
 
-DEVICE_FILE = "device.json"
-FORMAT_VERSION = 1
 
 # Read and Write refuse CDW12_RSVD_RW (bits csdemu does not implement or the
 # spec reserves); Write Zeroes also accepts DEAC.
@@ -65,29 +63,27 @@ class FlashNamespace:
     device, else opens it and recovers (the stored geometry must match)."""
 
     def __init__(self, nsid: int, profile, data_dir, *, sync_before_erase: bool = True,
-                 checkpoint_every_pages: int | None = None):
+                 checkpoint_every_pages: int | None = None, preallocate: bool = False):
         self.nsid = nsid
         self.profile = _as_profile(profile)
         self.dir = Path(data_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         devfile = self.dir / DEVICE_FILE
         create = not devfile.exists()
+        version = FORMAT_VERSION
         if not create:
-            stored = json.loads(devfile.read_text())
-            old = profile_from_dict(stored["profile"], name=stored.get("name", "stored"))
+            stored, old = read_device_file(self.dir)
+            version = stored["format_version"]
             if _layout(old) != _layout(self.profile):
                 diff = [k for k in _layout(old) if _layout(old)[k] != _layout(self.profile)[k]]
                 raise ValueError(f"{data_dir}: formatted with profile {old.name!r}; "
                                  f"{', '.join(diff)} differ from profile {self.profile.name!r}")
         self.ftl = BlockFTL(self.profile, self.dir, create=create,
                             sync_before_erase=sync_before_erase,
-                            checkpoint_every_pages=checkpoint_every_pages)
+                            checkpoint_every_pages=checkpoint_every_pages,
+                            preallocate=preallocate, seeded_crc=version >= 2)
         if create:
-            tmp = devfile.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, "name": self.profile.name,
-                                       "created": time.time(),
-                                       "profile": self.profile.to_dict()}, indent=1))
-            os.replace(tmp, devfile)
+            write_atomic(devfile, (device_record(self.profile),))
         der = self.profile.derive()
         self.lba_size = self.profile.device.lba_size
         self.lpp = der.lbas_per_page
@@ -104,9 +100,7 @@ class FlashNamespace:
     @classmethod
     def open(cls, nsid: int, data_dir, **kw) -> "FlashNamespace":
         """Open (and recover) a formatted data dir with the profile stored in it."""
-        stored = json.loads((Path(data_dir) / DEVICE_FILE).read_text())
-        prof = profile_from_dict(stored["profile"], name=stored.get("name", "stored"))
-        return cls(nsid, prof, data_dir, **kw)
+        return cls(nsid, read_device_file(data_dir)[1], data_dir, **kw)
 
     # ------------------------------------------------------------------ dispatch
     def process_io(self, req: Request) -> Result:
@@ -202,6 +196,13 @@ class FlashNamespace:
         return self._write_bytes(slba, nlb, src, t0, fua)
 
     def _write_bytes(self, slba: int, nlb: int, src: np.ndarray, t0: int, fua: bool) -> Result:
+        try:
+            return self._write_pages(slba, nlb, src, t0, fua)
+        except BackingError as e:                 # an I/O error, not a lack of room
+            log.error("flash namespace %d: write of LBA %d: %s", self.nsid, slba, e)
+            return Result(Status.CAPACITY_EXCEEDED if e.full else Status.WRITE_FAULT, t0)
+
+    def _write_pages(self, slba: int, nlb: int, src: np.ndarray, t0: int, fua: bool) -> Result:
         lpp, pb = self.lpp, self.page_bytes
         if lpp == 1:
             pages = src.reshape(nlb, pb)
@@ -222,12 +223,18 @@ class FlashNamespace:
         return Result(Status.SUCCESS, done)
 
     def _peek(self, lpn: int) -> np.ndarray:
-        p = int(self.ftl.l2p[lpn])
-        return self.ftl.nand.data[p] if p >= 0 else 0
+        ok, data, _ = self.ftl.read(lpn, 1, 0)
+        if not ok:                  # no fresh CRC over corrupt data: the write fails
+            raise BackingError(0, f"read-modify-write of LPN {lpn}: its page fails its CRC")
+        return data[0]
 
     # ------------------------------------------------------------------ FLUSH / WZ / DSM
     def _flush(self, req: Request) -> Result:
-        return Result(Status.SUCCESS, self.ftl.flush(req.arrival_ns + self._fw[4]))
+        try:
+            return Result(Status.SUCCESS, self.ftl.flush(req.arrival_ns + self._fw[4]))
+        except BackingError as e:
+            log.error("flash namespace %d: flush: %s", self.nsid, e)
+            return Result(Status.WRITE_FAULT, req.arrival_ns)
 
     def _zero(self, slba: int, nlb: int, t0: int, fua: bool) -> int:
         """Deallocate the whole pages of the range, zero-fill partial ones."""
@@ -244,10 +251,23 @@ class FlashNamespace:
             if hi > lo:
                 r = self._write_bytes(lo, hi - lo, np.zeros((hi - lo) * self.lba_size, np.uint8),
                                       t0, fua)
+                if r.status != Status.SUCCESS:
+                    raise BackingError(errno.ENOSPC if r.status == Status.CAPACITY_EXCEEDED
+                                       else errno.EIO, f"zeroing LBAs {lo}-{hi - 1}")
                 done = max(done, r.done_ns)
         if fua:
             self.ftl.journal.commit(sync=False)
         return done
+
+    def _committed(self, req: Request, fn, *args) -> Result:
+        """Write Zeroes and DSM: Write Fault if the journal cannot be written,
+        Capacity Exceeded if a partial page cannot be zeroed for want of room."""
+        try:
+            return Result(Status.SUCCESS, fn(*args))
+        except BackingError as e:
+            log.error("flash namespace %d: opcode %#x: %s", self.nsid, req.opcode, e)
+            return Result(Status.CAPACITY_EXCEEDED if e.full else Status.WRITE_FAULT,
+                          req.arrival_ns)
 
     def _write_zeroes(self, req: Request) -> Result:
         r, st = self._range(req, WZ_RSVD)
@@ -255,8 +275,8 @@ class FlashNamespace:
             return Result(st, req.arrival_ns)
         slba, nlb, fua = r
         self.host["write_cmds"] += 1
-        return Result(Status.SUCCESS, self._zero(slba, nlb, req.arrival_ns + self._fw[4],
-                                                 fua or not self.write_cache))
+        return self._committed(req, self._zero, slba, nlb, req.arrival_ns + self._fw[4],
+                               fua or not self.write_cache)
 
     def _dsm(self, req: Request) -> Result:
         c = req.cdw
@@ -269,13 +289,16 @@ class FlashNamespace:
         ends = ranges["slba"].astype(object) + ranges["nlb"].astype(object)
         if any(e > self.nlbas for e in ends):
             return Result(Status.LBA_OUT_OF_RANGE, req.arrival_ns)
-        t0 = req.arrival_ns + self._fw[4]
+        return self._committed(req, self._deallocate, ranges, c[1] & CDW11_DSM_AD,
+                               req.arrival_ns + self._fw[4])
+
+    def _deallocate(self, ranges, ad: bool, t0: int) -> int:
         done = t0
-        if c[1] & CDW11_DSM_AD:
+        if ad:
             for rg in ranges:
                 if int(rg["nlb"]):
                     done = max(done, self._zero(int(rg["slba"]), int(rg["nlb"]), t0, False))
-        return Result(Status.SUCCESS, done)
+        return done
 
     # ------------------------------------------------------------------ admin-side views
     def set_fault_injection(self, **kw) -> dict:

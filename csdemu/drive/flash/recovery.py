@@ -1,20 +1,33 @@
 """Rebuild the L2P after a restart (clean or not).
 
 Inputs: the last checkpoint (L2P as of sequence S, or none: S = 0), the OOB
-record of every physical page, and the deallocation journal. Steps, all
-vectorized over the OOB array:
+record of every physical page, and the deallocation journal (whose base
+holds every deallocation up to its checkpoint, see checkpoint.py). Steps,
+all vectorized over the OOB array:
 
-1. Keep a checkpoint entry lpn -> ppn only if that page still holds lpn with a
-   sequence number <= S (its block may have been erased and reused since).
+0. Sort the records: all-zero is erased; a record with unknown flag bits, a
+   cleared present bit over non-zero fields, a sequence number of 0 or
+   >= SEQ_LIMIT, or a host page's LPN past the namespace is corrupt. Corrupt records still occupy their page (it is
+   never programmed over), but never map an LBA on their own word and never
+   set the next sequence number.
+1. A checkpoint entry lpn -> ppn stands if that page's record still says lpn
+   with a seq <= S. It is dropped if the page was erased, or programmed
+   again since (a plausible record with seq > S), or if the page's record
+   and data agree with each other on something else. Otherwise the record or the data is corrupt: the entry
+   stands and reads of the LBA fail with Unrecovered Read Error (nand.check),
+   never returning another LBA's or an older version's data.
 2. Candidates: programmed host/GC pages with seq > S. Each is CRC-checked; a
-   torn page (crash in the middle of a program) fails its CRC and is ignored,
-   so it is never returned as data -- the previous version of that LBA is used.
+   torn page (crash in the middle of a program) fails and is ignored, so it is
+   never returned as data -- the previous version of that LBA is used. A
+   page GC copied from a failing one (OOB_UNCORRECTABLE) is taken as is: its
+   LBA reads fail, as they did before the copy.
 3. Per lpn the candidate with the highest seq wins over the checkpoint entry.
 4. Journal records with seq > S unmap every lpn in their range whose chosen
    version is older than the record.
 
 Pages of user streams (>= 2) are not in the L2P; they are reported as valid
-so their owner (e.g. a KV layer) can rebuild its own index from the OOB keys.
+so their owner (e.g. a KV layer) can rebuild its own index from the OOB keys
+(those newer than the checkpoint once their CRC matches, as for step 2).
 """
 from __future__ import annotations
 
@@ -22,8 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from csdemu.drive.flash.checkpoint import JOURNAL_NAME, TRIM_REC, JournalError, read_checkpoint
+from csdemu.drive.flash.files import DataDirError
 from csdemu.drive.flash.lines import STREAM_GC
-from csdemu.drive.flash.nand import OOB_PRESENT, NandArray
+from csdemu.drive.flash.nand import OOB_KNOWN_FLAGS, OOB_PRESENT, OOB_UNCORRECTABLE, NandArray, records_i64
+
+# Sequence numbers count pages written: at ten million pages a second 2^62
+# takes 14,000 years, so a larger one is a corrupt record, and every real one
+# fits the int64 arithmetic below.
+SEQ_LIMIT = 1 << 62
 
 
 @dataclass
@@ -35,14 +55,34 @@ class Rebuilt:
     scanned: int             # candidate pages newer than the checkpoint
     torn: int                # candidates rejected by their CRC
     trims_replayed: int
+    corrupt_records: int = 0     # OOB records that are not a record (skipped)
+    suspect_kept: int = 0        # checkpoint entries kept though their page fails (reads: URE)
+    records: np.ndarray | None = None   # the OOB records, corrupt ones cleaned, for LineManager
 
 
-def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray) -> Rebuilt:
-    oob = np.array(nand.oob)                     # one copy of the records
-    present = (oob["flags"] & OOB_PRESENT) != 0
-    seq = oob["seq"].astype(np.int64)
+def sort_records(oob: np.ndarray):
+    """-> (occupied, sane) per page: any non-zero record, and a plausible one."""
+    raw = records_i64(oob)
+    occupied = raw.any(axis=1)
+    flags = oob["flags"]
+    seq = oob["seq"]
+    sane = (occupied & ((flags & OOB_PRESENT) != 0) & ((flags & (0xFFFF ^ OOB_KNOWN_FLAGS)) == 0)
+            & (seq > 0) & (seq < SEQ_LIMIT))
+    return occupied, sane
+
+
+def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
+            oob: np.ndarray | None = None) -> Rebuilt:
+    if oob is None:
+        oob = nand.read_records()                # a copy, read with pread
+    occupied, sane = sort_records(oob)
     lpn = oob["lpn"]
     stream = oob["stream"]
+    flags = oob["flags"]
+    sane &= (stream > STREAM_GC) | ((lpn >= 0) & (lpn < nlpns))    # a host page of no LBA
+    corrupt = occupied & ~sane
+    seq = np.where(sane, oob["seq"], 0).astype(np.int64)
+    raw_seq = oob["seq"]
 
     if ckpt is not None:
         l2p, S = ckpt[0].copy(), ckpt[1]
@@ -51,20 +91,37 @@ def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray) -> Rebuilt:
     cur_seq = np.full(nlpns, -1, np.int64)
 
     # 1. validate checkpoint entries
-    m = np.flatnonzero(l2p >= 0)
+    suspect_kept = 0
+    m = np.flatnonzero((l2p >= 0) & (l2p < oob.size))
+    l2p[(l2p >= oob.size)] = -1
     if m.size:
         p = l2p[m]
-        ok = present[p] & (lpn[p] == m) & (seq[p] <= S) & (stream[p] <= STREAM_GC)
-        l2p[m[~ok]] = -1
-        cur_seq[m[ok]] = seq[p[ok]]
+        same = occupied[p] & (lpn[p] == m) & (raw_seq[p] > 0) & (raw_seq[p] <= S)
+        cur_seq[m[same]] = raw_seq[p[same]].astype(np.int64)
+        l2p[m[~same & ~occupied[p]]] = -1            # erased since: moved or trimmed
+        # erased and programmed again, for another LBA (the same LBA again is
+        # also what a corrupt seq looks like: the CRC below tells them apart)
+        reused = ~same & sane[p] & (raw_seq[p] > S) & (lpn[p] != m)
+        l2p[m[reused]] = -1
+        odd = np.flatnonzero(~same & occupied[p] & ~reused)
+        if odd.size:
+            consistent = nand.verify(p[odd], oob)
+            l2p[m[odd[consistent]]] = -1             # reused since, for another LBA
+            kept = m[odd[~consistent]]
+            cur_seq[kept] = S
+            suspect_kept = int(kept.size)
 
     # 2. candidates newer than the checkpoint
-    host = present & (stream <= STREAM_GC)
-    cand = np.flatnonzero(host & (seq > S) & (lpn >= 0) & (lpn < nlpns))
+    host = sane & (stream <= STREAM_GC)
+    cand = np.flatnonzero(host & (seq > S))
     torn = 0
     if cand.size:
-        ok = nand.verify(cand)
+        marked = (flags[cand] & OOB_UNCORRECTABLE) != 0
+        ok = marked.copy()
+        if (~marked).any():
+            ok[~marked] = nand.verify(cand[~marked], oob)
         torn = int((~ok).sum())
+        seq[cand[~ok]] = 0                      # a torn or corrupt seq sets nothing
         cand = cand[ok]
     # 3. highest seq per lpn wins
     if cand.size:
@@ -91,8 +148,58 @@ def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray) -> Rebuilt:
 
     valid = np.zeros(oob.size, bool)
     valid[l2p[l2p >= 0]] = True
-    valid |= present & (stream > STREAM_GC)     # user streams: owner decides
+    # user streams: owner decides; those newer than the checkpoint are
+    # checked as host pages are (a host page whose stream byte flipped is one)
+    user = np.flatnonzero(sane & (stream > STREAM_GC) & (seq > S))
+    if user.size:
+        bad = user[~nand.verify(user, oob)]
+        torn += int(bad.size)
+        sane[bad] = False
+        seq[bad] = 0
+    valid |= sane & (stream > STREAM_GC)
     top = max(int(seq.max()) if seq.size else 0, S,
               int(journal["seq"].max()) if journal.size else 0)
+    clean = oob.copy()
+    clean["seq"][corrupt] = 0                   # occupied, of no stream, of no age
+    clean["stream"][corrupt] = 0
+    clean["flags"][corrupt] = OOB_PRESENT
     return Rebuilt(l2p=l2p, valid=valid, next_seq=top + 1, checkpoint_seq=S,
-                   scanned=int(cand.size) + torn, torn=torn, trims_replayed=len(trims))
+                   scanned=int(cand.size) + torn, torn=torn, trims_replayed=len(trims),
+                   corrupt_records=int(corrupt.sum()), suspect_kept=suspect_kept, records=clean)
+
+
+def recover(nand: NandArray, nlpns: int, data_dir, journal) -> tuple[Rebuilt, list[str], bool]:
+    """Open a formatted drive's L2P: -> (rebuilt, what to log, whether a
+    fresh checkpoint should be written now). A damaged checkpoint costs a
+    full OOB scan; a damaged journal is harmless after a clean shutdown (the
+    checkpoint holds every deallocation). Otherwise deallocated LBAs cannot
+    be told from written ones, and DataDirError refuses the start."""
+    ck, ck_why = read_checkpoint(data_dir, nlpns)
+    try:
+        trims, j_why = journal.load(), None
+    except JournalError as e:
+        trims, j_why = np.empty(0, TRIM_REC), str(e)
+    fix = ("restore the file, or start with --format to erase the drive")
+    if j_why and ck is None:
+        raise DataDirError(f"{ck_why} and {j_why}: the deallocated LBAs cannot be recovered "
+                           f"(their old data would come back); {fix}")
+    notes = []
+    if j_why:
+        if not ck[2]:
+            raise DataDirError(f"{j_why}, and the drive was not shut down cleanly: deallocations "
+                               f"since the last checkpoint would be lost (their old data would "
+                               f"come back); {fix}")
+        notes.append(f"{j_why}; the drive was shut down cleanly, so the checkpoint holds "
+                     f"every deallocation, and the journal is written afresh")
+    if ck is None:
+        notes.append(f"{ck_why}; the L2P is rebuilt from every OOB record and {JOURNAL_NAME}")
+    r = rebuild(nand, nlpns, ck, trims, nand.at_open)
+    if r.torn:
+        notes.append(f"{r.torn} page(s) newer than the checkpoint fail their CRC (torn by a "
+                     f"crash, or corrupt): their LBAs keep their previous version")
+    if r.corrupt_records:
+        notes.append(f"{r.corrupt_records} OOB record(s) are corrupt: their pages are skipped")
+    if r.suspect_kept:
+        notes.append(f"{r.suspect_kept} checkpointed page(s) disagree with their OOB record: "
+                     f"reads of their LBAs fail with Unrecovered Read Error")
+    return r, notes, bool(j_why or ck is None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from csdemu.drive.flash.files import BackingError
 from csdemu.drive.flash.lines import STREAM_GC
 
 
@@ -25,8 +26,14 @@ class UserStreams:
             raise ValueError("streams 0 and 1 belong to the block FTL")
         if not self._within_kv_budget(stream, pages.shape[0]):
             return None, t0
-        t = self.gc_if_needed(t0)
-        ppns, t_prog, _ = self.place(stream, np.asarray(keys, np.int64), pages, max(t0, t))
+        try:
+            t = self.gc_if_needed(t0)
+            ppns, t_prog, _ = self.place(stream, np.asarray(keys, np.int64), pages, max(t0, t))
+        except BackingError as e:
+            if not e.full:
+                raise
+            self.no_space(e)
+            return None, t0
         if ppns is not None:
             self.lines.mark_valid(ppns)
         return ppns, t_prog
@@ -55,6 +62,8 @@ class UserStreams:
         if self.faults.active and self.read_fault(ppns.size):
             return False, None, int(self.charge_reads(ppns, t0, pcie=pcie).max())
         done = int(self.charge_reads(ppns, t0, pcie=pcie).max()) if ppns.size else t0
+        if ppns.size and not self.nand.check(ppns):
+            return self.media_error(done)
         return True, self.nand.data[ppns], done
 
     def invalidate_pages(self, ppns: np.ndarray) -> None:
