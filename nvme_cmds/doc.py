@@ -2,7 +2,9 @@
 
     python -m nvme_cmds.doc > docs/commands.md
 """
+from nvme_cmds.errlog import ERROR_LOG_ENTRY
 from nvme_cmds.features import FeatureId
+from nvme_cmds.kv import FIELDS as KV_FIELDS, MAX_SEQ_TOKENS, REASON_TEXT, KVReason
 from nvme_cmds.logs import LogPage
 from nvme_cmds.opcodes import AdminOpcode, NvmOpcode, VendorAdminOpcode, VendorIoOpcode, data_direction
 from nvme_cmds.status import Status, split_status
@@ -10,7 +12,7 @@ from nvme_cmds.status import Status, split_status
 FIELDS = {
     ("admin", AdminOpcode.DELETE_IO_SQ): "CDW10[15:0] QID",
     ("admin", AdminOpcode.CREATE_IO_SQ): "PRP1 arena offset of the ring; CDW10 QSIZE[31:16] (0-based), QID[15:0]; CDW11 CQID[31:16], PC[0]=1",
-    ("admin", AdminOpcode.GET_LOG_PAGE): "CDW10 LID[7:0], NUMDL[31:16]; CDW11 NUMDU[15:0]; CDW12/13 offset",
+    ("admin", AdminOpcode.GET_LOG_PAGE): "CDW10 LID[7:0], NUMDL[31:16]; CDW11 NUMDU[15:0]; CDW12/13 offset; LID 01h is the caller's own error log",
     ("admin", AdminOpcode.DELETE_IO_CQ): "CDW10[15:0] QID (no SQ may still use it)",
     ("admin", AdminOpcode.CREATE_IO_CQ): "PRP1 arena offset; CDW10 QSIZE[31:16], QID[15:0]; CDW11 IV[31:16], IEN[1], PC[0]=1; ring is followed by one u64 device time per entry",
     ("admin", AdminOpcode.IDENTIFY): "CDW10 CNS[7:0]: 00h namespace, 01h controller (vendor area = CSD description), 02h active NSID list",
@@ -19,7 +21,7 @@ FIELDS = {
     ("admin", AdminOpcode.GET_FEATURES): "CDW10 FID[7:0], SEL[10:8]; value in DW0",
     ("admin", AdminOpcode.ASYNC_EVENT_REQUEST): "held until an event (at most 4 outstanding)",
     ("admin", AdminOpcode.KEEP_ALIVE): "no fields",
-    ("admin", VendorAdminOpcode.CREATE_KV_NAMESPACE): "data: 64-byte KV_NS_DESC (layers, q heads, kv heads, head dim, dtype 0 fp16 / 1 bf16 / 2 fp32, flags bit 0 sparse layout, tokens per page, dims per K-copy page, max sequences); DW0 = new NSID; the caller owns it",
+    ("admin", VendorAdminOpcode.CREATE_KV_NAMESPACE): "data: 64-byte KV_NS_DESC (layers, q heads, kv heads, head dim, dtype 0 fp16 / 1 bf16 / 2 fp32, flags bit 0 sparse layout, tokens per page, dims per K-copy page, max sequences); DW0 = new NSID; the caller owns it. Namespace Identifier Unavailable when no NSID is free",
     ("admin", VendorAdminOpcode.DELETE_KV_NAMESPACE): "NSID of a KV namespace the caller owns (else Access Denied)",
     ("admin", VendorAdminOpcode.DMA_MAP): "PRP1 host virtual address; CDW10/11 length (64-bit): registers a region for PRP DMA",
     ("admin", VendorAdminOpcode.DMA_UNMAP): "PRP1 the address given to DMA Map",
@@ -29,9 +31,9 @@ FIELDS = {
     ("io", NvmOpcode.WRITE_ZEROES): "CDW10/11 SLBA; CDW12 NLB[15:0]",
     ("io", NvmOpcode.DATASET_MANAGEMENT): "CDW10 NR[7:0] (0-based); CDW11 AD[2]; data: 16-byte ranges",
     ("io", VendorIoOpcode.NOP): "no data, no namespace work: a transport round trip",
-    ("io", VendorIoOpcode.KV_APPEND): "CDW10 layer[15:0], tokens[31:16]; CDW11 batch; MPTR arena offset of u64 sequence ids; data: K then V, each [batch, tokens, kv heads, head dim] in the namespace dtype",
+    ("io", VendorIoOpcode.KV_APPEND): "CDW10 layer[15:0], tokens[31:16] (the library splits longer appends); CDW11 batch; MPTR arena offset of u64 sequence ids; data: K then V, each [batch, tokens, kv heads, head dim] in the namespace dtype",
     ("io", VendorIoOpcode.KV_READ): "CDW10 layer; CDW11/12 sequence id; CDW13 start token; CDW14 count; data out: K then V, [count, kv heads, head dim]",
-    ("io", VendorIoOpcode.ATTEND): "CDW10 layer[15:0], mode[23:16] (0 dense, 1 SparF), append[24] (K then V of one new token per sequence follow the ids at MPTR); CDW11 batch; CDW12 r[15:0], window[31:16]; CDW13 k; MPTR sequence ids; in: q float32 [batch, q heads, head dim] (PRP1), out: same shape (PRP2, or arena offset in CDW15 with SGL)",
+    ("io", VendorIoOpcode.ATTEND): "CDW10 layer[15:0], mode[23:16] (0 dense, 1 SparF), append[24] (K then V of one new token per sequence follow the ids at MPTR); CDW11 batch; CDW12 r[15:0] (31:16 reserved); CDW13 k; CDW14 window (r, k, window 0 in dense mode); MPTR sequence ids; in: q float32 [batch, q heads, head dim] (PRP1), out: same shape (PRP2, or arena offset in CDW15 with SGL)",
     ("io", VendorIoOpcode.RECLAIM): "CDW11 batch; MPTR arena offset of u64 sequence ids; DW0 = sequences that existed",
 }
 
@@ -65,11 +67,48 @@ def commands_markdown() -> str:
     lines += [f"| {int(p):02X}h | {p.name} |" for p in LogPage]
     lines += ["", "## Features", "", "| FID | name |", "|---|---|"]
     lines += [f"| {int(f):02X}h | {f.name} |" for f in FeatureId]
+    lines += _kv_errors()
     lines += ["", "## Status codes", "", "| SCT | SC | name |", "|---|---|---|"]
     for s in Status:
         sct, sc = split_status(s)
         lines.append(f"| {sct:X}h | {sc:02X}h | {s.name} |")
     return "\n".join(lines) + "\n"
+
+
+def _kv_errors():
+    fields = sorted({(f.name, f.where(), f.limit) for fs in KV_FIELDS.values() for f in fs
+                     if f.name != "reserved"}, key=lambda f: (f[1], f[0]))
+    out = ["", "## KV fields and errors", "",
+           "Every KV field is checked, never truncated. The client library raises ValueError "
+           "naming a field whose value does not fit it (and its limit), or that the namespace "
+           "does not allow (a layer past `layers`, SparF r outside 1..head dim); an append of "
+           "more tokens than CDW10[31:16] holds is sent as several commands. The drive "
+           "completes a command with a bad field with Invalid Field and logs it in the "
+           "caller's Error Information log (LID 01h, "
+           f"{ERROR_LOG_ENTRY.itemsize}-byte entries, newest first, one log per client): "
+           "SQID and CID name the command, Parameter Error Location the field's first byte "
+           "(bits 7:0) and bit (10:8) in the SQE (16 = MPTR, the sequence ids; 24 = the data "
+           "pointer, for a KV_NS_DESC field), and Command Specific Information is "
+           "(reason << 32) | index, index being the sequence's position in the batch, or the "
+           "byte offset of the KV_NS_DESC field. The library reads that log after a failed KV "
+           "command, so its NVMeError names the command and the field.", "",
+           "| field | where | wire range |", "|---|---|---|"]
+    out += [f"| {n} | {w} | 0..{lim} |" for n, w, lim in fields]
+    out += ["", "| reason | meaning |", "|---|---|"]
+    out += [f"| {int(r)} {r.name} | {REASON_TEXT[r]} |" for r in KVReason if r in REASON_TEXT]
+    out += ["", "Defined outcomes:", "",
+            "* An Attend on a sequence that holds no tokens in the layer completes with "
+            "Deallocated or Unwritten Logical Block (reason NO_TOKENS), never zeros; an unknown "
+            "sequence id is Invalid Field (NO_SEQUENCE).",
+            "* An append past the namespace's max sequences, the flash for KV, or "
+            f"{MAX_SEQ_TOKENS} tokens in a layer completes with Capacity Exceeded. The "
+            "sequence limit and the lengths are checked for the whole batch first, "
+            "so such a refusal appends nothing.",
+            "* Values: the library converts K and V to the namespace dtype and refuses (ValueError "
+            "naming k or v) any that is inf or NaN or overflows it (float32 1e6 into float16): "
+            "they would make attention NaN. uint16 input is taken as fp16/bf16 bits and stored as "
+            "given; the drive stores what it receives."]
+    return out
 
 
 if __name__ == "__main__":

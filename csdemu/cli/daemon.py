@@ -28,9 +28,13 @@ from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_
 @click.option("--engine-threads", default=1, show_default=True, type=click.IntRange(1, 256),
               help="threads for the attention kernels (more only pays on an otherwise idle machine)")
 @cpus_option("the poller and the engine threads")
+@click.option("--format", "fmt", is_flag=True,
+              help="erase the drive in --data-dir, if any, and format a new one")
+@click.option("--preallocate", is_flag=True,
+              help="reserve all backing space now (a full disk is found at start, not mid-run)")
 @click.option("--foreground", is_flag=True, help="do not daemonize")
 def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us,
-          engine_threads, cpus, foreground):
+          engine_threads, cpus, fmt, preallocate, foreground):
     """Start the drive daemon."""
     socket_path = socket_path or default_socket()
     data_dir = data_dir or default_data_dir()
@@ -48,7 +52,7 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         try:
             ctrl, info = build_controller(data_dir, profile, config_file, timing, overrides,
-                                          engine_threads)
+                                          engine_threads, fmt=fmt, preallocate=preallocate)
         except (ValueError, OSError) as exc:
             fail(str(exc))
         Daemon(socket_path, ctrl, poll_idle_us, info).serve()
@@ -62,11 +66,16 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
             args += [flag, value]
     for item in overrides:
         args += ["--set", item]
+    args += [flag for flag, on in (("--format", fmt), ("--preallocate", preallocate)) if on]
     if cpus is not None:
         from csdemu.drive.cpus import format_cpu_list
         args += ["--cpus", format_cpu_list(cpus)]
     log_path = os.path.join(data_dir, "daemon.log")
-    with open(log_path, "ab") as log:
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+        try:
+            os.fchmod(log.fileno(), 0o600)      # the data dir's files are the user's alone
+        except OSError:
+            pass
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
     deadline = time.monotonic() + 60

@@ -19,14 +19,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from csdemu.transport.errors import NVMeError
-from nvme_cmds.kv import (DTYPE_NAMES, FLAG_SPARSE_LAYOUT, KV_NS_DESC, SEQ_ID, AttendMode,
-                          KVDtype, append_cdws, attend_cdws, read_cdws)
+from csdemu.transport.errors import DeviceGone, NVMeError
+from nvme_cmds import errlog
+from nvme_cmds.kv import (DTYPE_NAMES, FLAG_SPARSE_LAYOUT, KV_NS_DESC, SEQ_ID, TOKENS, AttendMode,
+                          KVDtype, append_cdws, attend_cdws, describe, read_cdws)
+from nvme_cmds.logs import LogPage
 from nvme_cmds.opcodes import VendorAdminOpcode, VendorIoOpcode
 from nvme_cmds.spec import FLAGS_PSDT_SHIFT
 
 SGL_FLAGS = 1 << FLAGS_PSDT_SHIFT
 MAX_BATCH = 4096
+# Error log entries read back after a failure: the failed command is the
+# newest of this client's, unless other queues of the process failed since.
+ERROR_ENTRIES_READ = 4
+LARGEST = {KVDtype.FLOAT16: 65504.0, KVDtype.BFLOAT16: 3.3895313892515355e38,
+           KVDtype.FLOAT32: float(np.finfo(np.float32).max)}
 
 
 @dataclass(frozen=True)
@@ -43,18 +50,43 @@ class SparF:
         return cls(max(1, round(ratio * head_dim)), max(1, math.ceil(ratio * seq_len)), window)
 
 
-def to_storage(a, dtype: KVDtype) -> np.ndarray:
-    """K/V values -> the namespace's storage elements (uint16 bits or float32)."""
+def to_storage(a, dtype: KVDtype, what: str = "values") -> np.ndarray:
+    """K/V values -> the namespace's storage elements (uint16 bits or float32).
+
+    A value that is inf or NaN, or that overflows the dtype (float32 1e6 in
+    a float16 namespace), is refused with ValueError rather than stored as
+    inf: attention over it would be NaN. uint16 input is taken as fp16/bf16
+    bit patterns and stored as given."""
     a = np.asarray(a)
-    if dtype == KVDtype.FLOAT32:
-        return np.ascontiguousarray(a, np.float32)
-    if a.dtype == np.uint16:
-        return np.ascontiguousarray(a)          # already fp16/bf16 bit patterns
-    if dtype == KVDtype.FLOAT16:
-        return np.ascontiguousarray(a, np.float16).view(np.uint16)
-    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    rounded = bits + 0x7FFF + ((bits >> 16) & 1)          # round to nearest even
-    return (rounded >> 16).astype(np.uint16)
+    if a.dtype == np.uint16 and dtype != KVDtype.FLOAT32:
+        return np.ascontiguousarray(a)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype == KVDtype.FLOAT32:
+            out = np.ascontiguousarray(a, np.float32)
+            finite = np.isfinite(out)
+        elif dtype == KVDtype.FLOAT16:
+            out = np.ascontiguousarray(a, np.float16).view(np.uint16)
+            finite = np.isfinite(out.view(np.float16))
+        else:
+            bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+            rounded = bits + 0x7FFF + ((bits >> 16) & 1)          # round to nearest even
+            out = (rounded >> 16).astype(np.uint16)
+            finite = (out & 0x7F80) != 0x7F80                     # exponent all ones: inf/NaN
+    if not finite.all():
+        name = dtype.name.lower()
+        given = np.isfinite(a[~finite]) if a.dtype.kind == "f" else np.ones(1, bool)
+        if not given.all():
+            raise ValueError(f"{what}: {int((~given).sum())} values are inf or NaN")
+        raise ValueError(f"{what}: {int((~finite).sum())} values overflow {name} "
+                         f"(largest finite {LARGEST[dtype]:.5g})")
+    return out
+
+
+def seq_id_array(seq_ids) -> np.ndarray:
+    try:
+        return np.asarray(seq_ids, SEQ_ID).reshape(-1)
+    except (OverflowError, ValueError, TypeError):
+        raise ValueError(f"sequence ids must be integers in 0..2^64-1, got {seq_ids!r}") from None
 
 
 def from_storage(a: np.ndarray, dtype: KVDtype) -> np.ndarray:
@@ -108,24 +140,31 @@ class KVNamespace:
         self.last = None             # the last command's Completion (device time etc.)
 
     def _ids(self, seq_ids) -> int:
-        ids = np.asarray(seq_ids, SEQ_ID).reshape(-1)
+        ids = seq_id_array(seq_ids)
         if not 0 < ids.size <= MAX_BATCH:
             raise ValueError(f"batch of {ids.size} sequence ids (1..{MAX_BATCH})")
         self.dev.arena.u8[self.meta_off:self.meta_off + ids.nbytes] = ids.view(np.uint8)
         return ids.size
 
-    def _check(self, c, what):
+    def _layer(self, layer, what: str) -> int:
+        if not 0 <= int(layer) < self.layers:
+            raise ValueError(f"{what}: layer {layer} out of range 0..{self.layers - 1}")
+        return int(layer)
+
+    def _check(self, c, what, opcode):
         self.last = c
         if not c.ok:
-            raise NVMeError(c.status, what)
+            raise NVMeError(c.status, what, failed_field(self.dev, c, opcode))
         return c
 
     def append(self, layer: int, seq_ids, k, v) -> int:
-        """Append k, v [batch, new_tokens, kv_heads, head_dim]; -> modeled device ns."""
-        k, v = to_storage(k, self.dtype), to_storage(v, self.dtype)
+        """Append k, v [batch, new_tokens, kv_heads, head_dim]; -> modeled device ns.
+        More tokens than one command's field holds go in several commands."""
+        layer = self._layer(layer, "kv append")
+        k, v = to_storage(k, self.dtype, "k"), to_storage(v, self.dtype, "v")
         if k.ndim != 4 or k.shape != v.shape or k.shape[2:] != (self.kv_heads, self.head_dim):
             raise ValueError(f"k and v must both be [batch, tokens, {self.kv_heads}, {self.head_dim}]")
-        ids = np.asarray(seq_ids, SEQ_ID).reshape(-1)
+        ids = seq_id_array(seq_ids)
         if ids.size != k.shape[0]:
             raise ValueError(f"{ids.size} sequence ids for a batch of {k.shape[0]}")
         if k.shape[1] == 0:
@@ -133,7 +172,7 @@ class KVNamespace:
         per_seq = 2 * k[0].nbytes
         limit = min(self.dev.staging_bytes, self.dev.mdts_bytes())
         tokens = k.shape[1]
-        step_t = max(1, min(tokens, limit // (2 * k[0, 0].nbytes)))
+        step_t = max(1, min(tokens, TOKENS.limit, limit // (2 * k[0, 0].nbytes)))
         step_b = max(1, min(len(ids), limit // max(per_seq, 1))) if step_t == tokens else 1
         total = 0
         for b0 in range(0, len(ids), step_b):
@@ -146,7 +185,7 @@ class KVNamespace:
                 c = self.dev.io.execute(VendorIoOpcode.KV_APPEND, nsid=self.nsid, flags=SGL_FLAGS,
                                         prp1=off, prp2=2 * nb, mptr=self.meta_off,
                                         **append_cdws(layer, n, kk.shape[1]))
-                total += self._check(c, "kv append").device_ns
+                total += self._check(c, "kv append", VendorIoOpcode.KV_APPEND).device_ns
         return total
 
     def attend(self, layer: int, seq_ids, q: np.ndarray, sparse: SparF | None = None,
@@ -158,14 +197,22 @@ class KVNamespace:
         if (not isinstance(q, np.ndarray) or q.dtype != np.float32 or not q.flags.c_contiguous
                 or q.ndim != 3 or q.shape[1:] != (self.q_heads, self.head_dim)):
             raise ValueError(f"q must be a C-contiguous float32 array [batch, {self.q_heads}, {self.head_dim}]")
+        layer = self._layer(layer, "attend")
+        if sparse is not None and not 1 <= sparse.r <= self.head_dim:
+            raise ValueError(f"attend: SparF r {sparse.r} out of range 1..{self.head_dim} (head_dim)")
         if out is None:
             out = np.empty_like(q)
         elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError("out must be a C-contiguous float32 array shaped like q")
-        ids = np.asarray(seq_ids, SEQ_ID).reshape(-1)
+        ids = seq_id_array(seq_ids)
         n = ids.size
         if n != q.shape[0]:
             raise ValueError(f"{n} sequence ids for a batch of {q.shape[0]}")
+        if sparse is None:
+            cdws = attend_cdws(layer, n, append=append is not None)
+        else:
+            cdws = attend_cdws(layer, n, AttendMode.SPARF, sparse.r, sparse.k, sparse.window,
+                               append=append is not None)
         if append is None:
             meta = self.meta_off
             self._ids(ids)
@@ -173,21 +220,16 @@ class KVNamespace:
             meta = self._fused_meta(ids, *append)
         cache = self.dev.dma_cache
         pq, po = cache.ensure(q), cache.ensure(out)
-        if sparse is None:
-            cdws = attend_cdws(layer, n, append=append is not None)
-        else:
-            cdws = attend_cdws(layer, n, AttendMode.SPARF, sparse.r, sparse.k, sparse.window,
-                               append=append is not None)
         c = self.dev.io.execute(VendorIoOpcode.ATTEND, nsid=self.nsid, prp1=pq, prp2=po,
                                 mptr=meta, **cdws)
-        self._check(c, "attend")
+        self._check(c, "attend", VendorIoOpcode.ATTEND)
         return out
 
     def _fused_meta(self, ids: np.ndarray, k, v) -> int:
         """Sequence ids, then K and V of one new token each, in the arena."""
         if not 0 < ids.size <= MAX_BATCH:
             raise ValueError(f"batch of {ids.size} sequence ids (1..{MAX_BATCH})")
-        k, v = to_storage(k, self.dtype), to_storage(v, self.dtype)
+        k, v = to_storage(k, self.dtype, "append k"), to_storage(v, self.dtype, "append v")
         shape = (ids.size, 1, self.kv_heads, self.head_dim)
         if k.shape != shape or v.shape != shape:
             raise ValueError(f"append k and v must both be {list(shape)}")
@@ -204,10 +246,10 @@ class KVNamespace:
 
     def read(self, layer: int, seq_id: int, start: int, count: int):
         """-> (k, v) [count, kv_heads, head_dim] as stored (float16/float32; bf16 widened)."""
+        cdws = read_cdws(self._layer(layer, "kv read"), seq_id, start, count)
         per = self.kv_heads * self.head_dim * (4 if self.dtype == KVDtype.FLOAT32 else 2)
-        c = self.dev.passthru(VendorIoOpcode.KV_READ, self.nsid, read_len=2 * count * per,
-                              **read_cdws(layer, seq_id, start, count))
-        self._check(c, "kv read")
+        c = self.dev.passthru(VendorIoOpcode.KV_READ, self.nsid, read_len=2 * count * per, **cdws)
+        self._check(c, "kv read", VendorIoOpcode.KV_READ)
         raw = np.frombuffer(c.data, np.float32 if self.dtype == KVDtype.FLOAT32 else np.uint16)
         k, v = raw.reshape(2, count, self.kv_heads, self.head_dim)
         return from_storage(k, self.dtype), from_storage(v, self.dtype)
@@ -216,7 +258,7 @@ class KVNamespace:
         """Free sequences (their flash blocks are erased whole); -> how many existed."""
         n = self._ids(seq_ids)
         c = self.dev.io.execute(VendorIoOpcode.RECLAIM, nsid=self.nsid, cdw11=n, mptr=self.meta_off)
-        return self._check(c, "reclaim").dw0
+        return self._check(c, "reclaim", VendorIoOpcode.RECLAIM).dw0
 
     def delete(self) -> None:
         self.dev.admin_cmd(VendorAdminOpcode.DELETE_KV_NAMESPACE, nsid=self.nsid)
@@ -228,6 +270,21 @@ class KVNamespace:
         return self.dev.engine_log()
 
 
+def failed_field(dev, c, opcode: int, admin: bool = False) -> str:
+    """What the drive's Error Information log says was wrong with the
+    failed command `c` ("" if it says nothing)."""
+    try:
+        raw = dev.log_page(LogPage.ERROR_INFO, ERROR_ENTRIES_READ * errlog.ERROR_LOG_ENTRY.itemsize)
+    except DeviceGone:
+        raise
+    except NVMeError:
+        return ""
+    for e in errlog.entries(raw):
+        if int(e["sqid"]) == c.sqid and int(e["cid"]) == c.cid:
+            return describe(opcode, int(e["param_loc"]), int(e["csi"]), admin)
+    return ""
+
+
 def create_kv_namespace(dev, layers: int, q_heads: int, kv_heads: int, head_dim: int,
                         dtype: str = "float16", sparse_layout: bool = False,
                         max_seqs: int = 0, dims_per_page: int = 0) -> KVNamespace:
@@ -236,12 +293,18 @@ def create_kv_namespace(dev, layers: int, q_heads: int, kv_heads: int, head_dim:
     except KeyError:
         raise ValueError(f"dtype {dtype!r}: use float16, bfloat16 or float32") from None
     desc = np.zeros(1, KV_NS_DESC)
-    desc["layers"], desc["q_heads"], desc["kv_heads"], desc["head_dim"] = layers, q_heads, kv_heads, head_dim
+    for name, value in (("layers", layers), ("q_heads", q_heads), ("kv_heads", kv_heads),
+                        ("head_dim", head_dim), ("max_seqs", max_seqs),
+                        ("dims_per_page", dims_per_page)):
+        limit = np.iinfo(KV_NS_DESC.fields[name][0]).max
+        if not 0 <= int(value) <= limit:
+            raise ValueError(f"create kv namespace: {name} {value} does not fit "
+                             f"KV_NS_DESC.{name} (0..{limit})")
+        desc[name] = value
     desc["dtype"] = code
     desc["flags"] = FLAG_SPARSE_LAYOUT if sparse_layout else 0
-    desc["max_seqs"] = max_seqs
-    desc["dims_per_page"] = dims_per_page
     c = dev.passthru(VendorAdminOpcode.CREATE_KV_NAMESPACE, data=desc.tobytes(), admin=True)
     if not c.ok:
-        raise NVMeError(c.status, "create kv namespace")
+        raise NVMeError(c.status, "create kv namespace",
+                        failed_field(dev, c, VendorAdminOpcode.CREATE_KV_NAMESPACE, admin=True))
     return KVNamespace(dev, c.dw0, layers, q_heads, kv_heads, head_dim, code, sparse_layout)

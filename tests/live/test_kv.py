@@ -57,8 +57,10 @@ def test_dense_attend_matches_reference(dev, dtype, q_heads, kv_heads, head_dim)
         ref = naive.dense(q, Kd, Vd, lens)
         assert np.abs(out - ref).max() < TOL[dtype]
         assert kv.last.device_ns > 0
-        # The other layer holds nothing yet: zeros, not garbage.
-        assert not kv.attend(0, ids, q).any()
+        # The other layer holds nothing yet: an error, not zeros or garbage.
+        with pytest.raises(csdemu.NVMeError) as e:
+            kv.attend(0, ids, q)
+        assert e.value.status == Status.DEALLOCATED_OR_UNWRITTEN
         k, v = kv.read(1, ids[4], 10, 50)
         assert np.array_equal(k.astype(np.float64), Kd[4, :, 10:60].transpose(1, 0, 2))
         assert np.array_equal(v.astype(np.float64), Vd[4, :, 10:60].transpose(1, 0, 2))

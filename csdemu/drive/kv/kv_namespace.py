@@ -9,11 +9,28 @@ from csdemu.drive.kv.layout import KVShape
 from csdemu.drive.kv.store import KVStore, StoreFull
 from csdemu.drive.namespace import Request, Result
 from nvme_cmds import identify as idf
-from nvme_cmds.kv import ATTEND_APPEND, SEQ_ID, AttendMode
+from nvme_cmds.errlog import SQE_MPTR, ErrorStatus, location
+from nvme_cmds.kv import (ATTEND_APPEND, ATTEND_RSVD, ATTEND_RSVD_SHIFT, BATCH, CDW10_RSVD_HI,
+                          CDW12_RSVD_HI, COUNT, LAYER, MAX_SEQ_TOKENS, MODE, R,
+                          RECLAIM_RSVD, SEQ_ID, SEQ_ID_LO, TOKENS, WINDOW, AttendMode, KVReason,
+                          csi)
+from nvme_cmds.kv import K as K_FIELD
 from nvme_cmds.opcodes import VendorIoOpcode as Op
 from nvme_cmds.status import Status
 
 F32 = 4
+SEQ_IDS = location(SQE_MPTR)
+
+
+def bad(field, reason: KVReason = KVReason.RANGE, index: int = 0,
+        status: int = Status.INVALID_FIELD) -> ErrorStatus:
+    """`status`, naming `field` (a nvme_cmds.kv.Field, or a location) and why."""
+    loc = field if isinstance(field, int) else field.loc
+    return ErrorStatus(status, loc, csi(reason, index))
+
+
+def no_room(e: StoreFull, index: int = 0) -> ErrorStatus:
+    return bad(SEQ_IDS, e.reason, index, Status.CAPACITY_EXCEEDED)
 
 
 class KVNamespace:
@@ -25,37 +42,57 @@ class KVNamespace:
         self.lba_size = shape.page_bytes
         self.nlbas = 0
         self.out = np.zeros(0, np.float32)
+        self.closed = False
 
     # ------------------------------------------------------------ lengths
     def data_lengths(self, opc: int, cdw: tuple) -> tuple[int, int, int, int]:
+        st = self._check_fields(opc, cdw)
+        if st:
+            return st, 0, 0, 0
         s = self.shape
-        layer = cdw[0] & 0xFFFF
         token_bytes = s.kv_heads * s.head_dim * s.elem_bytes
+        batch = cdw[1]
         if opc == Op.KV_APPEND:
-            tokens, batch = cdw[0] >> 16, cdw[1]
-            if layer >= s.layers or not tokens or not batch or batch > self.store.max_seqs:
-                return Status.INVALID_FIELD, 0, 0, 0
-            return 0, 2 * batch * tokens * token_bytes, 0, batch * SEQ_ID.itemsize
+            return 0, 2 * batch * (cdw[0] >> 16) * token_bytes, 0, batch * SEQ_ID.itemsize
         if opc == Op.KV_READ:
-            count = cdw[4]
-            if layer >= s.layers or cdw[0] >> 16 or not count:
-                return Status.INVALID_FIELD, 0, 0, 0
-            return 0, 0, 2 * count * token_bytes, 0
+            return 0, 0, 2 * cdw[4] * token_bytes, 0
         if opc == Op.ATTEND:
-            batch, mode = cdw[1], (cdw[0] >> 16) & 0xFF
-            if layer >= s.layers or not batch or batch > self.store.max_seqs or cdw[0] >> 25:
-                return Status.INVALID_FIELD, 0, 0, 0
-            if mode not in (AttendMode.DENSE, AttendMode.SPARF) or (mode == AttendMode.SPARF and not s.sparse):
-                return Status.INVALID_FIELD, 0, 0, 0
             qbytes = batch * s.q_heads * s.head_dim * F32
             kv_bytes = 2 * batch * token_bytes if cdw[0] & ATTEND_APPEND else 0
             return 0, qbytes, qbytes, batch * SEQ_ID.itemsize + kv_bytes
+        return 0, 0, 0, batch * SEQ_ID.itemsize           # RECLAIM
+
+    def _check_fields(self, opc: int, cdw: tuple) -> int:
+        """0, or Invalid Field (Invalid Opcode) naming the first bad field."""
+        s = self.shape
+        c10, batch = cdw[0], cdw[1]
         if opc == Op.RECLAIM:
-            batch = cdw[1]
-            if not batch or cdw[0]:
-                return Status.INVALID_FIELD, 0, 0, 0
-            return 0, 0, 0, batch * SEQ_ID.itemsize
-        return Status.INVALID_OPCODE, 0, 0, 0
+            return bad(RECLAIM_RSVD, KVReason.RESERVED) if c10 else bad(BATCH) if not batch else 0
+        if opc not in _HANDLERS:
+            return Status.INVALID_OPCODE
+        if (c10 & 0xFFFF) >= s.layers:
+            return bad(LAYER)
+        if opc == Op.KV_READ:
+            return (bad(CDW10_RSVD_HI, KVReason.RESERVED) if c10 >> 16
+                    else bad(COUNT) if not cdw[4] else 0)
+        if not batch or batch > self.store.max_seqs:
+            return bad(BATCH)
+        if opc == Op.KV_APPEND:
+            return 0 if c10 >> 16 else bad(TOKENS)
+        # ATTEND
+        mode = (c10 >> 16) & 0xFF
+        if c10 >> ATTEND_RSVD_SHIFT:
+            return bad(ATTEND_RSVD, KVReason.RESERVED)
+        if mode == AttendMode.DENSE:
+            for field, value in ((R, cdw[2]), (K_FIELD, cdw[3]), (WINDOW, cdw[4])):
+                if value:                   # SparF's parameters: reserved in a dense attend
+                    return bad(field, KVReason.RESERVED)
+            return 0
+        if mode != AttendMode.SPARF or not s.sparse:
+            return bad(MODE)
+        if cdw[2] >> 16:
+            return bad(CDW12_RSVD_HI, KVReason.RESERVED)
+        return 0 if 1 <= cdw[2] <= s.head_dim else bad(R)
 
     # ------------------------------------------------------------ commands
     def process_io(self, req: Request) -> Result:
@@ -68,8 +105,8 @@ class KVNamespace:
             ftl.clocks.forget_before(req.arrival_ns)
         try:
             return _HANDLERS[req.opcode](self, req)
-        except StoreFull:
-            return Result(Status.CAPACITY_EXCEEDED, req.arrival_ns)
+        except StoreFull as e:
+            return Result(no_room(e), req.arrival_ns)
         except MediaReadError:
             return Result(Status.UNRECOVERED_READ_ERROR, req.arrival_ns)
 
@@ -86,26 +123,49 @@ class KVNamespace:
         return Result(st, t_in) if st else Result(done_ns=t_in)
 
     def _append(self, layer: int, ids: np.ndarray, kv: np.ndarray, t_in: int) -> int:
-        """kv [2, batch, tokens, H, D] into each sequence's layer; -> status."""
+        """kv [2, batch, tokens, H, D] into each sequence's layer; -> status.
+        A batch that does not fit (sequence limit, length) changes nothing."""
         store = self.store
         tokens = kv.shape[2]
         programmed = store.pages_programmed
         seqs = self._existing(ids) if tokens == 1 else None
-        if seqs is not None and all(q.length[layer] < (1 << 31) for q in seqs):
+        if seqs is not None and all(q.length[layer] < MAX_SEQ_TOKENS for q in seqs):
             store.append_token(seqs, layer, kv[0, :, 0], kv[1, :, 0], t_in)
         else:
-            new = {int(i) for i in ids.tolist() if int(i) not in store.seqs}
-            if len(store.seqs) + len(new) > store.max_seqs:
-                return Status.CAPACITY_EXCEEDED
+            st = self._make_room(layer, ids.tolist(), tokens, t_in)
+            if st:
+                return st
             for b, sid in enumerate(ids.tolist()):
-                seq = store.get(sid, create=True)
-                if seq.length[layer] + tokens > (1 << 31):
-                    return Status.CAPACITY_EXCEEDED
-                store.append(seq, layer, kv[0, b], kv[1, b], t_in)
+                store.append(store.seqs[sid], layer, kv[0, b], kv[1, b], t_in)
         st = self.engine.stats.c
         st["appends"] += 1
         st["tokens_appended"] += tokens * len(ids)
         st["pages_programmed"] += store.pages_programmed - programmed
+        return 0
+
+    def _make_room(self, layer: int, ids: list, tokens: int, now: int) -> int:
+        """Check every sequence of the batch can take `tokens` more and
+        create the new ones; -> 0, or Capacity Exceeded with nothing done."""
+        store = self.store
+        new = [sid for sid in dict.fromkeys(ids) if sid not in store.seqs]
+        if len(store.seqs) + len(new) > store.max_seqs:
+            return bad(SEQ_IDS, KVReason.SEQ_LIMIT, ids.index(new[0]), Status.CAPACITY_EXCEEDED)
+        grow: dict[int, int] = {}
+        for sid in ids:
+            grow[sid] = grow.get(sid, 0) + tokens
+        for sid, n in grow.items():
+            seq = store.seqs.get(sid)
+            if (int(seq.length[layer]) if seq is not None else 0) + n > MAX_SEQ_TOKENS:
+                return bad(SEQ_IDS, KVReason.SEQ_TOO_LONG, ids.index(sid), Status.CAPACITY_EXCEEDED)
+        made = []
+        try:
+            for sid in new:
+                store.get(sid, create=True)
+                made.append(sid)
+        except StoreFull as e:
+            for sid in made:
+                store.reclaim(sid, now)
+            return no_room(e, ids.index(new[len(made)]))
         return 0
 
     def _existing(self, ids: np.ndarray) -> list | None:
@@ -120,15 +180,9 @@ class KVNamespace:
     def attend(self, req: Request) -> Result:
         s = self.shape
         batch, layer = req.cdw[1], req.cdw[0] & 0xFFFF
-        mode, cdw12 = (req.cdw[0] >> 16) & 0xFF, req.cdw[2]
         sparse = None
-        if mode == AttendMode.SPARF:
-            r, window, k = cdw12 & 0xFFFF, cdw12 >> 16, req.cdw[3]
-            if not 1 <= r <= s.head_dim:
-                return Result(Status.INVALID_FIELD, req.arrival_ns)
-            sparse = (r, k, window)
-        elif cdw12 or req.cdw[3]:
-            return Result(Status.INVALID_FIELD, req.arrival_ns)
+        if (req.cdw[0] >> 16) & 0xFF == AttendMode.SPARF:
+            sparse = (req.cdw[2], req.cdw[3], req.cdw[4])          # r, k, window
         ids = np.frombuffer(req.meta, SEQ_ID, count=batch)
         start = req.arrival_ns
         if req.cdw[0] & ATTEND_APPEND:            # the decode step's new token first
@@ -138,8 +192,13 @@ class KVNamespace:
             if st:
                 return Result(st, req.arrival_ns)
         seqs = [self.store.get(i) for i in ids.tolist()]
-        if None in seqs:
-            return Result(Status.INVALID_FIELD, req.arrival_ns)
+        for b, q in enumerate(seqs):
+            # Attention over nothing has no answer: an empty layer is unwritten data.
+            if q is None:
+                return Result(bad(SEQ_IDS, KVReason.NO_SEQUENCE, b), req.arrival_ns)
+            if not q.length[layer]:
+                return Result(bad(LAYER, KVReason.NO_TOKENS, b, Status.DEALLOCATED_OR_UNWRITTEN),
+                              req.arrival_ns)
         q = np.frombuffer(req.data, np.float32).reshape(batch, s.q_heads, s.head_dim)
         n = q.size
         if self.out.size < n:
@@ -153,9 +212,9 @@ class KVNamespace:
         start, count = req.cdw[3], req.cdw[4]
         seq = self.store.get(sid)
         if seq is None:
-            return Result(Status.INVALID_FIELD, req.arrival_ns)
+            return Result(bad(SEQ_ID_LO, KVReason.NO_SEQUENCE), req.arrival_ns)
         if start + count > seq.length[layer]:
-            return Result(Status.LBA_OUT_OF_RANGE, req.arrival_ns)
+            return Result(bad(COUNT, status=Status.LBA_OUT_OF_RANGE), req.arrival_ns)
         ok, k, v, done = self.store.read(seq, layer, start, count, req.arrival_ns)
         if not ok:
             return Result(Status.UNRECOVERED_READ_ERROR, done)
@@ -186,7 +245,11 @@ class KVNamespace:
         return None
 
     def close(self) -> None:
-        self.store.close()
+        """Drop every sequence; safe in any state (the flash may have closed
+        first at shutdown, a command may have been cut short) and twice."""
+        if not self.closed:
+            self.closed = True
+            self.store.close()
 
 
 _HANDLERS = {Op.KV_APPEND: KVNamespace.append, Op.ATTEND: KVNamespace.attend,

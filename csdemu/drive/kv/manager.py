@@ -9,7 +9,9 @@ from csdemu.drive.kv.engine import Engine
 from csdemu.drive.kv.layout import KVShape
 from csdemu.drive.kv.kv_namespace import KVNamespace
 from csdemu.drive.kv.store import KVStore
-from nvme_cmds.kv import DTYPE_BYTES, FLAG_SPARSE_LAYOUT, FLAGS_VALID, KV_NS_DESC, KVDtype
+from nvme_cmds.errlog import NO_LOCATION, SQE_DPTR, ErrorStatus, location
+from nvme_cmds.kv import (DTYPE_BYTES, FLAG_SPARSE_LAYOUT, FLAGS_VALID, KV_NS_DESC, KVDtype,
+                          KVReason, csi)
 from nvme_cmds.opcodes import VendorAdminOpcode
 from nvme_cmds.status import Status
 
@@ -37,27 +39,33 @@ class KVManager:
             return self.create(ctrl, session, cmd)
         return self.delete(ctrl, session, cmd)
 
-    def shape_from(self, d) -> KVShape | None:
-        """Validate a KV_NS_DESC record; None if any field is invalid."""
+    def shape_from(self, d) -> KVShape | str:
+        """Validate a KV_NS_DESC record: its shape, or the name of the
+        first field found wrong."""
         page = self.ftl.geom.page_bytes
         try:
             dtype = KVDtype(int(d["dtype"]))
         except ValueError:
-            return None
+            return "dtype"
         L, Hq, Hkv, D = (int(d[k]) for k in ("layers", "q_heads", "kv_heads", "head_dim"))
         flags = int(d["flags"])
-        if not (L and Hq and Hkv and D) or Hq % Hkv or flags & ~FLAGS_VALID:
-            return None
+        for name, value in (("layers", L), ("q_heads", Hq), ("kv_heads", Hkv), ("head_dim", D)):
+            if not value:
+                return name
+        if Hq % Hkv:
+            return "q_heads"
+        if flags & ~FLAGS_VALID:
+            return "flags"
         eb = DTYPE_BYTES[dtype]
         if page % (D * eb):
-            return None
+            return "head_dim"
         T = int(d["tokens_per_page"]) or page // (D * eb)
         if T * D * eb != page:
-            return None
+            return "tokens_per_page"
         sparse = bool(flags & FLAG_SPARSE_LAYOUT)
         Dp = int(d["dims_per_page"]) or min(DEFAULT_DIMS_PER_PAGE, D)
         if sparse and (D % Dp or page % (Dp * eb)):
-            return None
+            return "dims_per_page"
         Tp = page // (Dp * eb) if sparse else 0
         return KVShape(L, Hq, Hkv, D, dtype, T, sparse, Dp if sparse else 0, Tp, page)
 
@@ -68,11 +76,11 @@ class KVManager:
         d = np.frombuffer(bytes(data), KV_NS_DESC)[0]
         shape = self.shape_from(d)
         max_seqs = int(d["max_seqs"]) or DEFAULT_MAX_SEQS
-        if shape is None or max_seqs > MAX_SEQS:
-            return Status.INVALID_FIELD, 0, 0
+        if isinstance(shape, str) or max_seqs > MAX_SEQS:
+            return _desc_error(Status.INVALID_FIELD, shape if isinstance(shape, str) else "max_seqs")
         nsid = next((n for n in range(FIRST_KV_NSID, MAX_NSID) if n not in ctrl.namespaces), None)
         if nsid is None:
-            return Status.NS_ID_UNAVAILABLE, 0, 0
+            return ErrorStatus(Status.NS_ID_UNAVAILABLE, NO_LOCATION, csi(KVReason.NSID_FULL)), 0, 0
         store = KVStore(shape, self.ftl, max_seqs, self.new_stream)
         ctrl.namespaces[nsid] = KVNamespace(nsid, shape, store, self.engine, session.id)
         ctrl.owners[nsid] = session.id
@@ -91,3 +99,9 @@ class KVManager:
     def engine_log(self, ctrl) -> bytes:
         kvs = [ns for ns in ctrl.namespaces.values() if isinstance(ns, KVNamespace)]
         return self.engine.stats.as_log(len(kvs), sum(len(ns.store.seqs) for ns in kvs))
+
+
+def _desc_error(status: int, field: str, reason: KVReason = KVReason.RANGE):
+    """A bad KV_NS_DESC field: the location is the data pointer, the
+    Command Specific Information the field's byte offset in the record."""
+    return ErrorStatus(status, location(SQE_DPTR), csi(reason, KV_NS_DESC.fields[field][1])), 0, 0

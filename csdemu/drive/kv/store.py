@@ -10,10 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from csdemu.drive.kv.layout import KD, DramPool, KVShape, K, Sequence, V, _grow, page_key, split_groups
+from nvme_cmds.kv import KVReason
 
 
 class StoreFull(Exception):
-    """The flash or the sequence limit has no room."""
+    """No room: the flash or the sequence limit
+    (`reason`, a KVReason)."""
+
+    def __init__(self, reason: KVReason, what: str = ""):
+        super().__init__(what or reason.name)
+        self.reason = reason
 
 
 class KVStore:
@@ -37,9 +43,8 @@ class KVStore:
         seq = self.seqs.get(sid)
         if seq is None and create:
             if len(self.seqs) >= self.max_seqs:
-                raise StoreFull(f"sequence limit {self.max_seqs} reached")
-            stream = self.new_stream()
-            seq = Sequence(sid, stream, self.shape, self.dram, self.kd_dram)
+                raise StoreFull(KVReason.SEQ_LIMIT, f"sequence limit {self.max_seqs} reached")
+            seq = Sequence(sid, self.new_stream(), self.shape, self.dram, self.kd_dram)
             self.seqs[sid] = seq
         return seq
 
@@ -49,9 +54,12 @@ class KVStore:
             return now
         self._batches.clear()         # they may hold this sequence and its slots
         seq.release_dram(self.dram, self.kd_dram)
+        if self.ftl.nand.data is None:
+            return now                # the flash closed first (daemon shutdown): nothing to erase
         return self.ftl.release_stream(seq.stream, now)
 
     def close(self, now: int = 0) -> None:
+        """Reclaim every sequence; safe to call in any state, and again."""
         for sid in list(self.seqs):
             self.reclaim(sid, now)
 
@@ -165,7 +173,7 @@ class KVStore:
         data = np.concatenate(pages).view(np.uint8).reshape(-1, self.shape.page_bytes)
         ppns, done = self.ftl.stream_write(seq.stream, np.array(keys, np.int64), data, now)
         if ppns is None:
-            raise StoreFull("flash is full")
+            raise StoreFull(KVReason.FLASH_FULL)
         self.pages_programmed += len(ppns)
         return ppns, done
 
