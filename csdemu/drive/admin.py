@@ -292,7 +292,8 @@ def abort(ctrl, s, cmd):
     sqid, cid = cmd[9] & 0xFFFF, cmd[9] >> 16
     if sqid not in s.sqs:
         return _bad(Status.INVALID_QID)
-    # dw0 bit 0 = 1: command not aborted (it had already completed).
+    # dw0 bit 0 = 1: not aborted (already completed, or not fetched yet and
+    # will run: the host drops its late completion).
     return Status.SUCCESS, 0 if ctrl.abort_held(s, sqid, cid) else 1, 0
 
 

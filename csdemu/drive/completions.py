@@ -117,11 +117,30 @@ class Completions:
         return held[0][0] if held else None
 
     def abort_held(self, session, sqid: int, cid: int) -> bool:
-        for i, item in enumerate(self.held):
-            if item[2] is session and item[3].qid == sqid and item[5] == cid:
-                self.held[i] = (0,) + item[1:6] + (Status.ABORT_REQUESTED,) + item[7:]
+        """Abort (08h) a command of `session` whose completion is held: in
+        the realtime heap, in a CQ's virtual-time pending heap, or an Async
+        Event Request waiting for an event. It completes at once with
+        Command Abort Requested; what it did stays done (Abort is best
+        effort; its data already moved). False if none is held: not fetched
+        yet (it will run) or already completed."""
+        for i, h in enumerate(self.held):
+            if h[2] is session and h[3].qid == sqid and h[5] == cid:
+                # (done_ns, seq, session, sq, cq, cid, status, dw0, dw1, device_ns, release)
+                self.held[i] = (0, h[1], session, h[3], h[4], cid, Status.ABORT_REQUESTED,
+                                0, 0) + h[9:]
                 heapq.heapify(self.held)
                 return True
+        for cq in session.pending_cqs:
+            for i, p in enumerate(cq.pending):
+                if p[2].qid == sqid and p[3] == cid:
+                    # (done_ns, seq, sq, cid, status, dw0, dw1, device_ns, release)
+                    cq.pending[i] = (0, p[1], p[2], cid, Status.ABORT_REQUESTED, 0, 0) + p[7:]
+                    heapq.heapify(cq.pending)
+                    return True
+        if sqid == 0 and cid in session.aers:
+            session.aers.remove(cid)
+            self.complete(session, session.sqs[0], session.cqs[0], cid, Status.ABORT_REQUESTED)
+            return True
         return False
 
     # ------------------------------------------------------------ arrival
