@@ -174,3 +174,22 @@ def test_a_refused_data_write_stores_nothing(tmp_path, monkeypatch, err, status)
     ns, h = reopen(tmp_path)
     assert bytes(h.read(0, 16).data) == blob(0, 8, 1) + blob(8, 8, 3)
     ns.close()
+
+
+def test_a_flushed_page_that_fails_after_a_crash_is_an_error_not_its_old_version(tmp_path):
+    """No crash tears a page a Flush made durable: if it fails its CRC after
+    a kill -9 it is corrupt, and its LBA fails to read rather than going
+    back to the version before it."""
+    ns, h = fresh(tmp_path, checkpoint_every_pages=1 << 30)
+    ns.close()
+    ns, h = reopen(tmp_path)
+    h.write(LBA, blob(LBA, 1, 2))
+    h.flush()                                           # durable; no checkpoint since
+    ppn = int(ns.ftl.l2p[LBA])
+    crash(ns)
+    flip(tmp_path / "nand.data", ppn * 4096 + 2000, 16)
+    ns, h = reopen(tmp_path)
+    assert ns.ftl.recovery.suspect_kept == 1 and ns.ftl.recovery.torn == 0
+    assert h.read(LBA, 1).status == Status.UNRECOVERED_READ_ERROR
+    others_intact(h)
+    ns.close()

@@ -6,9 +6,10 @@ checkpoint.bin   64-byte header + the L2P (int64 PPN per logical page, -1 =
                  a crash leaves either the old or the new checkpoint, never a
                  mix. The header carries a CRC32 of the table.
 trim.journal     64-byte header (the checkpoint seq it starts from, how many
-                 records it holds, a CRC32 of them, a CRC32 of itself), then
-                 records (seq, first lpn, count) of deallocations. Programs
-                 need no journal: their OOB records are the log.
+                 records it holds, a CRC32 of them, the last seq a Flush made
+                 durable, a CRC32 of itself), then records (seq, first lpn,
+                 count) of deallocations. Programs need no journal: their
+                 OOB records are the log.
 
 A checkpoint rewrites the journal to start from it with a *base*: one
 record per run of LBAs the checkpoint has unmapped, stamped seq S + 1. So the
@@ -19,6 +20,9 @@ records and the journal gives the same L2P.
 The record count and CRC in the header make a truncated or edited journal
 an error (JournalError) rather than trims silently lost; records past the
 count are the tail of a commit a crash interrupted, and are ignored.
+`synced_seq` tells recovery which pages no crash can have torn: one up to
+it that fails its CRC is corrupt, and its LBA fails to read rather than
+falling back to an older version.
 
 Recovery (recovery.py) = checkpoint + OOB records with seq > checkpoint seq +
 journal records with seq > checkpoint seq.
@@ -48,7 +52,7 @@ assert HEADER.itemsize == 64
 
 JHEADER = np.dtype([("magic", "<u8"), ("version", "<u4"), ("hcrc", "<u4"),
                     ("base_seq", "<u8"), ("count", "<u8"), ("crc", "<u4"),
-                    ("_pad", "u1", (28,))])
+                    ("_pad0", "<u4"), ("synced_seq", "<u8"), ("_pad", "u1", (16,))])
 assert JHEADER.itemsize == 64
 
 TRIM_REC = np.dtype([("seq", "<u8"), ("lpn", "<u8"), ("count", "<u8")])
@@ -127,23 +131,27 @@ class TrimJournal:
         self.base_seq = 0
         self.count = 0              # committed records
         self.crc = 0                # CRC32 of the committed records
+        self.synced_seq = 0         # every page programmed up to it was msynced
 
     def _header(self) -> bytes:
         h = np.zeros(1, JHEADER)
         h["magic"], h["version"] = JOURNAL_MAGIC, JOURNAL_VERSION
         h["base_seq"], h["count"], h["crc"] = self.base_seq, self.count, self.crc
+        h["synced_seq"] = self.synced_seq
         h["hcrc"] = zlib.crc32(h.tobytes())
         return h.tobytes()
 
     def rewrite(self, base_seq: int, base: np.ndarray) -> None:
-        """Start afresh from a checkpoint at `base_seq` with records `base`."""
+        """Start afresh from a checkpoint at `base_seq` (everything up to it
+        synced) with records `base`."""
         body = np.ascontiguousarray(base, TRIM_REC)
-        old = (self.base_seq, self.count, self.crc)
+        old = (self.base_seq, self.count, self.crc, self.synced_seq)
         self.base_seq, self.count, self.crc = base_seq, body.size, zlib.crc32(body)
+        self.synced_seq = max(self.synced_seq, base_seq)
         try:
             write_atomic(self.path, (self._header(), body))
         except OSError:
-            self.base_seq, self.count, self.crc = old
+            self.base_seq, self.count, self.crc, self.synced_seq = old
             raise
 
     def load(self) -> np.ndarray:
@@ -169,35 +177,40 @@ class TrimJournal:
         if zlib.crc32(body) != int(h["crc"][0]):
             raise JournalError(f"{JOURNAL_NAME}: its records fail their CRC")
         self.base_seq, self.count, self.crc = int(h["base_seq"][0]), count, int(h["crc"][0])
+        self.synced_seq = int(h["synced_seq"][0])
         return body.copy()
 
     def add(self, seq: int, lpn: int, count: int) -> None:
         self.pending.append((seq, lpn, count))
 
-    def commit(self, sync: bool = True) -> None:
+    def commit(self, sync: bool = True, synced_seq: int | None = None) -> None:
         """Append the pending records, then count them in the header (each
         step fsynced when `sync`, so the header never counts records the file
-        lacks). Raises BackingError with the records still pending."""
-        if not self.pending:
+        lacks); `synced_seq` (Flush, after its msync) goes in the header too.
+        Raises BackingError with the records still pending."""
+        if not self.pending and (synced_seq is None or synced_seq <= self.synced_seq):
             return
         rec = np.array(self.pending, dtype=TRIM_REC)
         try:
             fd = open_private(self.path, os.O_RDWR)
             try:
-                off = JHEADER.itemsize + self.count * TRIM_REC.itemsize
                 data = rec.tobytes()
-                if os.pwrite(fd, data, off) != len(data):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                if sync:
-                    os.fsync(fd)
-                count, crc = self.count, self.crc
-                self.count, self.crc = count + rec.size, zlib.crc32(data, crc)
+                if data:
+                    off = JHEADER.itemsize + self.count * TRIM_REC.itemsize
+                    if os.pwrite(fd, data, off) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    if sync:
+                        os.fsync(fd)
+                old = self.count, self.crc, self.synced_seq
+                self.count, self.crc = self.count + rec.size, zlib.crc32(data, self.crc)
+                if synced_seq is not None:
+                    self.synced_seq = max(self.synced_seq, synced_seq)
                 try:
                     os.pwrite(fd, self._header(), 0)    # one sector: all or nothing
                     if sync:
                         os.fsync(fd)
                 except OSError:
-                    self.count, self.crc = count, crc
+                    self.count, self.crc, self.synced_seq = old
                     raise
             finally:
                 os.close(fd)

@@ -47,8 +47,8 @@ class Durability:
         """Make everything written so far durable; return the modeled end time.
         Raises BackingError if the journal or the data cannot be made durable."""
         trims = len(self.journal.pending)
-        self.journal.commit(sync=True)
         self.sync()
+        self.journal.commit(sync=True, synced_seq=self.seq - 1)
         if self._since_ckpt >= self.ckpt_every or trims > 4096:
             self._try_checkpoint()
         wb_last = int(self.wb.max()) if self.wb.size else 0

@@ -18,9 +18,11 @@ all vectorized over the OOB array:
    never returning another LBA's or an older version's data.
 2. Candidates: programmed host/GC pages with seq > S. Each is CRC-checked; a
    torn page (crash in the middle of a program) fails and is ignored, so it is
-   never returned as data -- the previous version of that LBA is used. A
-   page GC copied from a failing one (OOB_UNCORRECTABLE) is taken as is: its
-   LBA reads fail, as they did before the copy.
+   never returned as data -- the previous version of that LBA is used. Only
+   a page newer than the last Flush (the journal's synced_seq) can be torn:
+   an older one that fails is corrupt, and is taken as its LBA's version
+   (reads fail). So is a page GC copied from a failing one
+   (OOB_UNCORRECTABLE): its LBA reads fail, as they did before the copy.
 3. Per lpn the candidate with the highest seq wins over the checkpoint entry.
 4. Journal records with seq > S unmap every lpn in their range whose chosen
    version is older than the record.
@@ -53,10 +55,10 @@ class Rebuilt:
     next_seq: int
     checkpoint_seq: int
     scanned: int             # candidate pages newer than the checkpoint
-    torn: int                # candidates rejected by their CRC
+    torn: int                # candidates newer than the last Flush rejected by their CRC
     trims_replayed: int
     corrupt_records: int = 0     # OOB records that are not a record (skipped)
-    suspect_kept: int = 0        # checkpoint entries kept though their page fails (reads: URE)
+    suspect_kept: int = 0        # flushed pages kept though they fail (reads: URE)
     records: np.ndarray | None = None   # the OOB records, corrupt ones cleaned, for LineManager
 
 
@@ -72,7 +74,7 @@ def sort_records(oob: np.ndarray):
 
 
 def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
-            oob: np.ndarray | None = None) -> Rebuilt:
+            oob: np.ndarray | None = None, synced_seq: int = 0) -> Rebuilt:
     if oob is None:
         oob = nand.read_records()                # a copy, read with pread
     occupied, sane = sort_records(oob)
@@ -116,12 +118,16 @@ def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
     cand = np.flatnonzero(host & (seq > S))
     torn = 0
     if cand.size:
-        marked = (flags[cand] & OOB_UNCORRECTABLE) != 0
-        ok = marked.copy()
-        if (~marked).any():
-            ok[~marked] = nand.verify(cand[~marked], oob)
+        ok = (flags[cand] & OOB_UNCORRECTABLE) != 0
+        if (~ok).any():
+            ok[~ok] = nand.verify(cand[~ok], oob)
+        # no crash tears a page a Flush had made durable: that one is corrupt,
+        # and stays its LBA's version (whose reads fail), as in step 1
+        suspect = ~ok & (seq[cand] <= synced_seq)
+        suspect_kept += int(suspect.sum())
+        ok |= suspect
         torn = int((~ok).sum())
-        seq[cand[~ok]] = 0                      # a torn or corrupt seq sets nothing
+        seq[cand[~ok]] = 0                      # a torn page's seq sets nothing
         cand = cand[ok]
     # 3. highest seq per lpn wins
     if cand.size:
@@ -193,13 +199,13 @@ def recover(nand: NandArray, nlpns: int, data_dir, journal) -> tuple[Rebuilt, li
                      f"every deallocation, and the journal is written afresh")
     if ck is None:
         notes.append(f"{ck_why}; the L2P is rebuilt from every OOB record and {JOURNAL_NAME}")
-    r = rebuild(nand, nlpns, ck, trims, nand.at_open)
+    r = rebuild(nand, nlpns, ck, trims, nand.at_open, journal.synced_seq)
     if r.torn:
         notes.append(f"{r.torn} page(s) newer than the checkpoint fail their CRC (torn by a "
                      f"crash, or corrupt): their LBAs keep their previous version")
     if r.corrupt_records:
         notes.append(f"{r.corrupt_records} OOB record(s) are corrupt: their pages are skipped")
     if r.suspect_kept:
-        notes.append(f"{r.suspect_kept} checkpointed page(s) disagree with their OOB record: "
-                     f"reads of their LBAs fail with Unrecovered Read Error")
+        notes.append(f"{r.suspect_kept} flushed page(s) fail their CRC or disagree with the "
+                     f"checkpoint: reads of their LBAs fail with Unrecovered Read Error")
     return r, notes, bool(j_why or ck is None)
