@@ -61,8 +61,8 @@ def control(socket_path, op: str) -> dict:
     path = socket_path or default_socket()
     try:
         return request(path, op, timeout=None)
-    except OSError as exc:
-        fail(f"cannot reach the csdemu daemon at {path}: {exc.strerror or exc}")
+    except DaemonError as exc:
+        fail(str(exc))
 
 
 @contextlib.contextmanager

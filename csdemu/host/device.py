@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import mmap
 import os
-import socket
 
 import numpy as np
 
-from csdemu.transport.control import recv_msg, send_msg
+from csdemu.transport.control import exchange, open_control
 from csdemu.host.kv import DmaCache, create_kv_namespace
 from csdemu.transport.errors import Completion, DaemonError, NVMeError
 from csdemu.host.queue import ArenaAllocator, Queue
@@ -35,18 +34,17 @@ class Device:
     def __init__(self, socket_path: str | None = None, arena_bytes: int = 16 << 20,
                  io_depth: int = 256):
         self.socket_path = socket_path or default_socket()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = open_control(self.socket_path, None)     # refuses an impostor
         try:
-            self.sock.connect(self.socket_path)
-        except OSError as exc:
+            reply, fds = exchange(self.sock, self.socket_path,
+                                  {"op": "attach", "arena_bytes": arena_bytes}, want_fds=True)
+        except DaemonError:
             self.sock.close()
-            raise DaemonError(f"cannot reach the csdemu daemon at {self.socket_path}: "
-                              f"{exc.strerror or exc}; start one with `csdemu start`") from None
-        send_msg(self.sock, {"op": "attach", "arena_bytes": arena_bytes})
-        reply, fds = recv_msg(self.sock, want_fds=True)
+            raise
         if not reply.get("ok"):
             for fd in fds:
                 os.close(fd)
+            self.sock.close()
             raise DaemonError(reply.get("error", "attach refused"))
         self.client_id = reply["client_id"]
         arena_fd, self.kick_fd, *self.vector_fds = fds

@@ -4,13 +4,19 @@
     → {"op": "status"}                      ← {"ok": true, "pid": .., ...}
     → {"op": "stop"}                        ← {"ok": true}
 Errors come back as {"ok": false, "error": "one line"}.
-The attach connection stays open: EOF tells the daemon the client is gone.
+The attach connection stays open: EOF tells the daemon the client is gone,
+and, since the daemon sends nothing on it after the attach reply, EOF tells
+the client the daemon is gone (csdemu.host.watch). A client talks only to a
+server running as its own uid or root (peer_problem).
 """
 import array
 import json
 import os
 import socket
 import stat
+import struct
+
+from csdemu.transport.errors import DaemonError
 
 MAX_FDS = 64
 
@@ -24,7 +30,8 @@ def send_msg(sock: socket.socket, obj: dict, fds=()) -> None:
 
 
 def recv_msg(sock: socket.socket, want_fds: bool = False):
-    """Blocking read of one line (-> dict, fds)."""
+    """Blocking read of one line (-> dict, fds); a timeout set on `sock`
+    applies to each read."""
     buf = b""
     fds: list[int] = []
     while not buf.endswith(b"\n"):
@@ -34,19 +41,75 @@ def recv_msg(sock: socket.socket, want_fds: bool = False):
         else:
             chunk = sock.recv(65536)
         if not chunk:
+            for fd in fds:
+                os.close(fd)
             raise ConnectionError("daemon closed the connection")
         buf += chunk
     return json.loads(buf), fds
 
 
-def request(path: str, op: str, timeout: float | None = 10.0) -> dict:
-    """One control-socket request (e.g. "status") -> the daemon's reply."""
+def peer_problem(sock: socket.socket, path: str) -> str | None:
+    """Why the process serving `sock` may not be trusted, or None. Whoever
+    owns the socket's directory could have put their own listener at
+    `path`; the kernel's record of who listens (SO_PEERCRED) cannot be
+    forged, so only our own uid or root passes."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    me = os.getuid()
+    if uid in (me, 0):
+        return None
+    return (f"refusing the daemon at {path}: it is served by uid {uid} (pid {pid}), "
+            f"not by you (uid {me}) or root; another user may be impersonating csdemu")
+
+
+def open_control(path: str, timeout: float | None) -> socket.socket:
+    """A connected control socket whose server is trusted (peer_problem),
+    reads on it bounded by `timeout`; DaemonError with a one-line reason."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
-        send_msg(s, {"op": op})
-        reply, _ = recv_msg(s)
+    except TimeoutError:
+        s.close()
+        raise DaemonError(_silent(path, timeout)) from None
+    except OSError as exc:
+        s.close()
+        raise DaemonError(f"cannot reach the csdemu daemon at {path}: {exc.strerror or exc}; "
+                          "start one with `csdemu start`") from None
+    problem = peer_problem(s, path)
+    if problem:
+        s.close()
+        raise DaemonError(problem)
+    return s
+
+
+def exchange(sock: socket.socket, path: str, obj: dict, want_fds: bool = False):
+    """Send one request on an open_control() socket -> (reply, fds), or
+    DaemonError when the daemon stays silent past the socket's timeout or
+    hangs up."""
+    try:
+        send_msg(sock, obj)
+        return recv_msg(sock, want_fds)
+    except TimeoutError:
+        raise DaemonError(_silent(path, sock.gettimeout())) from None
+    except OSError as exc:
+        raise DaemonError(f"the csdemu daemon at {path} closed the connection: "
+                          f"{exc.strerror or exc}") from None
+    except ValueError:
+        raise DaemonError(f"the csdemu daemon at {path} sent a malformed reply") from None
+
+
+def _silent(path, timeout) -> str:
+    return (f"the csdemu daemon at {path} did not answer within {timeout:g} s "
+            "(stopped, or busy with a long command?)")
+
+
+def request(path: str, op: str, timeout: float | None = 10.0) -> dict:
+    """One control-socket request (e.g. "status") -> the daemon's reply;
+    DaemonError if it cannot be reached, is not ours, or stays silent for
+    `timeout` s."""
+    s = open_control(path, timeout)
+    try:
+        reply, _ = exchange(s, path, {"op": op})
         return reply
     finally:
         s.close()
