@@ -4,7 +4,7 @@
 """
 from nvme_cmds.errlog import ERROR_LOG_ENTRY
 from nvme_cmds.features import FeatureId
-from nvme_cmds.kv import FIELDS as KV_FIELDS, MAX_SEQ_TOKENS, REASON_TEXT, KVReason
+from nvme_cmds.kv import FIELDS as KV_FIELDS, MAX_KV_NS_PER_CLIENT, MAX_SEQ_TOKENS, REASON_TEXT, KVReason
 from nvme_cmds.logs import LogPage
 from nvme_cmds.opcodes import AdminOpcode, NvmOpcode, VendorAdminOpcode, VendorIoOpcode, data_direction
 from nvme_cmds.status import Status, split_status
@@ -21,7 +21,7 @@ FIELDS = {
     ("admin", AdminOpcode.GET_FEATURES): "CDW10 FID[7:0], SEL[10:8]; value in DW0",
     ("admin", AdminOpcode.ASYNC_EVENT_REQUEST): "held until an event (at most 4 outstanding)",
     ("admin", AdminOpcode.KEEP_ALIVE): "no fields",
-    ("admin", VendorAdminOpcode.CREATE_KV_NAMESPACE): "data: 64-byte KV_NS_DESC (layers, q heads, kv heads, head dim, dtype 0 fp16 / 1 bf16 / 2 fp32, flags bit 0 sparse layout, tokens per page, dims per K-copy page, max sequences); DW0 = new NSID; the caller owns it. Namespace Identifier Unavailable when no NSID is free",
+    ("admin", VendorAdminOpcode.CREATE_KV_NAMESPACE): "data: 64-byte KV_NS_DESC (layers, q heads, kv heads, head dim, dtype 0 fp16 / 1 bf16 / 2 fp32, flags bit 0 sparse layout, tokens per page, dims per K-copy page, max sequences); DW0 = new NSID; the caller owns it. Namespace Insufficient Capacity if one sequence would not fit the device DRAM budget; Namespace Identifier Unavailable past MAX_KV_NS_PER_CLIENT namespaces of one client or when no NSID is free",
     ("admin", VendorAdminOpcode.DELETE_KV_NAMESPACE): "NSID of a KV namespace the caller owns (else Access Denied)",
     ("admin", VendorAdminOpcode.DMA_MAP): "PRP1 host virtual address; CDW10/11 length (64-bit): registers a region for PRP DMA",
     ("admin", VendorAdminOpcode.DMA_UNMAP): "PRP1 the address given to DMA Map",
@@ -100,10 +100,13 @@ def _kv_errors():
             "* An Attend on a sequence that holds no tokens in the layer completes with "
             "Deallocated or Unwritten Logical Block (reason NO_TOKENS), never zeros; an unknown "
             "sequence id is Invalid Field (NO_SEQUENCE).",
-            "* An append past the namespace's max sequences, the flash for KV, or "
+            "* An append past the device DRAM budget for KV group buffers (the profile's "
+            "`[engine] kv_dram_bytes`), the namespace's max sequences, the flash for KV, or "
             f"{MAX_SEQ_TOKENS} tokens in a layer completes with Capacity Exceeded. The "
-            "sequence limit and the lengths are checked for the whole batch first, "
+            "sequence limit, the DRAM and the lengths are checked for the whole batch first, "
             "so such a refusal appends nothing.",
+            f"* One client may hold {MAX_KV_NS_PER_CLIENT} KV namespaces; the next Create is "
+            "Namespace Identifier Unavailable (NS_LIMIT).",
             "* Values: the library converts K and V to the namespace dtype and refuses (ValueError "
             "naming k or v) any that is inf or NaN or overflows it (float32 1e6 into float16): "
             "they would make attention NaN. uint16 input is taken as fp16/bf16 bits and stored as "

@@ -164,6 +164,10 @@ REASON_TEXT = {
 
 # Longest sequence (tokens per layer): the kernels take lengths as int32.
 MAX_SEQ_TOKENS = (1 << 31) - 1
+KV_NSIDS = 1022                  # KV namespaces take NSIDs 2..1023
+# One client may hold at most this many of them, so at least 16 clients
+# always find one free (a model needs one: every layer lives in it).
+MAX_KV_NS_PER_CLIENT = KV_NSIDS // 16
 
 
 def csi(reason: int, index: int = 0) -> int:

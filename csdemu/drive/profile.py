@@ -103,11 +103,17 @@ class FaultParams:
     seed: int = 0
 
 
+# The InstInfer paper's drive has 2 GB of DRAM: the default for profiles
+# (and device.json files) written before the key existed.
+PAPER_DRAM_BYTES = 2 << 30
+
+
 @dataclass(frozen=True, slots=True)
 class EngineParams:
     gemv_gflops: float = 13.3
     softmax_mflops: float = 15.0
     filter_mbps: float = 1800.0
+    kv_dram_bytes: int = PAPER_DRAM_BYTES  # device DRAM for KV group buffers, all namespaces
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ _RULES: dict[tuple[str, str], tuple[str, object]] = {
     ("engine", "gemv_gflops"): ("float", "pos"),
     ("engine", "softmax_mflops"): ("float", "pos"),
     ("engine", "filter_mbps"): ("float", "pos"),
+    ("engine", "kv_dram_bytes"): ("int", "pos"),
 }
 
 OOB_RECORD_BYTES = 24      # csdemu.drive.flash.nand.OOB_DTYPE.itemsize

@@ -1,5 +1,6 @@
-"""KV limits against a real daemon: no field truncated, empty layers are
-errors, errors name the field, and shutdown closes KV namespaces cleanly."""
+"""KV limits against a real daemon: no field truncated, device DRAM and
+namespaces per client bounded, empty layers are errors, errors name the
+field, and shutdown closes KV namespaces cleanly."""
 import os
 import signal
 
@@ -9,18 +10,22 @@ import pytest
 import csdemu
 from csdemu.host.spawn import DaemonProcess
 from nvme_cmds import errlog
-from nvme_cmds.kv import AttendMode, attend_cdws
+from nvme_cmds.kv import MAX_KV_NS_PER_CLIENT, AttendMode, attend_cdws
 from nvme_cmds.logs import LogPage
 from nvme_cmds.opcodes import VendorIoOpcode
 from nvme_cmds.status import Status
 
 SMALL = ["--profile", "femu-bbssd", "--set", "geometry.blocks_per_plane=16",
          "--set", "geometry.pages_per_block=64", "--poll-idle-us", "2000"]
+BUDGET = 64 << 20                  # device DRAM for group buffers on the test drive
+# A sparse namespace whose every sequence needs ~16 MiB of group buffers:
+# layers x kv heads x head dim one-dim K-copy pages of 4 KiB, plus K and V tails.
+BIG = dict(layers=4, q_heads=8, kv_heads=8, head_dim=128, sparse_layout=True)
 
 
 @pytest.fixture(scope="module")
 def drive():
-    d = DaemonProcess(extra_args=SMALL).start()
+    d = DaemonProcess(extra_args=SMALL + ["--set", f"engine.kv_dram_bytes={BUDGET}"]).start()
     yield d
     d.cleanup()
 
@@ -29,6 +34,15 @@ def drive():
 def dev(drive):
     with csdemu.connect(drive.socket_path) as device:
         yield device
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+
+
+def one_token(kv, batch=1):
+    return np.ones((batch, 1, kv.kv_heads, kv.head_dim), np.float32)
 
 
 def test_an_append_longer_than_its_field_is_split_not_truncated(dev):
@@ -106,6 +120,49 @@ def test_errors_name_the_command_and_field(dev):
         assert np.isfinite(kv.attend(0, [5], q)).all()
     finally:
         kv.delete()
+
+
+def test_device_dram_is_bounded_by_the_profile(drive, dev):
+    warm = dev.create_kv_namespace(**dict(BIG, layers=1))     # the append path's first use
+    warm.append(0, [1], one_token(warm), one_token(warm))
+    warm.delete()
+    kv = dev.create_kv_namespace(**BIG)
+    try:
+        rss0 = rss_bytes(drive.proc.pid)
+        made = []
+        with pytest.raises(csdemu.NVMeError) as e:
+            for sid in range(1, 10):
+                kv.append(0, [sid], one_token(kv), one_token(kv))
+                made.append(sid)
+        assert e.value.status == Status.CAPACITY_EXCEEDED
+        assert "device DRAM budget" in e.value.field
+        assert len(made) == 3                              # 3 x ~16 MiB of 64 MiB
+        assert rss_bytes(drive.proc.pid) - rss0 < BUDGET + (16 << 20)
+        q = np.ones((1, 8, 128), np.float32)
+        assert np.isfinite(kv.attend(0, [made[0]], q)).all()              # still serving
+        assert kv.reclaim([made[0]]) == 1
+        kv.append(0, [99], one_token(kv), one_token(kv))                  # room again
+        # A namespace whose one sequence could never fit is refused up front.
+        with pytest.raises(csdemu.NVMeError) as e:
+            dev.create_kv_namespace(**dict(BIG, layers=32))
+        assert e.value.status == Status.NS_INSUFFICIENT_CAPACITY
+    finally:
+        kv.delete()
+
+
+def test_kv_namespaces_per_client_are_limited(drive, dev):
+    mine = [dev.create_kv_namespace(layers=1, q_heads=1, kv_heads=1, head_dim=64)
+            for _ in range(MAX_KV_NS_PER_CLIENT)]
+    try:
+        with pytest.raises(csdemu.NVMeError) as e:
+            dev.create_kv_namespace(layers=1, q_heads=1, kv_heads=1, head_dim=64)
+        assert e.value.status == Status.NS_ID_UNAVAILABLE
+        assert "most KV namespaces one client may" in e.value.field
+        with csdemu.connect(drive.socket_path) as other:                # others still can
+            other.create_kv_namespace(layers=1, q_heads=1, kv_heads=1, head_dim=64).delete()
+    finally:
+        for kv in mine:
+            kv.delete()
 
 
 def test_sigterm_closes_kv_namespaces_cleanly():

@@ -1,12 +1,12 @@
 """KV fields are checked, never truncated; errors say which field; values
-that overflow the dtype are refused."""
+that overflow the dtype are refused; device DRAM for group buffers is bounded."""
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from csdemu.drive.kv.kv_namespace import KVNamespace
-from csdemu.drive.kv.layout import KVShape
+from csdemu.drive.kv.layout import DramBudget, DramFull, DramPool, KVShape
 from csdemu.host.kv import seq_id_array, to_storage
 from nvme_cmds import errlog
 from nvme_cmds.kv import (KV_NS_DESC, AttendMode, KVDtype, KVReason, append_cdws, attend_cdws, csi,
@@ -113,3 +113,24 @@ def test_describe_names_field_and_reason():
     assert describe(VendorAdminOpcode.CREATE_KV_NAMESPACE, errlog.location(errlog.SQE_DPTR),
                     csi(KVReason.RANGE, off), admin=True) == "KV_NS_DESC.head_dim: out of range"
     assert describe(Op.ATTEND, errlog.NO_LOCATION, 0) == ""
+
+
+def test_dram_pool_stays_within_its_budget():
+    slot = 4096
+    budget = DramBudget(10 * slot)
+    a = DramPool(2048, 1, np.uint16, budget)
+    b = DramPool(2048, 1, np.uint16, budget)
+    s1 = a.alloc(3)
+    s2 = a.alloc(3)                       # doubles to 6
+    assert a.nbytes == 6 * slot and budget.used == 6 * slot
+    with pytest.raises(DramFull):
+        b.alloc(5)                        # only 4 slots left
+    assert budget.used == 6 * slot and b.nbytes == 0       # a refusal takes nothing
+    t = b.alloc(4)
+    assert budget.used == budget.limit
+    a.release(s1)
+    assert a.nbytes == 6 * slot           # still in use
+    a.release(s2)
+    assert a.nbytes == 0 and budget.used == 4 * slot       # empty: given back
+    b.pages[t] = 7
+    assert b.alloc(0).size == 0 and (b.pages[t] == 7).all()

@@ -66,6 +66,7 @@ def test_every_number_cites_a_source(name):
     ({"device.lba_size": 8192}, "[device] lba_size must be a power of two in 512..page_bytes"),
     ({"geometry.blocks_per_plane": 3}, "[geometry] blocks_per_plane must be at least 4"),
     ({"device.write_buffer_bytes": 100}, "[device] write_buffer_bytes must be 0 or at least one flash page"),
+    ({"engine.kv_dram_bytes": 0}, "[engine] kv_dram_bytes must be a positive integer, got 0"),
     ({"bogus.key": 1}, "override names unknown section [bogus]"),
     ({"nodot": 1}, "override 'nodot' must be 'section.key'"),
 ])
@@ -111,3 +112,14 @@ def test_json_round_trip(tmp_path):
     f.write_text(p.to_json())
     q = load_profile(f)
     assert q == p and json.loads(f.read_text())["faults"]["seed"] == 7
+
+
+def test_kv_dram_budget_is_the_papers_2_gb_and_old_profiles_get_it():
+    for name in SHIPPED:
+        assert load_profile(name).engine.kv_dram_bytes == 2 << 30     # InstInfer paper: 2 GB
+    assert load_profile("instinfer", {"engine.kv_dram_bytes": 1 << 26}).engine.kv_dram_bytes == 1 << 26
+    # A device.json written before the key existed still loads, with the paper's budget.
+    raw = json.loads(load_profile("femu-bbssd").to_json())
+    del raw["engine"]["kv_dram_bytes"]
+    from csdemu.drive.profile import profile_from_dict
+    assert profile_from_dict(raw, name="old").engine.kv_dram_bytes == 2 << 30

@@ -124,7 +124,7 @@ class KVNamespace:
 
     def _append(self, layer: int, ids: np.ndarray, kv: np.ndarray, t_in: int) -> int:
         """kv [2, batch, tokens, H, D] into each sequence's layer; -> status.
-        A batch that does not fit (sequence limit, length) changes nothing."""
+        A batch that does not fit (sequence limit, DRAM, length) changes nothing."""
         store = self.store
         tokens = kv.shape[2]
         programmed = store.pages_programmed

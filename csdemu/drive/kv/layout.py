@@ -22,6 +22,7 @@ never copies a KV page.
 """
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,28 +87,100 @@ class KVShape:
         return (a.astype(np.uint32) << 16).view(np.float32)
 
 
-class DramPool:
-    """Device-DRAM page slots [n, rows, cols]; grows by doubling."""
+class DramFull(Exception):
+    """The device DRAM budget cannot hold what was asked for."""
 
-    def __init__(self, rows: int, cols: int, dtype, initial: int = 64):
-        self.pages = np.zeros((initial, rows, cols), dtype)
-        self.free = list(range(initial - 1, -1, -1))
+
+class DramBudget:
+    """The device DRAM every KV namespace's group buffers share (the
+    profile's [engine] kv_dram_bytes). A pool takes what it grows to and
+    gives it back when it empties or its namespace goes, so what the
+    emulator holds for group buffers never passes the drive's DRAM."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    @property
+    def free(self) -> int:
+        return self.limit - self.used
+
+    def take(self, nbytes: int) -> bool:
+        if nbytes > self.free:
+            return False
+        self.used += nbytes
+        return True
+
+    def give(self, nbytes: int) -> None:
+        self.used -= nbytes
+
+
+class DramPool:
+    """Device-DRAM page slots [n, rows, cols], taken from `budget` (None:
+    unbounded). It grows by doubling where the budget has room, else by
+    what is asked for, and shrinks to nothing when its last slot is freed."""
+
+    def __init__(self, rows: int, cols: int, dtype, budget: DramBudget | None = None):
+        self.pages = np.zeros((0, rows, cols), dtype)
+        self.slot_bytes = rows * cols * np.dtype(dtype).itemsize
+        self.budget = budget
+        self.free: list[int] = []
 
     def alloc(self, n: int) -> np.ndarray:
-        while len(self.free) < n:
-            old = self.pages.shape[0]
-            self.pages = np.concatenate([self.pages, np.zeros_like(self.pages)])
-            self.free[:0] = range(2 * old - 1, old - 1, -1)
+        """n zeroed slots, or DramFull with nothing taken."""
+        if len(self.free) < n:
+            self._grow(n - len(self.free))
         out = np.array([self.free.pop() for _ in range(n)], np.int64)
         self.pages[out] = 0
         return out
 
+    def _grow(self, short: int) -> None:
+        old = self.pages.shape[0]
+        want = max(old + short, 2 * old)
+        if self.budget is not None:
+            room = self.budget.free // self.slot_bytes
+            want = max(old + short, min(want, old + room))
+            if not self.budget.take((want - old) * self.slot_bytes):
+                raise DramFull(f"{short} more slots of {self.slot_bytes} bytes")
+        self._resize(want)
+        self.free[:0] = range(want - 1, old - 1, -1)
+
+    def _resize(self, n: int) -> None:
+        grown = _slots(n, self.pages.shape[1:], self.pages.dtype)
+        keep = min(n, self.pages.shape[0])
+        grown[:keep] = self.pages[:keep]
+        self.pages = grown
+
     def release(self, slots: np.ndarray) -> None:
         self.free.extend(np.asarray(slots).reshape(-1).tolist())
+        if len(self.free) == self.pages.shape[0]:
+            self.drop()
+
+    def drop(self) -> None:
+        """Free every slot and give the pool's DRAM back."""
+        if self.budget is not None:
+            self.budget.give(self.pages.shape[0] * self.slot_bytes)
+        self.free = []
+        self._resize(0)
 
     @property
     def used(self) -> int:
         return self.pages.shape[0] - len(self.free)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pages.shape[0] * self.slot_bytes
+
+
+def _slots(n: int, shape: tuple, dtype) -> np.ndarray:
+    """n page slots in an anonymous mapping of their own: when the pool is
+    regrown or dropped the mapping goes back to the system at once, where
+    heap memory freed in pieces (glibc's below its 32 MiB mmap threshold)
+    stays with the process, and a budget on the pool would not bound it."""
+    nbytes = n * int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not nbytes:
+        return np.zeros((0,) + tuple(shape), dtype)
+    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(mm, dtype).reshape((n,) + tuple(shape))
 
 
 def _grow(table: np.ndarray, need: int, axis: int = -1) -> np.ndarray:
@@ -133,8 +206,12 @@ class Sequence:
         self.v_sum = np.zeros((s.layers, s.kv_heads, s.head_dim), np.float64)
         if s.sparse:
             self.kd_pages = np.full((s.layers, s.kv_heads, s.dim_blocks, 4), -1, np.int64)
-            self.kd_tail = kd_dram.alloc(s.layers * s.kv_heads * s.dim_blocks).reshape(
-                s.layers, s.kv_heads, s.dim_blocks)
+            try:
+                self.kd_tail = kd_dram.alloc(s.layers * s.kv_heads * s.dim_blocks).reshape(
+                    s.layers, s.kv_heads, s.dim_blocks)
+            except DramFull:
+                dram.release(self.tail)
+                raise
 
     def release_dram(self, dram: DramPool, kd_dram: DramPool | None) -> None:
         dram.release(self.tail)

@@ -6,17 +6,17 @@ import itertools
 import numpy as np
 
 from csdemu.drive.kv.engine import Engine
-from csdemu.drive.kv.layout import KVShape
+from csdemu.drive.kv.layout import DramBudget, KVShape
 from csdemu.drive.kv.kv_namespace import KVNamespace
 from csdemu.drive.kv.store import KVStore
 from nvme_cmds.errlog import NO_LOCATION, SQE_DPTR, ErrorStatus, location
-from nvme_cmds.kv import (DTYPE_BYTES, FLAG_SPARSE_LAYOUT, FLAGS_VALID, KV_NS_DESC, KVDtype,
-                          KVReason, csi)
+from nvme_cmds.kv import (DTYPE_BYTES, FLAG_SPARSE_LAYOUT, FLAGS_VALID, KV_NS_DESC, KV_NSIDS,
+                          MAX_KV_NS_PER_CLIENT, KVDtype, KVReason, csi)
 from nvme_cmds.opcodes import VendorAdminOpcode
 from nvme_cmds.status import Status
 
 FIRST_KV_NSID = 2
-MAX_NSID = 1024
+MAX_NSID = FIRST_KV_NSID + KV_NSIDS
 DEFAULT_MAX_SEQS = 256
 MAX_SEQS = 4096
 DEFAULT_DIMS_PER_PAGE = 1      # one head dim per page: SparF reads only the r dims it picked
@@ -29,6 +29,7 @@ class KVManager:
     def __init__(self, ftl, profile, engine_threads: int = 1):
         self.ftl, self.profile = ftl, profile
         self.engine = Engine(ftl, profile, engine_threads)
+        self.dram = DramBudget(profile.engine.kv_dram_bytes)
         self._streams = itertools.count(FIRST_STREAM)
 
     def new_stream(self) -> int:
@@ -69,6 +70,16 @@ class KVManager:
         Tp = page // (Dp * eb) if sparse else 0
         return KVShape(L, Hq, Hkv, D, dtype, T, sparse, Dp if sparse else 0, Tp, page)
 
+    @staticmethod
+    def sequence_dram(shape: KVShape) -> int:
+        """Device DRAM one sequence of `shape` takes: its group buffers
+        (K and V of every layer and head, plus the K copy's) and V sum."""
+        s = shape
+        slots = 2 * s.layers * s.kv_heads * s.page_bytes
+        if s.sparse:
+            slots += s.layers * s.kv_heads * s.dim_blocks * s.page_bytes
+        return slots + s.layers * s.kv_heads * s.head_dim * 8
+
     def create(self, ctrl, session, cmd):
         st, data = ctrl.data_in(session, cmd[1], cmd[7], cmd[8], KV_NS_DESC.itemsize)
         if st:
@@ -78,10 +89,16 @@ class KVManager:
         max_seqs = int(d["max_seqs"]) or DEFAULT_MAX_SEQS
         if isinstance(shape, str) or max_seqs > MAX_SEQS:
             return _desc_error(Status.INVALID_FIELD, shape if isinstance(shape, str) else "max_seqs")
+        if self.sequence_dram(shape) > self.dram.limit:
+            # Not even one sequence would fit the drive's DRAM.
+            return _desc_error(Status.NS_INSUFFICIENT_CAPACITY, "layers", KVReason.DRAM_FULL)
+        mine = sum(1 for owner in ctrl.owners.values() if owner == session.id)
+        if mine >= MAX_KV_NS_PER_CLIENT:
+            return ErrorStatus(Status.NS_ID_UNAVAILABLE, NO_LOCATION, csi(KVReason.NS_LIMIT)), 0, 0
         nsid = next((n for n in range(FIRST_KV_NSID, MAX_NSID) if n not in ctrl.namespaces), None)
         if nsid is None:
             return ErrorStatus(Status.NS_ID_UNAVAILABLE, NO_LOCATION, csi(KVReason.NSID_FULL)), 0, 0
-        store = KVStore(shape, self.ftl, max_seqs, self.new_stream)
+        store = KVStore(shape, self.ftl, max_seqs, self.new_stream, self.dram)
         ctrl.namespaces[nsid] = KVNamespace(nsid, shape, store, self.engine, session.id)
         ctrl.owners[nsid] = session.id
         return Status.SUCCESS, nsid, 0

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from csdemu.drive.kv.layout import KD, DramPool, KVShape, K, Sequence, V, _grow, page_key, split_groups
+from csdemu.drive.kv.layout import (KD, DramBudget, DramFull, DramPool, KVShape, K, Sequence, V,
+                                    _grow, page_key, split_groups)
 from nvme_cmds.kv import KVReason
 
 
 class StoreFull(Exception):
-    """No room: the flash or the sequence limit
+    """No room: the flash, the device DRAM or the sequence limit
     (`reason`, a KVReason)."""
 
     def __init__(self, reason: KVReason, what: str = ""):
@@ -23,12 +24,17 @@ class StoreFull(Exception):
 
 
 class KVStore:
-    def __init__(self, shape: KVShape, ftl, max_seqs: int, new_stream):
+    def __init__(self, shape: KVShape, ftl, max_seqs: int, new_stream,
+                 budget: DramBudget | None = None):
         self.shape, self.ftl, self.max_seqs = shape, ftl, max_seqs
         self.new_stream = new_stream        # -> a fresh FTL stream id
+        self.budget = budget
         s = shape
-        self.dram = DramPool(s.tokens_per_page, s.head_dim, s.storage)
-        self.kd_dram = DramPool(s.dims_per_page, s.tokens_per_dim_page, s.storage) if s.sparse else None
+        self.dram = DramPool(s.tokens_per_page, s.head_dim, s.storage, budget)
+        self.kd_dram = (DramPool(s.dims_per_page, s.tokens_per_dim_page, s.storage, budget)
+                        if s.sparse else None)
+        # Each sequence's running V sum (for SparF's v_mean) is device DRAM too.
+        self.seq_dram_bytes = s.layers * s.kv_heads * s.head_dim * 8
         self.seqs: dict[int, Sequence] = {}
         npages = ftl.geom.total_pages
         self.pool = ftl.nand.data.reshape(-1).view(s.storage).reshape(
@@ -44,7 +50,15 @@ class KVStore:
         if seq is None and create:
             if len(self.seqs) >= self.max_seqs:
                 raise StoreFull(KVReason.SEQ_LIMIT, f"sequence limit {self.max_seqs} reached")
-            seq = Sequence(sid, self.new_stream(), self.shape, self.dram, self.kd_dram)
+            budget = self.budget
+            if budget is not None and not budget.take(self.seq_dram_bytes):
+                raise StoreFull(KVReason.DRAM_FULL)
+            try:
+                seq = Sequence(sid, self.new_stream(), self.shape, self.dram, self.kd_dram)
+            except DramFull:
+                if budget is not None:
+                    budget.give(self.seq_dram_bytes)
+                raise StoreFull(KVReason.DRAM_FULL) from None
             self.seqs[sid] = seq
         return seq
 
@@ -54,14 +68,20 @@ class KVStore:
             return now
         self._batches.clear()         # they may hold this sequence and its slots
         seq.release_dram(self.dram, self.kd_dram)
+        if self.budget is not None:
+            self.budget.give(self.seq_dram_bytes)
         if self.ftl.nand.data is None:
             return now                # the flash closed first (daemon shutdown): nothing to erase
         return self.ftl.release_stream(seq.stream, now)
 
     def close(self, now: int = 0) -> None:
-        """Reclaim every sequence; safe to call in any state, and again."""
+        """Reclaim every sequence and give the DRAM back; safe to call in
+        any state, and again."""
         for sid in list(self.seqs):
             self.reclaim(sid, now)
+        for pool in (self.dram, self.kd_dram):
+            if pool is not None and pool.nbytes:
+                pool.drop()
 
     # ------------------------------------------------------------ append
     def append(self, seq: Sequence, layer: int, k: np.ndarray, v: np.ndarray, now: int) -> int:
