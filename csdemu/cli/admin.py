@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, connect, fail
+from csdemu.cli.options import SOCKET_OPT, connect, fail, timeout_option
 
 def _print_dict(d: dict, indent=0):
     for k, v in d.items():
@@ -96,13 +96,18 @@ _int = AnyBaseInt()
 @click.option("--input-file", "-i", type=click.File("rb"), default=None, help="data to send")
 @click.option("--admin", is_flag=True, help="admin-passthru instead of io-passthru")
 @click.option("--json", "as_json", is_flag=True)
+@timeout_option("the command (it is then aborted)")
 def passthru(socket_path, opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15,
-             data_len, input_file, admin, as_json):
+             data_len, input_file, admin, as_json, timeout):
     """Send a raw command (nvme io-passthru / admin-passthru)."""
+    from csdemu.transport.errors import NVMeError
     data = input_file.read() if input_file else None
-    with connect(socket_path) as dev:
-        c = dev.passthru(opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15,
-                         data=data, read_len=data_len, admin=admin)
+    with connect(socket_path, timeout) as dev:
+        try:
+            c = dev.passthru(opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15,
+                             data=data, read_len=data_len, admin=admin, timeout=timeout)
+        except (TimeoutError, NVMeError) as exc:
+            fail(f"{exc}")
     out = {"status": c.status_name, "sct": c.sct, "sc": c.sc, "result": c.result,
            "device_ns": c.device_ns}
     if data_len:

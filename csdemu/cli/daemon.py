@@ -9,7 +9,7 @@ import time
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail
+from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail, timeout_option
 from csdemu.transport.control import reachable, socket_unusable
 from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_problem
 
@@ -126,9 +126,10 @@ def stop(socket_path):
 @click.command()
 @SOCKET_OPT
 @click.option("--json", "as_json", is_flag=True)
-def status(socket_path, as_json):
+@timeout_option("a daemon that does not answer")
+def status(socket_path, as_json, timeout):
     """Daemon pid, uptime, clients, queues, namespaces."""
-    st = control(socket_path, "status")
+    st = control(socket_path, "status", timeout)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return

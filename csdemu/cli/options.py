@@ -13,6 +13,15 @@ SOCKET_OPT = click.option("--socket", "socket_path", default=None, metavar="PATH
                           help="daemon socket [default: $CSDEMU_SOCKET or per-user runtime dir]")
 
 
+def timeout_option(what: str):
+    """`--timeout SECONDS` for `what`; None (not given) means the library's
+    default: 60 s for admin commands and control requests, 30 s for I/O."""
+    return click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                        metavar="SECONDS",
+                        help=f"give up on {what} after this long "
+                             "[default: 60 (admin, control) or 30 (I/O), as Linux's NVMe driver]")
+
+
 def fail(msg: str):
     raise click.ClickException(msg)
 
@@ -48,19 +57,24 @@ def cpus_option(what: str):
                              "[default: any]")
 
 
-def connect(socket_path):
+def connect(socket_path, timeout: float | None = None):
+    """A Device, or a one-line failure; `timeout` bounds the attach."""
     from csdemu.host.device import connect as open_device
     try:
-        return open_device(socket_path)
+        return open_device(socket_path, timeout=timeout)
     except DaemonError as exc:
         fail(str(exc))
 
 
-def control(socket_path, op: str) -> dict:
+def control(socket_path, op: str, timeout: float | None = None) -> dict:
+    """A control request's reply, or a one-line failure when the daemon
+    cannot be reached, is not ours, or stays silent for `timeout` s (None:
+    the admin default; a daemon busy with a long command answers late)."""
+    from csdemu.host.queue import ADMIN_TIMEOUT_S
     from csdemu.transport.control import request
     path = socket_path or default_socket()
     try:
-        return request(path, op, timeout=None)
+        return request(path, op, timeout=timeout or ADMIN_TIMEOUT_S)
     except DaemonError as exc:
         fail(str(exc))
 

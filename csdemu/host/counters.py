@@ -3,11 +3,13 @@ what fio runs, `csdemu nbd` and `csdemu stress` print for a run."""
 from __future__ import annotations
 
 
-def device_counters(socket_path: str) -> dict:
-    """SMART, vendor flash log (C0h) and engine log (C1h) of the daemon, now."""
+def device_counters(socket_path: str, timeout: float | None = None) -> dict:
+    """SMART, vendor flash log (C0h) and engine log (C1h) of the daemon, now
+    (each call bounded by `timeout`, None: the admin default)."""
     from csdemu.host.device import Device
-    with Device(socket_path, arena_bytes=1 << 20, io_depth=4) as dev:
-        return {"smart": dev.smart(), "flash": dev.flash_log(), "engine": dev.engine_log()}
+    with Device(socket_path, arena_bytes=1 << 20, io_depth=4, timeout=timeout) as dev:
+        return {"smart": dev.smart(timeout), "flash": dev.flash_log(timeout),
+                "engine": dev.engine_log(timeout)}
 
 
 _SMART_KEYS = ("data_units_read", "data_units_written", "host_read_commands",

@@ -143,6 +143,7 @@ class KVNamespace:
         ids = seq_id_array(seq_ids)
         if not 0 < ids.size <= MAX_BATCH:
             raise ValueError(f"batch of {ids.size} sequence ids (1..{MAX_BATCH})")
+        self.dev.io.settle()       # a timed-out command may still read the ids here
         self.dev.arena.u8[self.meta_off:self.meta_off + ids.nbytes] = ids.view(np.uint8)
         return ids.size
 
@@ -233,6 +234,7 @@ class KVNamespace:
         shape = (ids.size, 1, self.kv_heads, self.head_dim)
         if k.shape != shape or v.shape != shape:
             raise ValueError(f"append k and v must both be {list(shape)}")
+        self.dev.io.settle()       # a timed-out command may still read the fused buffer
         need = ids.nbytes + k.nbytes + v.nbytes
         if need > self.fused_bytes:
             if self.fused_bytes:

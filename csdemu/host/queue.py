@@ -4,20 +4,32 @@ A Queue owns one SQ/CQ pair in the client's arena (csdemu.transport.qpair rings)
 are slot indices handed out from a free list, completions are reaped in
 batches, and a waiter spins briefly, then blocks on the CQ's interrupt
 eventfd. The ArenaAllocator places queues and buffers in the arena.
+
+Every wait has a deadline. A command whose wait runs out is aborted (Abort,
+08h) and its CID stays taken until its completion arrives, which is then
+dropped: a late completion is never handed to a later command. A daemon
+that goes away wakes every waiter (csdemu.host.watch), which raises
+DeviceGone.
 """
 from __future__ import annotations
 
+import math
 import os
 import select
 import time
 
-from csdemu.transport.errors import Completion
+from csdemu.transport.errors import Completion, DeviceGone
 from csdemu.transport.qpair import CQ_CID, CQ_SQHD, HostCQ, HostSQ
+from nvme_cmds.opcodes import AdminOpcode, opcode_name
 
 SPIN_NS = 200_000        # busy-poll this long before blocking on the interrupt fd
-# Generous: the first attend of a kernel variant may JIT-compile it (tens of
-# seconds on a loaded 2-core machine) before the command completes.
-COMMAND_TIMEOUT_S = 600.0
+# Default command timeouts, as Linux's NVMe driver has them
+# (drivers/nvme/host/core.c: nvme_core admin_timeout = 60, io_timeout = 30).
+# Kernels are JIT-compiled by `csdemu warmup`, not inside a command, so no
+# command of a warmed daemon comes near them.
+ADMIN_TIMEOUT_S = 60.0
+IO_TIMEOUT_S = 30.0
+BLOCK_SLICE_S = 0.05     # longest single sleep of a waiter (a guard; wake-ups are prompt)
 
 
 class ArenaAllocator:
@@ -47,14 +59,27 @@ class ArenaAllocator:
         self.free = merged
 
 
+def command_name(opc: int, admin: bool) -> str:
+    """"async event request", "write", ...: how errors name a command."""
+    return opcode_name(opc, admin).lower().replace("_", " ")
+
+
 class Queue:
     """One submission/completion queue pair with CIDs as slot indices."""
 
-    def __init__(self, dev, qid: int, sq: HostSQ, cq: HostCQ, vector_fd: int):
+    def __init__(self, dev, qid: int, sq: HostSQ, cq: HostCQ, vector_fd: int,
+                 timeout: float | None = None):
         self.dev, self.qid, self.sq, self.cq, self.vector_fd = dev, qid, sq, cq, vector_fd
         self.free_cids = list(range(sq.depth - 1, -1, -1))
         self.outstanding = 0
+        # what a wait without its own timeout allows
+        self.timeout = timeout if timeout is not None else (ADMIN_TIMEOUT_S if qid == 0
+                                                            else IO_TIMEOUT_S)
         self._last_ns: dict[int, int] = {}      # opcode -> its last execute() round trip
+        self._stash: list[tuple] = []           # reaped while execute() waited: the next reap's
+        # CIDs of timed-out commands -> what to call when their completion
+        # comes (releasing what they may still use); the completion is dropped
+        self._abandoned: dict[int, object] = {}
         self._poller = select.poll()
         self._poller.register(vector_fd, select.POLLIN)
 
@@ -67,8 +92,11 @@ class Queue:
         """Queue one command; returns its CID. Raises if the queue is full.
         Hot paths pass the fields positionally: keyword parsing of this many
         fields costs about a microsecond per command."""
+        if self.dev.gone:
+            self._raise_gone(opc)
         if self.outstanding >= self.sq.depth - 1:
-            raise RuntimeError(f"queue {self.qid} is full ({self.outstanding} outstanding)")
+            raise RuntimeError(f"queue {self.qid} is full ({self.outstanding} outstanding, "
+                               f"{len(self._abandoned)} of them timed out)")
         cid = self.free_cids.pop()
         self.sq.push(opc, flags, cid, nsid, cdw2, cdw3, mptr, prp1, prp2,
                      cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
@@ -79,6 +107,8 @@ class Queue:
 
     def submit_raw(self, entry: bytes, ring=True) -> None:
         """Queue 64 raw bytes as they are (tests, fuzzing). The caller owns the CID."""
+        if self.dev.gone:
+            self._raise_gone(entry[0])
         self.sq.push_raw(entry)
         self.outstanding += 1
         if ring:
@@ -88,7 +118,9 @@ class Queue:
         if self.sq.ring():
             os.eventfd_write(self.dev.kick_fd, 1)
 
-    def reap_raw(self, limit: int = 1 << 30) -> list[tuple]:
+    # ------------------------------------------------------------ reaping
+    def _pop(self, limit: int = 1 << 30) -> list[tuple]:
+        """New CQEs off the CQ, their CIDs freed, late ones of aborted commands dropped."""
         out = self.cq.pop_batch(limit)
         if out:
             self.sq.head = out[-1][CQ_SQHD]
@@ -96,26 +128,56 @@ class Queue:
                 if e[CQ_CID] < self.sq.depth:
                     self.free_cids.append(e[CQ_CID])
             self.outstanding -= len(out)
+            if self._abandoned:
+                out = self._drop_late(out)
         return out
 
-    def wait_raw(self, count: int = 1, timeout: float | None = COMMAND_TIMEOUT_S,
+    def _drop_late(self, out: list[tuple]) -> list[tuple]:
+        keep = []
+        for e in out:
+            if e[CQ_CID] in self._abandoned:
+                release = self._abandoned.pop(e[CQ_CID])
+                if release is not None:
+                    release()
+            else:
+                keep.append(e)
+        return keep
+
+    def reap_raw(self, limit: int = 1 << 30) -> list[tuple]:
+        out = self._pop(limit)
+        if self._stash:
+            out = self._stash + out
+            self._stash = out[limit:]
+            del out[limit:]
+        return out
+
+    def wait_raw(self, count: int = 1, timeout: float | None = None,
                  spin_ns: int = SPIN_NS) -> list[tuple]:
-        """Reap until at least `count` completions arrived (spin, then block)."""
-        out = self.reap_until(count, timeout, spin_ns)
+        """Reap until at least `count` completions arrived (spin, then block).
+        After `timeout` s (None: the queue's default) what did arrive stays
+        for the next reap, every command still outstanding is aborted, and
+        TimeoutError is raised."""
+        t = self.timeout if timeout is None else timeout
+        out = self.reap_until(count, t, spin_ns)
         if len(out) < count:
-            raise TimeoutError(f"queue {self.qid}: {len(out)} of {count} completions "
-                               f"after {timeout}s")
+            self._stash = out + self._stash
+            cids = self._in_flight()
+            self._abort(cids)
+            raise TimeoutError(f"queue {self.qid}: timed out after {t:g} s with {len(out)} of "
+                               f"{count} completions; aborted the {len(cids)} outstanding "
+                               "command(s)")
         return out
 
     def reap_until(self, count: int, timeout: float | None,
                    spin_ns: int = SPIN_NS) -> list[tuple]:
         """Reap until `count` completions arrived or `timeout` s passed (spin,
-        then block); -> what arrived, fewer than `count` on a timeout."""
+        then block; None: no limit); -> what arrived, fewer than `count` on a
+        timeout. Nothing is aborted."""
         out = self.reap_raw()
         if len(out) >= count:
             return out
         start = time.monotonic_ns()
-        deadline = None if timeout is None else start + int(timeout * 1e9)
+        deadline = _deadline(start, timeout)
         while True:
             out += self.reap_raw()
             if len(out) >= count:
@@ -126,12 +188,17 @@ class Queue:
             if now - start > spin_ns:
                 self._block(deadline)
 
-    def _block(self, deadline):
+    def _block(self, deadline, opc=None):
+        """Sleep until the CQ's vector fires, at most until `deadline` (or a
+        slice); DeviceGone if the daemon went away (the watcher wakes us)."""
+        if self.dev.gone:
+            self._raise_gone(opc)
         self.cq.arm(True)
         try:
             if self.cq.ready():
                 return
-            wait = 0.05 if deadline is None else max(0.0, min(0.05, (deadline - time.monotonic_ns()) / 1e9))
+            wait = BLOCK_SLICE_S if deadline is None else max(
+                0.0, min(BLOCK_SLICE_S, (deadline - time.monotonic_ns()) / 1e9))
             if self._poller.poll(wait * 1000):          # poll(): fine with fds >= FD_SETSIZE
                 try:
                     os.eventfd_read(self.vector_fd)
@@ -161,8 +228,9 @@ class Queue:
         """At least one completion, for a queue whose interrupt vector nobody
         else waits on and whose fd was made blocking (os.set_blocking): after
         `spins` polls (sched_yield between them) arm the CQ and sleep in one
-        read(2) of the vector, not poll(2) then read(2). No timeout: like
-        wait_some(stop=None), it waits as long as the drive takes."""
+        read(2) of the vector, not poll(2) then read(2). No timeout: it waits
+        as long as the drive takes, but a daemon that goes away wakes it
+        (csdemu.host.watch writes the vector) and it raises DeviceGone."""
         for _ in range(spins):
             out = self.reap_raw()
             if out:
@@ -173,6 +241,8 @@ class Queue:
             out = self.reap_raw()
             if out:
                 return out
+            if self.dev.gone:
+                self._raise_gone(None)
             cq.arm(True)
             try:
                 if not cq.ready():
@@ -183,19 +253,101 @@ class Queue:
     def reap(self, limit: int = 1 << 30) -> list[Completion]:
         return [Completion(*e) for e in self.reap_raw(limit)]
 
-    def wait(self, count: int = 1, timeout: float | None = COMMAND_TIMEOUT_S) -> list[Completion]:
+    def wait(self, count: int = 1, timeout: float | None = None) -> list[Completion]:
         return [Completion(*e) for e in self.wait_raw(count, timeout)]
 
-    def execute(self, opc, **kw) -> Completion:
-        """Submit one command and wait for it (nothing else may be outstanding).
+    # ------------------------------------------------------------ one command
+    def execute(self, opc, timeout: float | None = None, on_late=None, **kw) -> Completion:
+        """Submit one command and wait for its completion; others reaped
+        meanwhile stay for the next reap. After `timeout` s (None: the
+        queue's default) the command is aborted and TimeoutError raised; its
+        CID stays taken until its completion comes, which is then dropped
+        after calling `on_late()` (to release buffers it may still use).
 
         Spins only for an opcode whose last round trip was shorter than the
         spin budget: a command that ran longer (an attend over a long context)
         will again, and spinning through it takes a core from the drive's
         kernel threads on a small machine; blocking costs one wake-up."""
         t0 = time.monotonic_ns()
-        self.submit(opc, **kw)
+        cid = self.submit(opc, **kw)
         spin = SPIN_NS if self._last_ns.get(opc, 0) <= SPIN_NS else 0
-        e = self.wait_raw(1, spin_ns=spin)[0]
+        e = self._await(cid, opc, self.timeout if timeout is None else timeout, spin, on_late)
         self._last_ns[opc] = time.monotonic_ns() - t0
         return Completion(*e)
+
+    def _await(self, cid, opc, timeout, spin_ns, on_late) -> tuple:
+        start = time.monotonic_ns()
+        deadline = _deadline(start, timeout)
+        while True:
+            got = self._pop()
+            if got:
+                if len(got) == 1 and got[0][CQ_CID] == cid:
+                    return got[0]
+                mine = None
+                for e in got:
+                    if mine is None and e[CQ_CID] == cid:
+                        mine = e
+                    else:
+                        self._stash.append(e)
+                if mine is not None:
+                    return mine
+            now = time.monotonic_ns()
+            if deadline is not None and now > deadline:
+                self._abort([cid], on_late)
+                raise TimeoutError(f"{command_name(opc, self.qid == 0)}: timed out after "
+                                   f"{timeout:g} s (queue {self.qid}, CID {cid}); aborted")
+            if now - start > spin_ns:
+                self._block(deadline, opc)
+
+    # ------------------------------------------------------------ timeouts
+    def _in_flight(self) -> list[int]:
+        return sorted(set(range(self.sq.depth)) - set(self.free_cids) - set(self._abandoned))
+
+    def _abort(self, cids, on_late=None) -> None:
+        """Abort commands whose wait ran out (Abort, 08h, on the admin queue),
+        not waiting for the answer: the drive may be what is stuck. Their
+        CIDs stay taken until their completions come, which are dropped."""
+        for cid in cids:
+            self._abandoned[cid] = on_late
+        adm = self.dev.admin
+        if self.dev.gone:
+            return
+        for cid in cids:
+            if adm.outstanding >= adm.sq.depth - 1:
+                return              # best effort, as Abort itself is
+            acid = adm.submit(AdminOpcode.ABORT, cdw10=self.qid | (cid << 16))
+            adm._abandoned[acid] = None
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until every timed-out command of this queue has completed: one
+        that may still run must not find its buffers reused (the staging
+        buffer, KV sequence ids). TimeoutError if the drive has not completed
+        them within `timeout` s (None: the queue's default)."""
+        if not self._abandoned:
+            return
+        t = self.timeout if timeout is None else timeout
+        deadline = _deadline(time.monotonic_ns(), t)
+        while True:
+            self._stash += self._pop()
+            if not self._abandoned:
+                return
+            if deadline is not None and time.monotonic_ns() > deadline:
+                raise TimeoutError(f"queue {self.qid}: {len(self._abandoned)} timed-out "
+                                   f"command(s) still not completed after {t:g} s more; "
+                                   "their buffers are still in use")
+            self._block(deadline)
+
+    def _raise_gone(self, opc):
+        # Wake whoever else sleeps on this vector: the watcher wrote it once.
+        try:
+            os.eventfd_write(self.vector_fd, 1)
+        except OSError:
+            pass
+        what = command_name(opc, self.qid == 0) if opc is not None else f"queue {self.qid}"
+        raise DeviceGone(what, self.dev.gone)
+
+
+def _deadline(start_ns: int, timeout: float | None) -> int | None:
+    if timeout is None or timeout == math.inf:
+        return None
+    return start_ns + int(timeout * 1e9)

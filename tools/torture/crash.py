@@ -94,7 +94,7 @@ class Writer(threading.Thread):
         try:
             self._run()
         except Exception as exc:          # noqa: BLE001 - the daemon was killed under us
-            if not self.stop.is_set():
+            if not self.stop.is_set() and not isinstance(exc, csdemu.DeviceGone):
                 self.error = repr(exc)
         finally:
             if self.dev is not None:
