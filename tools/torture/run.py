@@ -94,7 +94,7 @@ def failures(results: dict) -> list[str]:
         need(f["daemon_alive_at_end"] and f["others_kv_data_intact"], "fuzz: daemon died or another client's data changed")
     c = results.get("crash")
     if c:
-        for k in ("lost", "corrupt", "cold_bad", "restart_failures", "writer_errors"):
+        for k in ("lost", "corrupt", "cold_bad", "restart_failures", "writer_errors", "kv_errors"):
             need(c[k] == 0, f"crash: {k} = {c[k]}")
     d = results.get("client_death")
     if d:
