@@ -113,3 +113,30 @@ def test_a_preallocated_drive_keeps_its_capacity_when_the_disk_fills(full_fs):
                 assert np.array_equal(dev.read(lba, CHUNK), patterns(lba, CHUNK, 2)), lba
     finally:
         d.cleanup()
+
+
+def test_trims_make_room_again_on_a_full_disk(full_fs):
+    """Erased lines keep their backing space: once trims empty some, writes
+    go there, though the file system is still full."""
+    d = small_daemon(data_dir=str(full_fs / "data")).start()
+    try:
+        acked, status = fill(d.socket_path)
+        assert status == Status.CAPACITY_EXCEEDED
+        half = acked // 2 // CHUNK * CHUNK
+        with csdemu.connect(d.socket_path) as dev:
+            dev.trim(0, half)
+            dev.flush()
+            written = 0
+            try:
+                for lba in range(0, half, CHUNK):
+                    dev.write(lba, patterns(lba, CHUNK, 2))
+                    written += CHUNK
+            except csdemu.NVMeError as e:
+                assert e.status == Status.CAPACITY_EXCEEDED
+            assert written >= half // 2, (written, half)
+            for lba in range(0, written, CHUNK):
+                assert np.array_equal(dev.read(lba, CHUNK), patterns(lba, CHUNK, 2)), lba
+            for lba in range(half, acked, CHUNK):
+                assert np.array_equal(dev.read(lba, CHUNK), patterns(lba, CHUNK, 1)), lba
+    finally:
+        d.cleanup()

@@ -59,6 +59,7 @@ class BlockFTL(UserStreams, Durability):
             bad = np.flatnonzero(rng.random(g.total_blocks) < profile.faults.bad_block_ppm / 1e6)
             self.nand.mark_bad(bad, BAD_FACTORY)
         self.lines = LineManager(g, self.nand.bad)
+        self.lines.backed, self.lines.back = self.nand.backed, self.nand.back_line
         self.timing = NandTiming.from_profile(profile)
         self.prm = self.timing.packed()
         self.clocks = Clocks.create(g.channels, g.ways)
@@ -194,6 +195,21 @@ class BlockFTL(UserStreams, Durability):
                               None if poison is None else poison[todo])
                 return out, t_end, out_rel
 
+    def place_room(self, stream: int, lpns: np.ndarray, pages: np.ndarray, t: int,
+                   after_gc: bool = False):
+        """GC as needed, then place() from `t` (or from GC's end: KV streams);
+        when the backing file system is full, erase the lines that hold
+        nothing valid (their space stays reserved) and try once more before
+        the BackingError goes up."""
+        try:
+            g = self.gc_if_needed(t)
+            return self.place(stream, lpns, pages, max(t, g) if after_gc else t)
+        except BackingError as e:
+            free = self.lines.free_count
+            if not e.full or self.reclaim_empty(t) is None or self.lines.free_count == free:
+                raise
+        return self.place(stream, lpns, pages, t)
+
     # ------------------------------------------------------------------ GC
     def gc_if_needed(self, now: int) -> int:
         """Run background / foreground GC as the thresholds say; return end time.
@@ -246,10 +262,9 @@ class BlockFTL(UserStreams, Durability):
             self.wb_head = (self.wb_head + n) % B
             t = max(t, int(self.wb[slots].max()))
         t_x = self.pcie(t, n * self.pb)
+        lpns = np.arange(lpn0, lpn0 + n, dtype=np.int64)
         try:
-            self.gc_if_needed(t_x)
-            ppns, t_prog, rel = self.place(STREAM_HOST, np.arange(lpn0, lpn0 + n, dtype=np.int64),
-                                           pages, t_x)
+            ppns, t_prog, rel = self.place_room(STREAM_HOST, lpns, pages, t_x)
         except BackingError as e:
             if not e.full:
                 raise                       # an I/O error: the namespace says Write Fault

@@ -28,6 +28,7 @@ from collections import deque
 
 import numpy as np
 
+from csdemu.drive.flash.files import BackingError
 from csdemu.drive.flash.geometry import Geometry
 
 FREE, OPEN, FULL, RETIRED = 0, 1, 2, 3
@@ -48,6 +49,8 @@ class LineManager:
         self.cursor: dict[int, list] = {}               # stream -> [line, next position]
         self.free: deque[int] = deque(range(g.lines))
         self._bad = bad_blocks                          # live view of nand.blocks["bad"]
+        self.backed = None      # per line: backing space reserved (NandArray.backed), or None
+        self.back = None        # reserve a line's backing space (NandArray.back_line)
         self.good_pages = np.zeros(g.lines, np.int64)
         self.refresh_bad()
 
@@ -129,9 +132,26 @@ class LineManager:
                 self._close(stream, seq)
         return out[0] if len(out) == 1 else np.concatenate(out)
 
+    def _take_free(self) -> int:
+        """The next free line (FIFO, which rotates wear) whose backing space
+        can be reserved; on a full file system, the first free line that
+        already has its space (an erased one), so trims and overwrites can
+        still make room. Raises BackingError when there is none."""
+        line = self.free[0]
+        if self.backed is not None and not self.backed[line]:
+            try:
+                self.back(line)
+            except BackingError:
+                ready = [x for x in self.free if self.backed[x]]
+                if not ready:
+                    raise
+                line = ready[0]
+        self.free.remove(line)
+        return line
+
     def _open(self, stream: int) -> list:
         while True:
-            line = self.free.popleft()
+            line = self._take_free()
             self.state[line] = OPEN
             self.stream[line] = stream
             if self.good_pages[line] > 0:

@@ -99,6 +99,8 @@ class NandArray:
             self.backed = np.zeros(g.lines, bool)   # line's data and OOB ranges reserved
             if preallocate:
                 self.preallocate()
+            elif not create:
+                self._probe_backed()
             # a copy of the records for the write pointers and recovery
             self.at_open = None if create else self.read_records()
         except BaseException:
@@ -131,6 +133,16 @@ class NandArray:
         for i, name in ((0, self.DATA), (1, self.OOB)):
             reserve(self._fds[i], 0, len(self._mms[i]), name)
         self.backed[:] = True
+
+    def _probe_backed(self) -> None:
+        """Which lines an earlier run reserved (no hole in either range), so
+        a full disk can still use them (lines.py); a line missed here is
+        reserved again at its first program, a no-op for allocated space."""
+        ppl, pb, ob = self.geom.pages_per_line, self.page_bytes, OOB_DTYPE.itemsize
+        for line in range(self.geom.lines):
+            self.backed[line] = all(
+                os.lseek(fd, line * ppl * size, os.SEEK_HOLE) >= (line + 1) * ppl * size
+                for fd, size in ((self._fds[0], pb), (self._fds[1], ob)))
 
     def back_line(self, line: int) -> None:
         """Reserve a line's ranges of nand.data and nand.oob (a no-op costing

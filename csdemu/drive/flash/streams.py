@@ -27,8 +27,8 @@ class UserStreams:
         if not self._within_kv_budget(stream, pages.shape[0]):
             return None, t0
         try:
-            t = self.gc_if_needed(t0)
-            ppns, t_prog, _ = self.place(stream, np.asarray(keys, np.int64), pages, max(t0, t))
+            ppns, t_prog, _ = self.place_room(stream, np.asarray(keys, np.int64), pages, t0,
+                                              after_gc=True)
         except BackingError as e:
             if not e.full:
                 raise
