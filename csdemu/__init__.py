@@ -2,6 +2,7 @@
 
     import csdemu
     with csdemu.connect() as dev: ...
+    with csdemu.connect_array() as arr: ...     # N drives, kv heads split across them
 
 The names below come from the host library (csdemu.host) on first use, so
 `import csdemu` stays cheap and the daemon, which imports csdemu.drive only,
@@ -11,14 +12,15 @@ import importlib
 
 _API = {
     "connect": "csdemu.host.device", "Device": "csdemu.host.device",
+    "connect_array": "csdemu.host.array", "ArrayDevice": "csdemu.host.array",
     "Queue": "csdemu.host.queue",
     "KVNamespace": "csdemu.host.kv", "SparF": "csdemu.host.kv",
     "Completion": "csdemu.transport.errors", "NVMeError": "csdemu.transport.errors",
     "DaemonError": "csdemu.transport.errors", "DeviceGone": "csdemu.transport.errors",
 }
 
-__all__ = ["connect", "Device", "Queue", "KVNamespace", "SparF", "Completion", "NVMeError", "DaemonError",
-           "DeviceGone"]
+__all__ = ["connect", "Device", "connect_array", "ArrayDevice", "Queue", "KVNamespace", "SparF",
+           "Completion", "NVMeError", "DaemonError", "DeviceGone"]
 __version__ = "0.1.0"
 
 

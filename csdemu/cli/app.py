@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from csdemu.cli import admin, bench, daemon, demo, generate, nbd, reproduce, stress, warmup
+from csdemu.cli import admin, array, bench, daemon, demo, generate, nbd, reproduce, stress, warmup
 from csdemu.drive.profile_rules import ProfileError
 from csdemu.transport.errors import DaemonError
 
@@ -40,7 +40,7 @@ def main():
 
 
 for command in (daemon.start, daemon.stop, daemon.status, daemon.profiles,
-                admin.identify, admin.smart, admin.log, admin.passthru,
+                admin.identify, admin.smart, admin.log, admin.passthru, array.array,
                 bench.bench, generate.generate, generate.eval_sparse, nbd.nbd,
                 reproduce.reproduce, stress.stress, demo.demo, warmup.warmup):
     main.add_command(command)

@@ -7,18 +7,21 @@ docs/system-model.md.
 Public API:
     csd_attend_ns(profile, q_heads, kv_heads, head_dim, seq_lens, dtype_bytes,
                   tokens_per_page, sparse=None) -> int
+    array_attend_ns(profile, topology, q_heads, kv_heads, head_dim, seq_lens,
+                    dtype_bytes, tokens_per_page, drives, sparse=None) -> int
     load_model(name_or_config_json) -> ModelShape
     load_hardware(gpu=None, host=None, ssd=None, flexgen=None) -> Hardware
     SysConfig(model, hw, csd_profile, gpus, csds, ssds, input_len, output_len, sparse)
     run(config, batches, systems=SYSTEMS) -> list of rows
     reproduce(...) -> (rows, params)
 """
+from csdemu.sysmodel.array import array_attend, array_attend_ns
 from csdemu.sysmodel.csd import attend_pages, csd_attend, csd_attend_ns
 from csdemu.sysmodel.hardware import Hardware, HardwareError, load_hardware, pcie_gbps
 from csdemu.sysmodel.models import BUILTIN, ModelError, ModelShape, load_model, shape_from_config
 from csdemu.sysmodel.systems import FUNCS, SYSTEMS, SysConfig, run
 
-__all__ = ["csd_attend_ns", "csd_attend", "attend_pages", "load_model", "shape_from_config",
+__all__ = ["csd_attend_ns", "csd_attend", "attend_pages", "array_attend", "array_attend_ns", "load_model", "shape_from_config",
            "ModelShape", "ModelError", "BUILTIN", "load_hardware", "Hardware", "HardwareError",
            "pcie_gbps", "SysConfig", "run", "SYSTEMS", "FUNCS", "reproduce"]
 
@@ -26,15 +29,18 @@ __all__ = ["csd_attend_ns", "csd_attend", "attend_pages", "load_model", "shape_f
 def reproduce(model="opt-13b", gpus=1, csds=1, ssds=1, input_len=1024, output_len=1024,
               batches=(1, 4, 8, 16, 32, 64, 128, 256), sparse=0.125, profile="instinfer",
               overrides=None, gpu=None, host=None, ssd=None, systems=SYSTEMS,
-              flexgen=None):
+              flexgen=None, topology=None):
     """Run the model for every system and batch; return (rows, params)."""
     from csdemu.drive.profile import load_profile
+    from csdemu.topology import load_topology
     shape = load_model(model)
     prof = load_profile(profile, overrides or None)
     cfg = SysConfig(shape, load_hardware(gpu, host, ssd, flexgen), prof, gpus=gpus, csds=csds, ssds=ssds,
-                    input_len=input_len, output_len=output_len, sparse=sparse)
+                    input_len=input_len, output_len=output_len, sparse=sparse,
+                    topology=load_topology(topology))
     rows = run(cfg, batches, systems)
-    params = {"model": shape.name, "gpus": gpus, "csds": csds, "ssds": ssds, "input": input_len,
+    params = {"model": shape.name, "gpus": gpus, "csds": csds, "ssds": ssds,
+              "topology": cfg.topology.name, "input": input_len,
               "output": output_len, "batches": list(batches), "sparse": sparse,
               "profile": prof.name, "overrides": dict(overrides or {}),
               "gpu": cfg.hw.gpu.description, "host": cfg.hw.host.description,

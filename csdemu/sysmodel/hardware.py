@@ -21,11 +21,9 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-HW_DIR = Path(__file__).resolve().parent / "hw"
+from csdemu.topology.links import PCIE_EFFICIENCY, PCIE_LANE_GBPS   # one table for both
 
-PCIE_LANE_GBPS = {1: 0.25, 2: 0.5, 3: 8 * 128 / 130 / 8, 4: 16 * 128 / 130 / 8,
-                  5: 32 * 128 / 130 / 8, 6: 64 * 242 / 256 / 8}
-PCIE_EFFICIENCY = 0.80
+HW_DIR = Path(__file__).resolve().parent / "hw"
 
 
 class HardwareError(ValueError):

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csdemu.drive.profile import Profile
-from csdemu.sysmodel.csd import layer_attend, sparse_params, sparse_selection
+from csdemu.sysmodel.array import busiest_load, layer_array_attend
+from csdemu.sysmodel.csd import sparse_params, sparse_selection
 from csdemu.sysmodel.hardware import Hardware
 from csdemu.sysmodel.models import ModelShape
 
@@ -40,6 +41,7 @@ class SysConfig:
     sparse: float = 0.125
     samples: int = 5
     notes: list = field(default_factory=list)
+    topology: object = None     # the host's PCIe topology (csdemu.topology): name, path or None
 
     @property
     def tokens_per_page(self) -> int:
@@ -292,8 +294,10 @@ def _instinfer(c: SysConfig, b: int, sparse: bool):
         host_cap = (hw.host.memory_gb - hw.host.os_reserve_gb) * GB
         if m.weight_bytes > host_cap or 2 * m.layer_weight_bytes + act > cap:
             return _row(name, b, c, {}, {}, f"GPU/host memory: weights {_gib(m.weight_bytes)}")
-    kvh = math.ceil(m.kv_heads / c.csds)              # heads split across CSDs
-    qh = kvh * (m.q_heads // m.kv_heads)
+    # kv heads (and sequences, past one CSD per kv head) split across the
+    # CSDs by the live array's rule; `load` = kv heads x sequences of the
+    # busiest CSD
+    load = busiest_load(m.kv_heads, c.csds, b)
     T = c.tokens_per_page
     link = p.pcie.bandwidth_mbps * 1e6 if p.pcie.bandwidth_mbps else float("inf")
     kcopy = 1.5 if sparse else 1.0
@@ -301,22 +305,23 @@ def _instinfer(c: SysConfig, b: int, sparse: bool):
     sp = c.sparse if sparse else None
 
     def step(L):
-        done, bd, _ = layer_attend(p, qh, kvh, m.head_dim, b, L, m.dtype_bytes, T, sp)
-        attend = done * 1e-9
-        append = kcopy * b * kvh * 2 * m.head_dim * m.dtype_bytes / link
-        xfer = (bd["pcie_in_ns"] + bd["pcie_out_ns"]) * 1e-9 + append
+        at, bd = layer_array_attend(p, c.topology, m.q_heads, m.kv_heads, m.head_dim, b, L,
+                                    m.dtype_bytes, T, c.csds, sp)
+        attend = at.device_ns * 1e-9        # slowest CSD + q/outputs over the shared links
+        append = kcopy * load * 2 * m.head_dim * m.dtype_bytes / link
+        io = (bd["pcie_in_ns"] + bd["pcie_out_ns"] + at.host_ns) * 1e-9
+        xfer = io + append
         flash = bd["flash_ns"] * 1e-9
         gpu = m.layers * gpu_layer_s(c, b) + lm_head_s(c, b)
         return {"kv_access_s": m.layers * flash,
-                "csd_compute_s": m.layers * max(0.0, attend - flash
-                                                - (bd["pcie_in_ns"] + bd["pcie_out_ns"]) * 1e-9),
+                "csd_compute_s": m.layers * max(0.0, attend - flash - io),
                 "compute_s": gpu, "transfer_s": m.layers * xfer + w_stream,
                 "step_s": m.layers * (attend + append) + gpu + w_stream}
 
-    per_csd = kcopy * b * c.input_len * m.layers * kvh * 2 * m.head_dim * m.dtype_bytes
+    per_csd = kcopy * load * c.input_len * m.layers * 2 * m.head_dim * m.dtype_bytes
     pre_write = per_csd / min(link, _program_bw(p))
     prefill = {"prefill_s": max(prefill_gpu_s(c, b), pre_write) + w_stream}
-    kv_csd = kcopy * b * c.max_len * m.layers * kvh * 2 * m.head_dim * m.dtype_bytes
+    kv_csd = kcopy * load * c.max_len * m.layers * 2 * m.head_dim * m.dtype_bytes
     fits = kv_csd <= p.derive().user_pages * p.geometry.page_bytes
     return _row(name, b, c, prefill, integrate(c, step),
                 extra={"weights_on_gpu": weights_on_gpu, "csd_kv_gb": kv_csd / GB,
