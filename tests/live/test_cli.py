@@ -48,7 +48,7 @@ def test_identify_smart_log_passthru(daemon):
     (["frobnicate"], ["frobnicate"]),
     (["bench", "qpair", "--qd", "0"], ["--qd"]),
     (["bench", "qpair", "--seconds", "-1"], ["--seconds"]),
-    (["bench", "generate", "--steps", "1"], ["--steps"]),
+    (["bench", "generate", "--steps", "0"], ["--steps"]),
     (["bench", "attention", "--contexts", "1k"], ["--contexts", "1k"]),
     (["bench", "attention", "--contexts", "100"], ["--contexts", "16"]),
     (["bench", "attention", "--repeat", "0"], ["--repeat"]),
