@@ -263,7 +263,10 @@ class KVNamespace:
         return self._check(c, "reclaim", VendorIoOpcode.RECLAIM).dw0
 
     def delete(self) -> None:
-        self.dev.admin_cmd(VendorAdminOpcode.DELETE_KV_NAMESPACE, nsid=self.nsid)
+        c = self.dev.passthru(VendorAdminOpcode.DELETE_KV_NAMESPACE, self.nsid, admin=True)
+        if not c.ok:
+            raise NVMeError(c.status, "delete kv namespace",
+                            failed_field(self.dev, c, VendorAdminOpcode.DELETE_KV_NAMESPACE, True))
         self.dev.alloc.release(self.meta_off, MAX_BATCH * SEQ_ID.itemsize)
         if self.fused_bytes:
             self.dev.alloc.release(self.fused_off, self.fused_bytes)

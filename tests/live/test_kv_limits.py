@@ -91,7 +91,7 @@ def test_out_of_range_layers_and_sparf_fields_are_refused(dev):
         kv.delete()
 
 
-def test_errors_name_the_command_and_field(dev):
+def test_errors_name_the_command_and_field(drive, dev):
     kv = dev.create_kv_namespace(layers=2, q_heads=2, kv_heads=2, head_dim=64)
     try:
         kv.append(0, [5], np.ones((1, 3, 2, 64)), np.ones((1, 3, 2, 64)))
@@ -114,6 +114,10 @@ def test_errors_name_the_command_and_field(dev):
             dev.create_kv_namespace(layers=1, q_heads=2, kv_heads=2, head_dim=48)
         assert (e.value.command, e.value.field) == ("create kv namespace",
                                                      "KV_NS_DESC.head_dim: out of range")
+        with csdemu.connect(drive.socket_path) as other:
+            with pytest.raises(csdemu.NVMeError) as e:
+                type(kv)(other, kv.nsid, 2, 2, 2, 64, kv.dtype, False).delete()
+            assert (e.value.status, e.value.field) == (Status.ACCESS_DENIED, "NSID")
         # Values beyond float16 are refused before anything is sent.
         with pytest.raises(ValueError, match="k: 128 values overflow float16"):
             kv.append(0, [5], np.full((1, 1, 2, 64), 1e6), np.ones((1, 1, 2, 64)))

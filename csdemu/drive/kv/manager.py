@@ -9,7 +9,7 @@ from csdemu.drive.kv.engine import Engine
 from csdemu.drive.kv.layout import DramBudget, KVShape
 from csdemu.drive.kv.kv_namespace import KVNamespace
 from csdemu.drive.kv.store import KVStore
-from nvme_cmds.errlog import NO_LOCATION, SQE_DPTR, ErrorStatus, location
+from nvme_cmds.errlog import NO_LOCATION, SQE_DPTR, SQE_NSID, ErrorStatus, location
 from nvme_cmds.kv import (DTYPE_BYTES, FLAG_SPARSE_LAYOUT, FLAGS_VALID, KV_NS_DESC, KV_NSIDS,
                           MAX_KV_NS_PER_CLIENT, KVDtype, KVReason, csi)
 from nvme_cmds.opcodes import VendorAdminOpcode
@@ -107,9 +107,9 @@ class KVManager:
         nsid = cmd[3]
         ns = ctrl.namespaces.get(nsid)
         if not isinstance(ns, KVNamespace):
-            return Status.INVALID_NAMESPACE, 0, 0
+            return ErrorStatus(Status.INVALID_NAMESPACE, location(SQE_NSID)), 0, 0
         if ctrl.owners.get(nsid) != session.id:
-            return Status.ACCESS_DENIED, 0, 0
+            return ErrorStatus(Status.ACCESS_DENIED, location(SQE_NSID)), 0, 0
         ctrl.delete_namespace(nsid)
         return Status.SUCCESS, 0, 0
 
