@@ -104,6 +104,8 @@ class BackingError(RuntimeError):
 
 
 def map_file(path: Path, nbytes: int, create: bool, mismatch=DataDirError):
+    if not create and not os.path.exists(path):
+        raise mismatch(f"{path} is missing")
     fd = open_private(path, os.O_RDWR | (os.O_TRUNC if create else 0))
     try:
         if create:
