@@ -12,9 +12,12 @@ PROMPTS = ["What is the capital of France?",
            "Write one sentence about flash memory channels and why they matter for bandwidth.",
            "1, 2, 3,"]
 NEW_TOKENS = 32
-# Last-step logits, drive vs sdpa (max abs difference; logits are O(10)).
-# fp32 KV differs only by fp32 summation order; fp16 KV rounds K and V to fp16.
-LOGIT_TOL = {"float32": 2e-3, "float16": 0.15}
+# Logits of every generated step, drive vs sdpa (max abs difference; logits are
+# O(10)): about twice the largest measured. fp32 KV differs only by fp32
+# summation order; fp16 KV rounds K and V to fp16. Measured over these PROMPTS
+# and NEW_TOKENS, 3 runs each on a 2-core x86 (identical every run): fp16 max
+# 0.0291 (last step 0.0131), fp32 max 5.15e-5 (last step 2.96e-5).
+LOGIT_TOL = {"float32": 1e-4, "float16": 0.06}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_drive_decoding_is_token_identical(daemon, model_tok, reference, dtype):
     finally:
         model.set_attn_implementation("sdpa")
     assert torch.equal(out.sequences, ref.sequences), tok.batch_decode(out.sequences)
-    diff = (out.logits[-1] - ref.logits[-1]).abs().max().item()
+    diff = max((a - b).abs().max().item() for a, b in zip(out.logits, ref.logits))
     assert diff < LOGIT_TOL[dtype], diff
     steps = out.sequences.shape[1] - inputs.input_ids.shape[1] - 1
     layers = model.config.num_hidden_layers
@@ -74,14 +77,25 @@ def test_eval_sparse_rows_report_pages_sensed(daemon, model_tok):
     dense, sparf = res["rows"]
     assert (dense["mode"], sparf["mode"]) == ("dense", "sparf-1/8")
     assert dense["top1_agreement"] == 1.0 and 0 <= sparf["top1_agreement"] <= 1
-    # every decode step's dense attends sense the pages of all 512+ tokens
-    kv_pages = model.config.num_hidden_layers * model.config.num_key_value_heads * 2 * 512 \
-        * model.config.head_dim * 2 // 4096
-    assert dense["flash_pages_per_step"] >= kv_pages * 0.9
+    # SmolLM2-135M: 30 layers, 3 kv heads, head dim 64, fp16 -> 32 tokens per
+    # 4 KiB page. The 4 decode steps attend over 513..516 tokens: 16 full groups
+    # on flash (tokens 0..511) and the tail in device DRAM, so dense senses
+    # 30 * 3 * (K, V) * 16 = 2880 pages per step, exactly.
+    assert (model.config.num_hidden_layers, model.config.num_key_value_heads,
+            model.config.head_dim) == (30, 3, 64)
+    assert dense["flash_pages_per_step"] == 2880
     assert dense["flash_pages_vs_dense"] == 1.0
-    assert 0 < sparf["flash_pages_per_step"]
-    assert sparf["flash_pages_vs_dense"] == pytest.approx(
-        sparf["flash_pages_per_step"] / dense["flash_pages_per_step"], abs=1e-3)
+    # SparF 1/8 (r = 8 dims, k = ceil(L/8) = 65, window 16): the channel-indexed
+    # K copy holds 2048 tokens per page, so at 516 tokens it is all DRAM tail;
+    # flash pages are the K and V of the token groups the selection touches.
+    # Fewest: the window's group 15 plus ceil((65 - 20) / 32) = 2 more for the
+    # top-k (group 15 holds 20 non-window tokens) -> 3 groups, 6 pages of a
+    # (layer, head)'s 32: 90 * 6 = 540. Most: all 16 groups, as dense. Uniform
+    # top-k would touch 1 - (7/8)^32 = 99 % of the groups; the real selection
+    # clusters (measured 2248 pages, 0.781 of dense, every run alike).
+    assert 540 <= sparf["flash_pages_per_step"] < 2880
+    assert sparf["flash_pages_vs_dense"] == pytest.approx(sparf["flash_pages_per_step"] / 2880,
+                                                          abs=1e-4)
 
 
 def test_decode_steps_cost_the_same_in_virtual_and_realtime(model_tok):
