@@ -140,6 +140,7 @@ def summary(results: dict) -> dict:
                    crash_unflushed_blocks_checked=c["unflushed_checked"], crash_cold_blocks_checked=c["cold_checked"],
                    crash_cold_bad=c["cold_bad"], crash_writes=c["writes"], crash_flushes=c["flushes"],
                    crash_kv_appends=c["kv_appends"], crash_kv_errors=c.get("kv_errors", 0),
+                   crash_kv_capacity_exceeded=c.get("kv_capacity_exceeded", 0),
                    crash_restart_s_max=c["restart_s_max"])
     d = results.get("client_death")
     if d:
