@@ -35,7 +35,8 @@ SIZES = {
            "control_rounds": 200},
     "full": {"fuzz_commands": 1_000_000, "crash_trials": 100, "crash_cold": 16384, "victims": 20,
              "window_s": 3.0, "fault_ops": 60_000, "fault_lbas": 16384, "soak_s": 0,
-             "control_rounds": 5000},
+             "control_rounds": 5000, "disk_full_rounds": 8, "corrupt_flips": 8,
+             "corrupt_cases_per_file": 0, "corrupt_lbas": 16384},
 }
 
 
