@@ -321,7 +321,9 @@ class Daemon:
             for s in self.sessions.values():
                 step("posting completions", ctrl.flush_pending, s)
             step("posting held completions", self._release_held)
-            for nsid, ns in sorted(ctrl.namespaces.items()):
+            # KV namespaces keep their pages in the flash namespace's FTL:
+            # they close first, the flash namespace (nsid 1) last
+            for nsid, ns in sorted(ctrl.namespaces.items(), reverse=True):
                 step(f"closing namespace {nsid}", ns.close)
             for s in list(self.sessions.values()):
                 step(f"closing client {s.id}", s.close)

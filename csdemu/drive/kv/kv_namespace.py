@@ -199,6 +199,9 @@ class KVNamespace:
             if not q.length[layer]:
                 return Result(bad(LAYER, KVReason.NO_TOKENS, b, Status.DEALLOCATED_OR_UNWRITTEN),
                               req.arrival_ns)
+        if not self.store.intact(seqs, layer, dims=sparse is not None):
+            self.engine.ftl.counters["crc_errors"] += 1
+            return Result(Status.UNRECOVERED_READ_ERROR, req.arrival_ns)
         q = np.frombuffer(req.data, np.float32).reshape(batch, s.q_heads, s.head_dim)
         n = q.size
         if self.out.size < n:

@@ -269,6 +269,27 @@ class KVStore:
                 tab[b, :, :, nfull] = -(q.kd_tail[layer] + 1)
         return tab
 
+    def intact(self, seqs: list[Sequence], layer: int, dims: bool = False) -> bool:
+        """Whether every flash page an attend of this batch reads (and with
+        `dims` SparF's dims-major K pages) matches its OOB record, so the
+        kernels never compute over a corrupt page. NAND.check hashes a page
+        once per power cycle; the answer is kept with the tables."""
+        k_tab, v_tab, lens = self.token_tables(seqs, layer)
+        b = self.batch(seqs, layer)
+        key = ("intact", b.kd_sig if dims else None)
+        if b.memo.get(key):
+            return True
+        full = np.arange(k_tab.shape[2]) < (lens // self.shape.tokens_per_page)[:, None, None]
+        refs = [k_tab[np.broadcast_to(full, k_tab.shape)], v_tab[np.broadcast_to(full, v_tab.shape)]]
+        if dims:
+            kd = self.dim_tables(seqs, layer)
+            kfull = np.arange(kd.shape[3]) < (lens // self.shape.tokens_per_dim_page)[:, None, None, None]
+            refs.append(kd[np.broadcast_to(kfull, kd.shape)])
+        ppns = np.concatenate(refs)
+        ok = not ppns.size or self.ftl.nand.check(ppns)
+        b.memo[key] = ok
+        return ok
+
     def v_mean(self, seqs: list[Sequence], layer: int) -> np.ndarray:
         s = self.shape
         out = np.zeros((len(seqs), s.kv_heads, s.head_dim), np.float32)
