@@ -46,10 +46,10 @@ HOW = {
     "client_death_*": "clients killed mid-command while bystanders run (part 3)",
     "isolation_*": "a second client and a second uid trying every way in (part 4)",
     "faults_*": "injected program, erase and read faults under load (part 5)",
-    "control_*": "control-socket fuzz (part 7)",
-    "disk_full_*": "backing file system filled under load (docs/torture.md)",
-    "corrupt_files_*": "every data-dir file damaged before a restart (docs/torture.md)",
-    "soak_*": "fio and stress for --soak-seconds (part 6)",
+    "control_*": "control-socket fuzz (part 6)",
+    "disk_full_*": "backing file system filled under load (part 7)",
+    "corrupt_files_*": "every data-dir file damaged before a restart (part 8)",
+    "soak_*": "fio and stress for --soak-seconds (part 9)",
     "failures": "criteria that failed in the run that wrote these figures",
 }
 
