@@ -57,7 +57,8 @@ def read_config(path: str) -> dict:
     if drives and n != len(drives):
         fail(f"{where}: drives = {n} but {len(drives)} [[drive]] tables")
     base_sets = _sets(where, raw.get("set", []))
-    members = [(d.get("profile", raw.get("profile")), base_sets + _sets(f"{where}: [[drive]] {i}", d.get("set", [])))
+    members = [(d.get("profile", raw.get("profile")),
+                base_sets + _sets(f"{where}: [[drive]] {i}", d.get("set", [])))
                for i, d in enumerate(drives)] or None
     return {"drives": n, "profile": raw.get("profile"), "set": base_sets,
             "topology": raw.get("topology"), "members": members}

@@ -156,7 +156,8 @@ class ArrayKV:
         KVNamespace.attend; append=(k, v) [batch, 1, kv_heads, head_dim]."""
         if (not isinstance(q, np.ndarray) or q.dtype != np.float32 or not q.flags.c_contiguous
                 or q.ndim != 3 or q.shape[1:] != (self.q_heads, self.head_dim)):
-            raise ValueError(f"q must be a C-contiguous float32 array [batch, {self.q_heads}, {self.head_dim}]")
+            raise ValueError(f"q must be a C-contiguous float32 array "
+                             f"[batch, {self.q_heads}, {self.head_dim}]")
         layer = self._layer(layer, "attend")
         if sparse is not None and not 1 <= sparse.r <= self.head_dim:
             raise ValueError(f"attend: SparF r {sparse.r} out of range 1..{self.head_dim} (head_dim)")
