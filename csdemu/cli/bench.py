@@ -123,3 +123,41 @@ def realtime_bench(profile, engine_threads, as_json, out):
         result = run_realtime_bench(d.socket_path, profile)
     result["engine_threads"] = engine_threads
     emit(result, out, as_json)
+
+
+@bench.command("array")
+@click.option("--drives", default="1,2,4,8", show_default=True, callback=int_list,
+              help="array sizes, each against the first")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--context", default=4096, show_default=True, type=click.IntRange(16, 1 << 20),
+              help="tokens per sequence, a multiple of 16")
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--profile", default="instinfer", show_default=True, metavar="NAME")
+@click.option("--topology", default=None, metavar="NAME|FILE.toml",
+              help="host PCIe topology [default: instinfer-host]")
+@click.option("--engine-threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="kernel threads of each member daemon")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def array_bench(drives, batch, context, repeat, profile, topology, engine_threads, as_json, out):
+    """An OPT-13B layer on 1..N drives: modeled vs system model, scaling, wall time."""
+    from csdemu.bench.array import run_array_bench
+    from csdemu.drive.profile import load_profile
+    from csdemu.topology import TopologyError, load_topology
+    if context % 16:
+        raise click.BadParameter(f"must be a multiple of 16 (whole pages), got {context}",
+                                 param_hint="--context")
+    load_profile(profile)                # a bad name fails here, in one line
+    try:
+        load_topology(topology).behind_switch(max(drives))
+    except TopologyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--topology") from None
+
+    def show(row):
+        if not as_json:
+            click.echo(f"drives {row['drives']}: modeled {row['modeled_ms']:.3f} ms, "
+                       f"system model {row['sysmodel_ms']:.3f} ms, wall {row['wall_ms']:.1f} ms",
+                       err=True)
+    result = run_array_bench(tuple(drives), batch, context, repeat=repeat, profile=profile,
+                             topology=topology, engine_threads=engine_threads, progress=show)
+    emit(result, out, as_json)

@@ -1,6 +1,7 @@
 """`csdemu generate`: a real model (SmolLM2-135M) decoding with attention on the drive."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -21,8 +22,13 @@ DEFAULT_PROMPT = "Explain in two sentences why storage drives can compute attent
 @click.option("--profile", default=None, metavar="NAME", help="profile of a drive started for this run")
 @click.option("--no-chat", is_flag=True, help="send prompts as they are, without the chat template")
 @SOCKET_OPT
+@click.option("--drives", default=None, type=click.IntRange(1, 64),
+              help="split attention over an array of N drives (started for this run unless --array)")
+@click.option("--array", "array_dir", default=None, metavar="DIR",
+              help="use the array `csdemu array start` runs in DIR")
 @click.option("--json", "as_json", is_flag=True)
-def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat, socket_path, as_json):
+def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat, socket_path,
+             drives, array_dir, as_json):
     """Generate text with SmolLM2-135M, decode attention computed in the drive."""
     from csdemu.host.device import connect
     from csdemu.hf.generate import generate as run, parse_ratio
@@ -33,17 +39,30 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
         raise click.BadParameter(str(exc), param_hint="--sparse") from None
     prompts = list(prompts) or [DEFAULT_PROMPT]
     rows = [prompts[i % len(prompts)] for i in range(batch or len(prompts))]
-    with daemon_for(socket_path, profile) as path, connect(path) as dev:
+    with contextlib.ExitStack() as stack:
+        if drives or array_dir:
+            if socket_path:
+                raise click.BadParameter("give --socket or --drives/--array, not both",
+                                         param_hint="--socket")
+            from csdemu.drive.profile import load_profile
+            from csdemu.host.array_spawn import open_array
+            if profile:
+                load_profile(profile)       # a bad name fails here, in one line
+            dev = stack.enter_context(open_array(array_dir, drives, profile))
+        else:
+            dev = stack.enter_context(connect(stack.enter_context(daemon_for(socket_path, profile))))
         model, tok = load_smollm2()         # after the drive is up: a bad --profile fails first
         res = run(dev, model, tok, rows, max_new_tokens, ratio, kv_dtype, chat=not no_chat)
+        res["drives"] = len(dev) if drives or array_dir else 1
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
     for i, (p, t) in enumerate(zip(rows, res["texts"])):
         click.echo(f"[{i}] {p}\n    → {t.strip()}")
     mode = f"SparF {sparse}" if ratio else "dense"
+    where = "the drive" if res["drives"] == 1 else f"{res['drives']} drives"
     click.echo(f"\n{res['tokens']} tokens in {res['wall_s']} s: {res['tokens_per_s']} tokens/s "
-               f"({mode} attention on the drive, KV {kv_dtype})")
+               f"({mode} attention on {where}, KV {kv_dtype})")
     click.echo(f"modeled device time: {res['device_ns_per_step'] / 1e6:.3f} ms per decode step, "
                f"{res['device_ns_per_token'] / 1e6:.3f} ms per token")
     click.echo(f"KV pages read: {res['pages_read_flash']} from flash, {res['pages_read_dram']} from DRAM buffers")

@@ -137,7 +137,8 @@ class DriveLayer(CacheLayerMixin):
 class CSDCache(Cache):
     """KV cache on a csdemu drive for one batch of sequences.
 
-    dev: a csdemu.Device; config: the model's config; batch_size: rows;
+    dev: a csdemu.Device, or a csdemu.ArrayDevice (attention split over its
+    drives, csdemu.host.array_kv); config: the model's config; batch_size: rows;
     dtype: storage on the drive ("float16", "bfloat16", "float32");
     sparse: SparF compression ratio (e.g. 1/8) or None for dense attention.
     Sequences are reclaimed (and the namespace deleted) by `close()`.

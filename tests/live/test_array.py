@@ -111,6 +111,70 @@ def test_array_time_equals_the_system_model(drives4, drives):
     assert live == array_attend_ns(load_profile("instinfer"), None, 8, 4, 128, lens, 2, 16, drives)
 
 
+def test_a_model_generates_the_same_tokens_on_one_and_three_drives(daemon, drives4):
+    """SmolLM2-135M (3 kv heads): one per drive on 3 drives, through CSDCache."""
+    import torch
+
+    from csdemu.hf import CSDCache, load_smollm2, use_drive_attention
+    from csdemu.hf.generate import build_inputs
+    model, tok = load_smollm2()
+    inputs = build_inputs(tok, ["What is the capital of France?", "1, 2, 3,",
+                                "Why do flash drives have channels?"], chat=True)
+
+    def generate(dev):
+        with CSDCache(dev, model.config, batch_size=3) as cache, torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=16, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True, cache=cache,
+                                 pad_token_id=tok.pad_token_id)
+            return out, cache.state.device_ns
+    use_drive_attention(model)
+    threads = torch.get_num_threads()
+    # One torch thread: on 2 shared cores, torch's OpenMP workers spinning
+    # against the daemons made this test take 30-60 s instead of 3-4 s.
+    torch.set_num_threads(1)
+    try:
+        with csdemu.connect(daemon.socket_path) as dev:
+            one, one_ns = generate(dev)
+        with csdemu.connect_array(sockets=drives4.sockets[:3]) as arr:
+            three, three_ns = generate(arr)
+    finally:
+        model.set_attn_implementation("sdpa")
+        torch.set_num_threads(threads)
+    assert torch.equal(one.sequences, three.sequences), tok.batch_decode(three.sequences)
+    # the same fp16 KV, attention summed in another order: logits agree to fp32 rounding
+    assert (one.logits[-1] - three.logits[-1]).abs().max().item() < 2e-3
+    assert three_ns < one_ns             # a third of the heads per drive: faster, modeled
+
+
+def test_generate_cli_on_two_drives_gives_one_drives_tokens(daemon):
+    import torch
+
+    from csdemu.hf import load_smollm2
+    from csdemu.hf.generate import generate
+    prompt = "Name a planet."
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}           # see the test above
+    r = subprocess.run([sys.executable, "-m", "csdemu", "generate", "--drives", "2", "--prompt",
+                        prompt, "--max-new-tokens", "8", "--json", "--profile", "instinfer"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["drives"] == 2
+    model, tok = load_smollm2()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with csdemu.connect(daemon.socket_path) as dev:
+            one = generate(dev, model, tok, [prompt], 8)
+    finally:
+        model.set_attn_implementation("sdpa")
+        torch.set_num_threads(threads)
+    assert res["texts"] == one["texts"]
+    assert res["device_ns_per_step"] < one["device_ns_per_step"]
+    bad = subprocess.run([sys.executable, "-m", "csdemu", "generate", "--drives", "2",
+                          "--socket", "/nonexistent"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--socket" in bad.stderr
+
+
 def test_member_killed_mid_step_names_it_and_the_others_keep_their_data():
     with ArrayProcesses(3, profile="instinfer", extra_args=SMALL_INSTINFER) as procs, \
             csdemu.connect_array(procs.dir) as arr:
