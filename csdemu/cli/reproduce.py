@@ -35,6 +35,8 @@ def _ratio(ctx, param, value):
 @click.option("--ssd", "ssd_hw", default=None, metavar="NAME|TOML", help="SSD profile [980pro]")
 @click.option("--flexgen-path", "flexgen_hw", default=None, metavar="NAME|TOML",
               help="FlexGen's measured disk-path profile [flexgen]")
+@click.option("--topology", default=None, metavar="NAME|TOML",
+              help="host PCIe topology the CSDs share [instinfer-host]")
 @click.option("--channels", default=None, type=click.IntRange(1, 64), help="what-if: CSD flash channels")
 @click.option("--channel-gbps", default=None, type=click.FloatRange(0.001, 1000.0),
               help="what-if: CSD bandwidth per channel, GB/s")
@@ -49,7 +51,7 @@ def _ratio(ctx, param, value):
               help="figure path ('' for none)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
 def reproduce(model, gpus, csds, ssds, input_len, output_len, batches, sparse, profile, gpu_hw,
-              host_hw, ssd_hw, flexgen_hw, channels, channel_gbps, ways, link_gen, link_width, systems, png,
+              host_hw, ssd_hw, flexgen_hw, topology, channels, channel_gbps, ways, link_gen, link_width, systems, png,
               as_json):
     """Model decode throughput of FlexGen, ZeRO-Inference and InstInfer on this hardware."""
     from csdemu.drive.profile import ProfileError
@@ -58,6 +60,15 @@ def reproduce(model, gpus, csds, ssds, input_len, output_len, batches, sparse, p
     from csdemu.sysmodel.hardware import pcie_gbps
     from csdemu.sysmodel.report import format_table, plot_png, to_json
 
+    from csdemu.topology import TopologyError, load_topology
+    try:
+        topo = load_topology(topology)
+    except TopologyError as e:
+        raise click.BadParameter(str(e), param_hint="--topology")
+    try:
+        topo.behind_switch(csds)
+    except TopologyError as e:
+        raise click.BadParameter(str(e), param_hint="--csds")
     ov = {}
     if channels is not None:
         ov["geometry.channels"] = channels
@@ -74,7 +85,8 @@ def reproduce(model, gpus, csds, ssds, input_len, output_len, batches, sparse, p
         rows, params = run(model=model, gpus=gpus, csds=csds, ssds=ssds, input_len=input_len,
                            output_len=output_len, batches=batches, sparse=sparse, profile=profile,
                            overrides=ov, gpu=gpu_hw, host=host_hw, ssd=ssd_hw,
-                           systems=tuple(systems) or SYSTEMS, flexgen=flexgen_hw)
+                           systems=tuple(systems) or SYSTEMS, flexgen=flexgen_hw,
+                           topology=topology)
     except (ModelError, HardwareError, ProfileError, ValueError) as e:
         raise click.ClickException(" ".join(str(e).split()))
     if png:

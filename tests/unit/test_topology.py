@@ -186,3 +186,12 @@ def test_array_commands_without_an_array_one_line(tmp_path):
         r = CliRunner().invoke(main, ["array", verb[0], "--dir", str(tmp_path), *verb[1:]])
         assert r.exit_code != 0 and r.output.count("\n") == 1
         assert "no csdemu array in" in r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--csds", "28"], "Invalid value for --csds: topology instinfer-host holds at most 27"),
+    (["--topology", "nope"], "Invalid value for --topology: unknown topology 'nope'"),
+])
+def test_reproduce_refuses_what_the_topology_cannot_hold(args, msg):
+    r = CliRunner().invoke(main, ["reproduce", "--png", "", *args])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and msg in r.output, r.output
