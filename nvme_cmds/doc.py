@@ -2,7 +2,7 @@
 
     python -m nvme_cmds.doc > docs/commands.md
 """
-from nvme_cmds.errlog import ERROR_LOG_ENTRY
+from nvme_cmds.errlog import ERROR_LOG_ENTRY, default_location, field_name
 from nvme_cmds.features import FeatureId
 from nvme_cmds.kv import FIELDS as KV_FIELDS, MAX_KV_NS_PER_CLIENT, MAX_SEQ_TOKENS, REASON_TEXT, KVReason
 from nvme_cmds.logs import LogPage
@@ -67,12 +67,40 @@ def commands_markdown() -> str:
     lines += [f"| {int(p):02X}h | {p.name} |" for p in LogPage]
     lines += ["", "## Features", "", "| FID | name |", "|---|---|"]
     lines += [f"| {int(f):02X}h | {f.name} |" for f in FeatureId]
+    lines += _standard_errors()
     lines += _kv_errors()
     lines += ["", "## Status codes", "", "| SCT | SC | name |", "|---|---|---|"]
     for s in Status:
         sct, sc = split_status(s)
         lines.append(f"| {sct:X}h | {sc:02X}h | {s.name} |")
     return "\n".join(lines) + "\n"
+
+
+def _standard_errors():
+    out = ["", "## Errors of the standard commands", "",
+           "Every failed command is logged in the caller's Error Information log (LID 01h). "
+           "Where the status alone says which field was wrong, Parameter Error Location names "
+           "it, and the library's NVMeError gives the field's name (`NVMeError.field`):", "",
+           "| status | commands | field |", "|---|---|---|"]
+    rows = [(Status.INVALID_OPCODE, "any", 0, NvmOpcode.READ, False),
+            (Status.CID_CONFLICT, "any", 0, NvmOpcode.READ, False),
+            (Status.INVALID_NAMESPACE, "any with an NSID", 0, NvmOpcode.READ, False),
+            (Status.DATA_TRANSFER_ERROR, "any with data (and the PRP/SGL statuses)", 0,
+             NvmOpcode.READ, False),
+            (Status.LBA_OUT_OF_RANGE, "Read, Write, Write Zeroes", 0, NvmOpcode.READ, False)]
+    rows += [(st, op.name, 0, op, True) for st, op in (
+        (Status.INVALID_LOG_PAGE, AdminOpcode.GET_LOG_PAGE), (Status.INVALID_FIELD, AdminOpcode.GET_FEATURES),
+        (Status.FEATURE_NOT_CHANGEABLE, AdminOpcode.SET_FEATURES),
+        (Status.FEATURE_NOT_SAVEABLE, AdminOpcode.SET_FEATURES),
+        (Status.INVALID_FIELD, AdminOpcode.IDENTIFY), (Status.INVALID_QID, AdminOpcode.CREATE_IO_SQ),
+        (Status.INVALID_QUEUE_SIZE, AdminOpcode.CREATE_IO_CQ), (Status.INVALID_CQ, AdminOpcode.CREATE_IO_SQ),
+        (Status.INVALID_QID, AdminOpcode.ABORT))]
+    for st, where, _, op, admin in rows:
+        field = field_name(op, default_location(st, op, admin), admin)
+        out.append(f"| {st.name} | {where} | {field} |")
+    out += ["", "Any other failing status leaves the location empty (FFFFh): the status "
+            "names no single field."]
+    return out
 
 
 def _kv_errors():

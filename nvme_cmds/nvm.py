@@ -31,7 +31,13 @@ def nlb(cdw12: int) -> int:
 
 
 def lba_cdws(lba: int, nblocks: int, fua: bool = False) -> dict:
-    """CDW10-12 for Read/Write/Write Zeroes of `nblocks` blocks at `lba`."""
+    """CDW10-12 for Read/Write/Write Zeroes of `nblocks` blocks at `lba`;
+    ValueError naming the field that does not fit."""
+    if not 0 <= lba < 1 << 64:
+        raise ValueError(f"lba {lba} does not fit SLBA (CDW10-11): 0..2^64-1")
+    if not 1 <= nblocks <= CDW12_NLB_MASK + 1:
+        raise ValueError(f"{nblocks} blocks do not fit NLB (CDW12[15:0]): 1..{CDW12_NLB_MASK + 1} "
+                         f"per command")
     return {"cdw10": lba & 0xFFFFFFFF, "cdw11": lba >> 32,
             "cdw12": ((nblocks - 1) & CDW12_NLB_MASK) | (CDW12_FUA if fua else 0)}
 

@@ -210,7 +210,7 @@ class Controller(Completions):
             sq.inflight[cid] = 1
             return
         if status:
-            log_error(self, session, 0, cid, status, cmd[3])
+            log_error(self, session, 0, cid, status, cmd[3], cmd[0])
         self.complete(session, sq, cq, cid, status, dw0, dw1, arrival, arrival)
 
     # ------------------------------------------------------------ I/O
@@ -224,16 +224,16 @@ class Controller(Completions):
         if opc == _NOP:
             st = self.check_flags(flags) or (self.ns_access(session, nsid) if nsid else 0)
             if st:
-                return self._refuse(session, sq, cq, cid, st, arrival, nsid)
+                return self._refuse(session, sq, cq, cmd, st, arrival)
             return self.complete(session, sq, cq, cid, 0, arrival_ns=arrival, done_ns=arrival)
         if opc == _READ and flags == _SGL_ONLY and self._read_into(session, sq, cq, cmd, arrival):
             return
         st = self.ns_access(session, nsid)
         if st:
-            return self._refuse(session, sq, cq, cid, st, arrival, nsid)
+            return self._refuse(session, sq, cq, cmd, st, arrival)
         ns = self.namespaces[nsid]
         if opc < 0x80 and not getattr(ns, "nvm", True):
-            return self._refuse(session, sq, cq, cid, Status.INVALID_OPCODE, arrival, nsid)
+            return self._refuse(session, sq, cq, cmd, Status.INVALID_OPCODE, arrival)
         st = self.check_flags(flags)
         cdw = cmd[9:15]
         meta_len = 0
@@ -248,14 +248,14 @@ class Controller(Completions):
                 st, in_len, out_len, meta_len = (lengths(opc, cdw) if lengths
                                                  else (Status.INVALID_OPCODE, 0, 0, 0))
         if st:
-            return self._refuse(session, sq, cq, cid, st, arrival, nsid)
+            return self._refuse(session, sq, cq, cmd, st, arrival)
         data = meta = None
         if meta_len:
             st, meta = self.arena_slice(session, cmd[6], meta_len)
         if in_len and not st:
             st, data = self.data_in(session, flags, cmd[7], cmd[8], in_len)
         if st:
-            return self._refuse(session, sq, cq, cid, st, arrival, nsid)
+            return self._refuse(session, sq, cq, cmd, st, arrival)
         req = Request(opc, nsid, cdw, arrival, data, out_len, session.id,
                       bool(cdw[2] & CDW12_FUA) if opc < 0x80 else False, meta)
         try:
@@ -273,14 +273,14 @@ class Controller(Completions):
             st = self.data_out(session, flags, out_addr, out_sgl, res.data, out_len)
         self._account(opc, in_len, out_len, st)
         if st:
-            log_error(self, session, sq.qid, cid, st, nsid)
+            log_error(self, session, sq.qid, cid, st, nsid, opc)
         self.complete(session, sq, cq, cid, st, res.dw0, res.dw1, arrival, max(res.done_ns, arrival))
 
-    def _refuse(self, session, sq, cq, cid, st, arrival, nsid):
+    def _refuse(self, session, sq, cq, cmd, st, arrival):
         """Complete a command that did no work (logging it if it failed)."""
         if st:
-            log_error(self, session, sq.qid, cid, st, nsid)
-        return self.complete(session, sq, cq, cid, st, arrival_ns=arrival, done_ns=arrival)
+            log_error(self, session, sq.qid, cmd[2], st, cmd[3], cmd[0])
+        return self.complete(session, sq, cq, cmd[2], st, arrival_ns=arrival, done_ns=arrival)
 
     def _read_into(self, session, sq, cq, cmd, arrival) -> bool:
         """A Read into the arena whose namespace can place the data there

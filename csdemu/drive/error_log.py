@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nvme_cmds.errlog import ERROR_LOG_ENTRY, NO_LOCATION
+from nvme_cmds.errlog import ERROR_LOG_ENTRY, NO_LOCATION, default_location
 from nvme_cmds.status import encode_status_field
 
 # Entries kept per client: one 4 KiB page, enough for a host that reads the
@@ -26,13 +26,16 @@ class ErrorLog:
         self.count = 0
         self.recs = np.zeros(ERROR_LOG_ENTRIES, ERROR_LOG_ENTRY)
 
-    def add(self, sqid: int, cid: int, status: int, nsid: int) -> None:
+    def add(self, sqid: int, cid: int, status: int, nsid: int, opcode: int | None = None) -> None:
         self.count += 1
         self.recs[1:] = self.recs[:-1]
         r = self.recs[0]
         r["error_count"], r["sqid"], r["cid"], r["nsid"] = self.count, sqid, cid, nsid
         r["status"] = encode_status_field(int(status), 0)     # as in the CQE, phase 0
-        r["param_loc"] = getattr(status, "loc", NO_LOCATION)
+        loc = getattr(status, "loc", None)
+        if loc is None:
+            loc = NO_LOCATION if opcode is None else default_location(status, opcode, sqid == 0)
+        r["param_loc"] = loc
         r["csi"] = getattr(status, "info", 0)
 
     def page(self) -> np.ndarray:
@@ -46,5 +49,8 @@ def error_log(ctrl, s) -> ErrorLog:
     return log
 
 
-def log_error(ctrl, s, sqid: int, cid: int, status: int, nsid: int) -> None:
-    error_log(ctrl, s).add(sqid, cid, status, nsid)
+def log_error(ctrl, s, sqid: int, cid: int, status: int, nsid: int,
+              opcode: int | None = None) -> None:
+    """Log a failed command; `opcode` lets a plain status name the field it
+    implies (nvme_cmds.errlog.default_location)."""
+    error_log(ctrl, s).add(sqid, cid, status, nsid, opcode)

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from csdemu.host import watch
-from csdemu.host.kv import DmaCache, create_kv_namespace
+from csdemu.host.kv import DmaCache, create_kv_namespace, failed_field
 from csdemu.host.queue import (ADMIN_TIMEOUT_S, IO_TIMEOUT_S, ArenaAllocator, Queue,
                                command_name)
 from csdemu.transport.control import exchange, open_control
@@ -145,7 +145,7 @@ class Device:
     def admin_cmd(self, opc, timeout: float | None = None, **kw) -> Completion:
         c = self.admin.execute(opc, timeout, **kw)
         if not c.ok:
-            raise NVMeError(c.status, command_name(opc, True))
+            raise NVMeError(c.status, command_name(opc, True), failed_field(self, c, opc, True))
         return c
 
     def passthru(self, opcode: int, nsid: int = 0, cdw10=0, cdw11=0, cdw12=0, cdw13=0,
@@ -188,7 +188,7 @@ class Device:
         c = self.io.execute(opc, timeout, nsid=nsid, flags=SGL_FLAGS, prp1=off, prp2=nbytes,
                             **cdws)
         if not c.ok:
-            raise NVMeError(c.status, what)
+            raise NVMeError(c.status, what, failed_field(self, c, opc))
         if out is not None:
             out[:] = self.arena.u8[off:off + nbytes]
         return c
@@ -220,6 +220,8 @@ class Device:
 
     def read(self, lba: int, nblocks: int, nsid: int = 1,
              timeout: float | None = None) -> np.ndarray:
+        if nblocks < 1:
+            raise ValueError(f"read of {nblocks} blocks: nblocks must be at least 1")
         bs = self.lba_size(nsid)
         out = np.empty(nblocks * bs, np.uint8)
         step = self._chunk_blocks(nsid)
@@ -235,12 +237,13 @@ class Device:
             n = min(65536, nblocks - i)
             c = self.io.execute(NvmOpcode.WRITE_ZEROES, timeout, nsid=nsid, **lba_cdws(lba + i, n))
             if not c.ok:
-                raise NVMeError(c.status, "write zeroes")
+                raise NVMeError(c.status, "write zeroes",
+                                failed_field(self, c, NvmOpcode.WRITE_ZEROES))
 
     def flush(self, nsid: int = 1, timeout: float | None = None) -> None:
         c = self.io.execute(NvmOpcode.FLUSH, timeout, nsid=nsid)
         if not c.ok:
-            raise NVMeError(c.status, "flush")
+            raise NVMeError(c.status, "flush", failed_field(self, c, NvmOpcode.FLUSH))
 
     def trim(self, lba: int, nblocks: int, nsid: int = 1, timeout: float | None = None) -> None:
         ranges = []
@@ -258,7 +261,7 @@ class Device:
     def _admin_read(self, opc, nbytes, what, timeout=None, **kw) -> np.ndarray:
         c = self.passthru(opc, read_len=nbytes, admin=True, timeout=timeout, **kw)
         if not c.ok:
-            raise NVMeError(c.status, what)
+            raise NVMeError(c.status, what, failed_field(self, c, opc, True))
         return np.frombuffer(c.data, np.uint8)
 
     def identify(self, timeout: float | None = None) -> dict:
