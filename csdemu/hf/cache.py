@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from csdemu.host import tensors
 from csdemu.host.kv import SparF
+from nvme_cmds.kv import KVDtype
 
 
 class DriveState:
@@ -42,8 +44,11 @@ class DriveState:
             self.append_wall_ns += time.perf_counter_ns() - t0
 
     def _append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        kn = k.detach().transpose(1, 2).contiguous().numpy()      # [B, q, H, D]
-        vn = v.detach().transpose(1, 2).contiguous().numpy()
+        # [B, q, H, D] views of the model's tensors, any dtype (a bf16 one as
+        # its bits for a bf16 namespace, else widened): kv.append converts once
+        bits = self.kv.dtype == KVDtype.BFLOAT16
+        kn = tensors.as_numpy(k.detach().transpose(1, 2), "k", bf16_bits=bits)
+        vn = tensors.as_numpy(v.detach().transpose(1, 2), "v", bf16_bits=bits)
         q_len = kn.shape[1]
         if q_len == 1:
             # A decode step: the token goes to the drive with this layer's

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from csdemu.host import tensors
 from csdemu.host.kv import SparF, seq_id_array
 from csdemu.topology import MemberStep, array_time, attend_io_bytes, plan, rows_for
 from nvme_cmds.kv import DTYPE_NAMES, KVDtype
@@ -107,7 +108,8 @@ class ArrayKV:
                 yield p, rows, ids[rows]
 
     def _kv_check(self, k, v, what: str, tokens: int | None = None):
-        k, v = np.asarray(k), np.asarray(v)
+        bits = self.dtype == KVDtype.BFLOAT16        # a bf16 tensor stays its bits
+        k, v = tensors.as_numpy(k, f"{what} k", bits), tensors.as_numpy(v, f"{what} v", bits)
         if k.ndim != 4 or k.shape != v.shape or k.shape[2:] != (self.kv_heads, self.head_dim) \
                 or (tokens is not None and k.shape[1] != tokens):
             t = "tokens" if tokens is None else str(tokens)
@@ -150,21 +152,22 @@ class ArrayKV:
             bufs = self._bufs[key] = (np.empty(shape, np.float32), np.empty(shape, np.float32))
         return bufs
 
-    def attend(self, layer: int, seq_ids, q: np.ndarray, sparse: SparF | None = None,
-               out: np.ndarray | None = None, append=None) -> np.ndarray:
-        """Attention output [batch, q_heads, head_dim] (float32), as
-        KVNamespace.attend; append=(k, v) [batch, 1, kv_heads, head_dim]."""
-        if (not isinstance(q, np.ndarray) or q.dtype != np.float32 or not q.flags.c_contiguous
-                or q.ndim != 3 or q.shape[1:] != (self.q_heads, self.head_dim)):
-            raise ValueError(f"q must be a C-contiguous float32 array "
-                             f"[batch, {self.q_heads}, {self.head_dim}]")
+    def attend(self, layer: int, seq_ids, q, sparse: SparF | None = None,
+               out=None, append=None, out_dtype=None):
+        """Attention output, as KVNamespace.attend (any array kind, dtype and
+        layout in; q's kind out); append=(k, v) [batch, 1, kv_heads, head_dim]."""
+        given_out = out
+        q, like = tensors.query(q, "attend q", self.q_heads, self.head_dim)
         layer = self._layer(layer, "attend")
         if sparse is not None and not 1 <= sparse.r <= self.head_dim:
             raise ValueError(f"attend: SparF r {sparse.r} out of range 1..{self.head_dim} (head_dim)")
         if out is None:
             out = np.empty_like(q)
-        elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError("out must be a C-contiguous float32 array shaped like q")
+        else:
+            out = tensors.as_numpy(out, "attend out")
+            if out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+                raise ValueError(f"attend out: {out.dtype} {list(out.shape)}; expected "
+                                 f"C-contiguous float32 {list(q.shape)}")
         ids = seq_id_array(seq_ids)
         if ids.size != q.shape[0]:
             raise ValueError(f"{ids.size} sequence ids for a batch of {q.shape[0]}")
@@ -195,7 +198,7 @@ class ArrayKV:
                 out[:, qs] = ob
             else:
                 out[rows, qs] = ob
-        return out
+        return given_out if given_out is not None else tensors.output_like(out, like, out_dtype)
 
     def read(self, layer: int, seq_id: int, start: int, count: int):
         """-> (k, v) [count, kv_heads, head_dim] of one sequence, gathered

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from csdemu.host import watch
+from csdemu.host import tensors, watch
 from csdemu.host.kv import DmaCache, create_kv_namespace, failed_field
 from csdemu.host.queue import (ADMIN_TIMEOUT_S, IO_TIMEOUT_S, ArenaAllocator, Queue,
                                command_name)
@@ -205,7 +205,7 @@ class Device:
     def write(self, lba: int, data, nsid: int = 1, fua: bool = False,
               timeout: float | None = None) -> int:
         """Write whole blocks; returns the summed modeled device time (ns)."""
-        buf = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        buf = tensors.as_bytes(data, "write data")
         bs = self.lba_size(nsid)
         if buf.size == 0 or buf.size % bs:
             raise ValueError(f"write of {buf.size} bytes is not a whole number of {bs}-byte blocks")

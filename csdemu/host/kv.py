@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from csdemu.host import tensors
 from csdemu.transport.errors import DeviceGone, NVMeError
 from nvme_cmds import errlog
 from nvme_cmds.kv import (DTYPE_NAMES, FLAG_SPARSE_LAYOUT, KV_NS_DESC, SEQ_ID, TOKENS, AttendMode,
@@ -56,8 +57,9 @@ def to_storage(a, dtype: KVDtype, what: str = "values") -> np.ndarray:
     A value that is inf or NaN, or that overflows the dtype (float32 1e6 in
     a float16 namespace), is refused with ValueError rather than stored as
     inf: attention over it would be NaN. uint16 input is taken as fp16/bf16
-    bit patterns and stored as given."""
-    a = np.asarray(a)
+    bit patterns and stored as given; a bf16 tensor goes to a bf16 namespace
+    as its own bits, without a copy."""
+    a = tensors.check_float(tensors.as_numpy(a, what, bf16_bits=dtype == KVDtype.BFLOAT16), what)
     if a.dtype == np.uint16 and dtype != KVDtype.FLOAT32:
         return np.ascontiguousarray(a)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -164,7 +166,8 @@ class KVNamespace:
         layer = self._layer(layer, "kv append")
         k, v = to_storage(k, self.dtype, "k"), to_storage(v, self.dtype, "v")
         if k.ndim != 4 or k.shape != v.shape or k.shape[2:] != (self.kv_heads, self.head_dim):
-            raise ValueError(f"k and v must both be [batch, tokens, {self.kv_heads}, {self.head_dim}]")
+            raise ValueError(f"kv append: k {list(k.shape)} and v {list(v.shape)}; both must be "
+                             f"[batch, tokens, {self.kv_heads}, {self.head_dim}]")
         ids = seq_id_array(seq_ids)
         if ids.size != k.shape[0]:
             raise ValueError(f"{ids.size} sequence ids for a batch of {k.shape[0]}")
@@ -189,22 +192,31 @@ class KVNamespace:
                 total += self._check(c, "kv append", VendorIoOpcode.KV_APPEND).device_ns
         return total
 
-    def attend(self, layer: int, seq_ids, q: np.ndarray, sparse: SparF | None = None,
-               out: np.ndarray | None = None, append=None) -> np.ndarray:
-        """Attention output [batch, q_heads, head_dim] (float32) for q of the same shape.
+    def attend(self, layer: int, seq_ids, q, sparse: SparF | None = None,
+               out=None, append=None, out_dtype=None):
+        """Attention output for q [batch, q_heads, head_dim] or transformers'
+        [batch, q_heads, 1, head_dim]: numpy, torch or any array, any float
+        dtype and strides (csdemu/host/tensors.py). The output has q's kind,
+        layout and dtype (float32 for numpy; `out_dtype` to choose), or is
+        `out` itself when given (float32, C-contiguous, [batch, q_heads,
+        head_dim]). A contiguous float32 q goes to the drive by DMA from its
+        own memory; anything else is converted once.
 
         append=(k, v), each [batch, 1, kv_heads, head_dim], first appends the
         decode step's new token in the same command (one round trip a layer)."""
-        if (not isinstance(q, np.ndarray) or q.dtype != np.float32 or not q.flags.c_contiguous
-                or q.ndim != 3 or q.shape[1:] != (self.q_heads, self.head_dim)):
-            raise ValueError(f"q must be a C-contiguous float32 array [batch, {self.q_heads}, {self.head_dim}]")
+        given_out = out
+        q, like = tensors.query(q, "attend q", self.q_heads, self.head_dim)
         layer = self._layer(layer, "attend")
         if sparse is not None and not 1 <= sparse.r <= self.head_dim:
             raise ValueError(f"attend: SparF r {sparse.r} out of range 1..{self.head_dim} (head_dim)")
         if out is None:
             out = np.empty_like(q)
-        elif out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError("out must be a C-contiguous float32 array shaped like q")
+        else:
+            out = tensors.as_numpy(out, "attend out")
+            if out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+                raise ValueError(f"attend out: {out.dtype} {list(out.shape)}"
+                                 f"{'' if out.flags.c_contiguous else ' (strided)'}; expected "
+                                 f"C-contiguous float32 {list(q.shape)}")
         ids = seq_id_array(seq_ids)
         n = ids.size
         if n != q.shape[0]:
@@ -224,7 +236,9 @@ class KVNamespace:
         c = self.dev.io.execute(VendorIoOpcode.ATTEND, nsid=self.nsid, prp1=pq, prp2=po,
                                 mptr=meta, **cdws)
         self._check(c, "attend", VendorIoOpcode.ATTEND)
-        return out
+        if given_out is not None:
+            return given_out
+        return tensors.output_like(out, like, out_dtype)
 
     def _fused_meta(self, ids: np.ndarray, k, v) -> int:
         """Sequence ids, then K and V of one new token each, in the arena."""
@@ -233,7 +247,8 @@ class KVNamespace:
         k, v = to_storage(k, self.dtype, "append k"), to_storage(v, self.dtype, "append v")
         shape = (ids.size, 1, self.kv_heads, self.head_dim)
         if k.shape != shape or v.shape != shape:
-            raise ValueError(f"append k and v must both be {list(shape)}")
+            raise ValueError(f"attend append: k {list(k.shape)} and v {list(v.shape)}; both must "
+                             f"be {list(shape)}")
         self.dev.io.settle()       # a timed-out command may still read the fused buffer
         need = ids.nbytes + k.nbytes + v.nbytes
         if need > self.fused_bytes:
@@ -302,10 +317,7 @@ def failed_field(dev, c, opcode: int, admin: bool = False) -> str:
 def create_kv_namespace(dev, layers: int, q_heads: int, kv_heads: int, head_dim: int,
                         dtype: str = "float16", sparse_layout: bool = False,
                         max_seqs: int = 0, dims_per_page: int = 0) -> KVNamespace:
-    try:
-        code = DTYPE_NAMES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype {dtype!r}: use float16, bfloat16 or float32") from None
+    code = DTYPE_NAMES[tensors.dtype_name(dtype, "create kv namespace dtype")]
     desc = np.zeros(1, KV_NS_DESC)
     for name, value in (("layers", layers), ("q_heads", q_heads), ("kv_heads", kv_heads),
                         ("head_dim", head_dim), ("max_seqs", max_seqs),
