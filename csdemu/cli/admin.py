@@ -8,6 +8,23 @@ import click
 
 from csdemu.cli.options import SOCKET_OPT, connect, fail, timeout_option
 
+def hexdump(raw: bytes) -> str:
+    """Bytes as nvme-cli and `hexdump -C` show them: offset, 16 bytes in hex,
+    the printable ones as text; a run of identical lines is one "*"."""
+    lines, last, starred = ["       0  1  2  3  4  5  6  7  8  9  a  b  c  d  e  f"], None, False
+    for off in range(0, len(raw), 16):
+        row = bytes(raw[off:off + 16])
+        if row == last and off + 16 < len(raw):
+            if not starred:
+                lines.append("*")
+                starred = True
+            continue
+        last, starred = row, False
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{off:04x}: {' '.join(f'{b:02x}' for b in row):<47} \"{text}\"")
+    return "\n".join(lines)
+
+
 def _print_dict(d: dict, indent=0):
     for k, v in d.items():
         if isinstance(v, dict):
@@ -45,25 +62,53 @@ def smart(socket_path, as_json):
 @click.option("--length", default=4096, show_default=True, type=click.IntRange(4, 1 << 20),
               help="bytes to read (whole dwords)")
 def log(socket_path, lid, as_json, length):
-    """Get Log Page: LID is flash (C0h), engine (C1h), smart (02h) or a number."""
+    """Get Log Page: LID is flash (C0h), engine (C1h), smart (02h), error (01h)
+    or a number (shown as a hex dump)."""
     from csdemu.transport.errors import NVMeError
-    names = {"flash": 0xC0, "engine": 0xC1, "smart": 0x02}
+    names = {"flash": 0xC0, "engine": 0xC1, "smart": 0x02, "error": 0x01}
     try:
         lid_num = names[lid] if lid in names else int(lid, 0)
     except ValueError:
-        fail(f"LID {lid!r} is not flash, engine, smart or a number")
+        fail(f"LID {lid!r} is not flash, engine, smart, error or a number")
+    raw = None
     with connect(socket_path) as dev:
         try:
             if lid_num == 0xC0:
                 d = dev.flash_log()
+            elif lid_num == 0xC1:
+                d = dev.engine_log()
             elif lid_num == 0x02:
                 d = dev.smart()
+            elif lid_num == 0x01:
+                d = _error_log(dev.log_page(lid_num, length))
             else:
                 raw = dev.log_page(lid_num, length)
                 d = {"lid": lid_num, "hex": raw.hex()}
         except NVMeError as exc:
             fail(str(exc))
-    click.echo(json.dumps(d, indent=2)) if as_json else _print_dict(d)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    elif raw is not None:
+        click.echo(f"Log page {lid_num:#04x}, {len(raw)} bytes:")
+        click.echo(hexdump(raw))
+    else:
+        _print_dict(d)
+
+
+def _error_log(raw) -> dict:
+    """The Error Information log's entries, newest first, as nvme error-log lists them."""
+    from nvme_cmds import errlog
+    from nvme_cmds.status import decode_status_field, status_name
+    out = {}
+    for i, e in enumerate(errlog.entries(raw)):
+        loc = int(e["param_loc"])
+        where = errlog.split_location(loc)
+        out[f"entry {i}"] = {
+            "error_count": int(e["error_count"]), "sqid": int(e["sqid"]), "cid": int(e["cid"]),
+            "status": status_name(decode_status_field(int(e["status"]))[0]),
+            "parm_err_loc": "none" if where is None else f"byte {where[0]} bit {where[1]}",
+            "nsid": int(e["nsid"]), "cs": hex(int(e["csi"]))}
+    return out or {"entries": 0}
 
 
 class AnyBaseInt(click.ParamType):
@@ -118,6 +163,6 @@ def passthru(socket_path, opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15
         click.echo(f"{'NVMe status' if not c.ok else 'status'}: {c.status_name} "
                    f"(SCT {c.sct:#x}, SC {c.sc:#04x}) result {c.result:#x} device {c.device_ns} ns")
         if data_len:
-            click.echo(out["data"])
+            click.echo(hexdump(c.data))
     if not c.ok:
         sys.exit(1)

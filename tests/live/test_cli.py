@@ -90,3 +90,27 @@ def test_start_refuses_a_live_socket_and_the_daemon_keeps_serving(daemon, tmp_pa
     assert not data.exists() or not os.listdir(data)
     r = csdemu("identify", "--socket", daemon.socket_path, "--json")
     assert r.returncode == 0
+
+
+def test_logs_and_data_read_as_nvme_cli_shows_them(daemon):
+    """Decoded logs and hex dumps, not a line of 8,192 hex digits (issue 22)."""
+    s = ["--socket", daemon.socket_path]
+    r = csdemu("log", "engine", *s)
+    assert r.returncode == 0 and "attends" in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) < 200
+    r = csdemu("passthru", *s, "-o", "0x02", "-n", "1", "-l", "4096")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[1].split()[0] == "0"      # the column header
+    assert lines[2].startswith("0000: ") and max(len(line) for line in lines) < 80
+    r = csdemu("log", "0xC2", *s)
+    assert r.returncode != 0 or "0000: " in r.stdout
+    # the error log is each client's own: a fresh CLI client's is empty ...
+    r = csdemu("log", "error", *s, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"entries": 0}
+    # ... and one client's failed command is decoded as nvme error-log lists it
+    import csdemu as lib
+    from csdemu.cli.admin import _error_log
+    with lib.connect(daemon.socket_path) as dev:
+        dev.passthru(0x02, 1, cdw10=0xFFFFFFFF, cdw11=0xFFFF)
+        entry = _error_log(dev.log_page(0x01, 4096))["entry 0"]
+    assert entry["status"] == "LBA_OUT_OF_RANGE" and entry["parm_err_loc"] == "byte 40 bit 0"
