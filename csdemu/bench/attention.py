@@ -79,7 +79,8 @@ def _kv_bytes(ctx: int) -> int:
 CACHED_PAGES = 128
 
 
-def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) -> dict:
+def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5,
+                   progress=None) -> dict:
     import numba
 
     from kernels import counters as C
@@ -172,6 +173,9 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) ->
             cached_rate = _kv_bytes(ctx) / best["cached"]
             overlap_rate = page_bytes / best["overlap"]
         rows.append(row)
+        if progress:
+            progress(f"bench attention: context {ctx}: kernel {best['kernel'] * 1e3:.2f} ms, "
+                     f"numpy {best['numpy'] * 1e3:.2f} ms")
         del K, V, lay, fns
     big = max(rows, key=lambda r: r["context"])
     res = {
@@ -210,7 +214,8 @@ def kernel_section(contexts=(1024, 2048, 4096, 8192, 16384), repeat: int = 5) ->
     return res
 
 
-def daemon_section(socket_path: str, context: int = 4096, attends: int = 20) -> dict:
+def daemon_section(socket_path: str, context: int = 4096, attends: int = 20,
+                   progress=None) -> dict:
     import csdemu
     rng = np.random.default_rng(1)
     ids = list(range(B))
@@ -245,6 +250,8 @@ def daemon_section(socket_path: str, context: int = 4096, attends: int = 20) -> 
                     if idle_at > t1:
                         time.sleep(idle_at - t1)
                 after = dev.engine_log()
+                if progress:
+                    progress(f"bench attention: daemon {name}: {attends / wall:.1f} attends/s")
                 out[f"{name}_attends_per_s"] = attends / wall
                 out[f"{name}_realtime_factor"] = wall / (modeled / 1e9)
                 out[f"{name}_modeled_ms"] = modeled / 1e6 / attends
@@ -309,9 +316,10 @@ HOW = {
 }
 
 
-def run_attention_bench(socket_path: str, repeat: int = 5, contexts=(1024, 2048, 4096, 8192, 16384)) -> dict:
-    res = kernel_section(contexts, repeat)
-    res.update(daemon_section(socket_path))
+def run_attention_bench(socket_path: str, repeat: int = 5, contexts=(1024, 2048, 4096, 8192, 16384),
+                        progress=None) -> dict:
+    res = kernel_section(contexts, repeat, progress)
+    res.update(daemon_section(socket_path, progress=progress))
     res["targets"] = TARGETS
     res["how"] = HOW
     return res

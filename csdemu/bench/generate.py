@@ -115,7 +115,7 @@ def _summary(rounds: list[dict]) -> dict:
 
 
 def run_generate_bench(dev, model, tok, batch: int = 8, context: int = 2048, steps: int = 16,
-                       rounds: int = 3) -> dict:
+                       rounds: int = 3, progress=None) -> dict:
     from csdemu.hf.attention import use_drive_attention
     ids = prompt_ids(tok, batch, context)
     use_drive_attention(model)
@@ -123,10 +123,16 @@ def run_generate_bench(dev, model, tok, batch: int = 8, context: int = 2048, ste
     got = {name: [] for name in (*sides, "sdpa")}
     worker = SdpaWorker(batch, context, steps)
     try:
-        for _ in range(rounds):
+        for r in range(rounds):
             for name, sparse in sides.items():
                 got[name].append(_drive_round(dev, model, ids, steps, sparse))
+                if progress:
+                    progress(f"bench generate: round {r + 1}/{rounds} {name}: "
+                             f"{got[name][-1]['tokens_per_s']:.1f} tokens/s")
             got["sdpa"].append(worker.run())
+            if progress:
+                progress(f"bench generate: round {r + 1}/{rounds} sdpa: "
+                         f"{got['sdpa'][-1]['tokens_per_s']:.1f} tokens/s")
     finally:
         worker.close()
     sdpa = _summary(got["sdpa"])

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, daemon_for, int_list
+from csdemu.cli.options import SOCKET_OPT, daemon_for, int_list, say
 from csdemu.transport.qpair import MAX_QUEUE_DEPTH
 
 
@@ -65,7 +65,7 @@ def generate_bench(socket_path, batch, context, steps, rounds, profile, engine_t
             connect(path) as dev:
         model, tok = load_smollm2()
         try:
-            result = run_generate_bench(dev, model, tok, batch, context, steps, rounds)
+            result = run_generate_bench(dev, model, tok, batch, context, steps, rounds, progress=say)
         except ValueError as exc:           # e.g. batch x context longer than the corpus
             raise click.ClickException(str(exc)) from None
     result["engine_threads"] = engine_threads
@@ -89,7 +89,7 @@ def attention_bench(socket_path, repeat, contexts, engine_threads, as_json, out)
                                  param_hint="--contexts")
     ctx = tuple(contexts)
     with daemon_for(socket_path, "instinfer", ["--engine-threads", str(engine_threads)]) as path:
-        result = run_attention_bench(path, repeat, ctx)
+        result = run_attention_bench(path, repeat, ctx, progress=say)
     result["engine_threads"] = engine_threads
     emit(result, out, as_json)
 

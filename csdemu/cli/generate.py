@@ -6,7 +6,7 @@ import json
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, daemon_for, int_list
+from csdemu.cli.options import SOCKET_OPT, TokenBar, daemon_for, int_list, say
 
 DEFAULT_PROMPT = "Explain in two sentences why storage drives can compute attention."
 
@@ -52,7 +52,8 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
         else:
             dev = stack.enter_context(connect(stack.enter_context(daemon_for(socket_path, profile))))
         model, tok = load_smollm2()         # after the drive is up: a bad --profile fails first
-        res = run(dev, model, tok, rows, max_new_tokens, ratio, kv_dtype, chat=not no_chat)
+        res = run(dev, model, tok, rows, max_new_tokens, ratio, kv_dtype, chat=not no_chat,
+                  streamer=TokenBar(max_new_tokens))
         res["drives"] = len(dev) if drives or array_dir else 1
     if as_json:
         click.echo(json.dumps(res, indent=2))
@@ -94,7 +95,10 @@ def eval_sparse(contexts, ratios, eval_tokens, batch, profile, socket_path, as_j
         raise click.BadParameter(str(exc), param_hint="--ratios") from None
 
     def show(row):
-        if not as_json:
+        if as_json:                      # the JSON comes at the end; say how far it got
+            say(f"eval-sparse: context {row['context']} {row['mode']}: perplexity "
+                f"{row['perplexity']:.3f}, top-1 {row['top1_agreement']:.3f}")
+        else:
             click.echo(f"{row['context']:>8} {row['mode']:>11} {row['perplexity']:>11.3f} "
                        f"{row['top1_agreement']:>12.3f} {row['device_ms_per_step']:>15.3f} "
                        f"{row['flash_pages_vs_dense']:>15.3f}")

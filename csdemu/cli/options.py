@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
+import sys
+
 import click
 
 from csdemu.transport.errors import DaemonError
@@ -102,3 +104,27 @@ def daemon_for(socket_path: str | None, profile: str | None = None, extra_args=(
         yield proc.socket_path
     finally:
         proc.cleanup()
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr (stdout stays the result, JSON or text)."""
+    click.echo(msg, err=True)
+
+
+class TokenBar:
+    """transformers' streamer interface as a tqdm bar of decode steps on
+    stderr: generate() calls put() with the prompt, then each new token."""
+
+    def __init__(self, total: int, desc: str = "decode"):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, desc=desc, unit="tok", file=sys.stderr, leave=False,
+                        disable=not sys.stderr.isatty())
+        self.started = False
+
+    def put(self, value) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+
+    def end(self) -> None:
+        self.bar.close()

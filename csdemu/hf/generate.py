@@ -25,7 +25,9 @@ def build_inputs(tok, prompts: list[str], chat: bool):
 
 
 def generate(dev, model, tok, prompts: list[str], max_new_tokens: int = 32,
-             sparse: float | None = None, dtype: str = "float16", chat: bool = True) -> dict:
+             sparse: float | None = None, dtype: str = "float16", chat: bool = True,
+             streamer=None) -> dict:
+    """`streamer`: transformers' streamer interface (put/end), e.g. a progress bar."""
     import torch
     from csdemu.hf.attention import use_drive_attention
     from csdemu.hf.cache import CSDCache
@@ -36,7 +38,7 @@ def generate(dev, model, tok, prompts: list[str], max_new_tokens: int = 32,
             torch.no_grad():
         t0 = time.perf_counter()
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             cache=cache, pad_token_id=tok.pad_token_id)
+                             cache=cache, pad_token_id=tok.pad_token_id, streamer=streamer)
         wall = time.perf_counter() - t0
         state = cache.state
     after = dev.engine_log()

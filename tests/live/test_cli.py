@@ -114,3 +114,13 @@ def test_logs_and_data_read_as_nvme_cli_shows_them(daemon):
         dev.passthru(0x02, 1, cdw10=0xFFFFFFFF, cdw11=0xFFFF)
         entry = _error_log(dev.log_page(0x01, 4096))["entry 0"]
     assert entry["status"] == "LBA_OUT_OF_RANGE" and entry["parm_err_loc"] == "byte 40 bit 0"
+
+
+def test_long_commands_report_progress_on_stderr_json_stays_clean(daemon):
+    s = ["--socket", daemon.socket_path]
+    r = csdemu("eval-sparse", *s, "--contexts", "64", "--ratios", "1/2", "--eval-tokens", "2",
+               "--batch", "1", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [row["mode"] for row in json.loads(r.stdout)["rows"]] == ["dense", "sparf-1/2"]
+    said = [ln for ln in r.stderr.splitlines() if ln.startswith("eval-sparse: context 64")]
+    assert len(said) == 2 and "perplexity" in said[0]
