@@ -92,10 +92,13 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
     fail(f"daemon did not start listening on {socket_path} within 60 s (log: {log_path})")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
-def profiles(as_json):
-    """List the shipped drive profiles."""
+@click.pass_context
+def profiles(ctx, as_json):
+    """List the shipped drive profiles (`profiles show NAME` resolves one)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from csdemu.drive.profile import list_profiles
     rows = list_profiles()
     if as_json:
@@ -104,6 +107,36 @@ def profiles(as_json):
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
         click.echo(f"{name:<{width}}  {desc}")
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="override one parameter (repeatable), as `csdemu start --set`")
+@click.option("--json", "as_json", is_flag=True)
+def profiles_show(name, overrides, as_json):
+    """The resolved profile NAME (a shipped name or a TOML file; `extends`
+    and `device.capacity` applied), with the capacity it gives."""
+    from csdemu.drive.assembly import parse_overrides
+    from csdemu.drive.profile import ProfileError, load_profile
+    try:
+        prof = load_profile(name, parse_overrides(overrides))
+    except ProfileError as exc:
+        fail(str(exc))
+    d = prof.derive()
+    derived = {"raw_bytes": d.raw_bytes, "user_bytes": d.nlbas * prof.device.lba_size,
+               "nlbas": d.nlbas, "lines": d.lines, "kv_lines": d.kv_lines,
+               "pages": d.total_pages}
+    if as_json:
+        click.echo(json.dumps({"name": prof.name, **prof.to_dict(), "derived": derived}, indent=2))
+        return
+    click.echo(f"profile {prof.name}: {d.raw_bytes / 2**30:,.2f} GiB raw, "
+               f"{derived['user_bytes'] / 2**30:,.2f} GiB of LBAs ({d.nlbas:,} x "
+               f"{prof.device.lba_size} B), {d.lines} lines ({d.kv_lines} for KV)")
+    for sec, body in prof.to_dict().items():
+        click.echo(f"[{sec}]")
+        for k, v in body.items():
+            click.echo(f"  {k:<26} {v}")
 
 
 @click.command()

@@ -210,6 +210,46 @@ def _flatten_overrides(where: str, overrides) -> dict[tuple[str, str], object]:
     return out
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def parse_capacity(where: str, v) -> int:
+    """"2T", "512G", "1.5T" or a number of bytes -> bytes (binary units)."""
+    if isinstance(v, bool):
+        raise ProfileError(f"{where}: [device] capacity must be bytes or a size like 2T, got {v!r}")
+    if isinstance(v, (int, float)):
+        n = v
+    else:
+        text = str(v).strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        try:
+            n = float(text[:-1] if unit else text) * _UNITS[unit]
+        except ValueError:
+            raise ProfileError(f"{where}: [device] capacity must be bytes or a size like 2T, "
+                               f"got {v!r}") from None
+    if n <= 0:
+        raise ProfileError(f"{where}: [device] capacity must be positive, got {v!r}")
+    return int(n)
+
+
+def _apply_capacity(where: str, merged: dict, overridden: set) -> None:
+    """[device] capacity (raw flash bytes) -> [geometry] blocks_per_plane:
+    the fewest whole lines that hold it."""
+    cap = merged.get("device", {}).pop("capacity", None)
+    if cap is None:
+        return
+    if ("geometry", "blocks_per_plane") in overridden and ("device", "capacity") in overridden:
+        raise ProfileError(f"{where}: give device.capacity or geometry.blocks_per_plane, not both")
+    g = merged.setdefault("geometry", {})
+    try:
+        line = (int(g["channels"]) * int(g["ways"]) * int(g["planes"]) * int(g["pages_per_block"])
+                * int(g.get("page_bytes", 4096)))
+    except (KeyError, TypeError, ValueError):
+        raise ProfileError(f"{where}: [device] capacity needs [geometry] channels, ways, planes "
+                           "and pages_per_block") from None
+    g["blocks_per_plane"] = max(1, -(-parse_capacity(where, cap) // line))
+
+
 def profile_from_dict(raw: dict, *, name: str, where: str | None = None,
                       overrides=None) -> Profile:
     """Validate a parsed profile dict (sections -> keys) plus overrides."""
@@ -218,17 +258,19 @@ def profile_from_dict(raw: dict, *, name: str, where: str | None = None,
         raise ProfileError(f"{where}: top level must be a table")
     merged: dict[str, dict] = {}
     for sec, body in raw.items():
-        if sec == "name":
+        if sec in ("name", "extends"):
             continue
         if sec not in _SECTIONS:
             raise ProfileError(f"{where}: unknown section [{sec}]")
         if not isinstance(body, dict):
             raise ProfileError(f"{where}: [{sec}] must be a table, got {body!r}")
         merged[sec] = dict(body)
-    for (sec, key), v in _flatten_overrides(where, overrides).items():
+    flat = _flatten_overrides(where, overrides)
+    for (sec, key), v in flat.items():
         if sec not in _SECTIONS:
             raise ProfileError(f"{where}: override names unknown section [{sec}]")
         merged.setdefault(sec, {})[key] = v
+    _apply_capacity(where, merged, set(flat))
 
     built = {}
     for sec, cls in _SECTIONS.items():
@@ -283,7 +325,38 @@ def load_profile(name_or_path, overrides=None) -> Profile:
     except OSError as e:
         raise ProfileError(f"{where}: {e.strerror}") from None
     name = raw.get("name") if path.suffix == ".json" else path.stem
+    raw = _extended(raw, path, where, [path.resolve()])
     return profile_from_dict(raw, name=str(name or path.stem), where=where, overrides=overrides)
+
+
+def _extended(raw: dict, path: Path, where: str, seen: list) -> dict:
+    """A profile that names a base (`extends = "instinfer"`, a shipped name or
+    a path relative to it) -> the base's sections with this one's keys over them."""
+    base_name = raw.get("extends")
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise ProfileError(f"{where}: extends must be a profile name or path, got {base_name!r}")
+    rel = path.parent / base_name
+    base_path = rel if rel.suffix == ".toml" and rel.exists() else _resolve(base_name)
+    if base_path.resolve() in seen:
+        raise ProfileError(f"{where}: extends {base_name!r} loops back on itself")
+    try:
+        with open(base_path, "rb") as f:
+            base = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ProfileError(f"{where}: extends {base_name!r}: {' '.join(str(e).split())}") from None
+    base = _extended(base, base_path, f"profile {base_path.name}", seen + [base_path.resolve()])
+    out = {sec: dict(body) if isinstance(body, dict) else body for sec, body in base.items()}
+    for sec, body in raw.items():
+        if sec == "extends":
+            continue
+        if isinstance(body, dict) and isinstance(out.get(sec), dict):
+            out[sec].update(body)
+        else:
+            out[sec] = body
+    out.pop("extends", None)
+    return out
 
 
 def list_profiles() -> list[tuple[str, str]]:

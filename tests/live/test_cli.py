@@ -124,3 +124,14 @@ def test_long_commands_report_progress_on_stderr_json_stays_clean(daemon):
     assert [row["mode"] for row in json.loads(r.stdout)["rows"]] == ["dense", "sparf-1/2"]
     said = [ln for ln in r.stderr.splitlines() if ln.startswith("eval-sparse: context 64")]
     assert len(said) == 2 and "perplexity" in said[0]
+
+
+def test_profiles_show_resolves_capacity_and_names_bad_keys():
+    r = csdemu("profiles", "show", "instinfer", "--set", "device.capacity=2T", "--json")
+    d = json.loads(r.stdout)
+    assert r.returncode == 0 and d["derived"]["raw_bytes"] == 2 << 40
+    r = csdemu("profiles", "show", "instinfer")
+    assert r.returncode == 0 and r.stdout.startswith("profile instinfer:") and "[timing]" in r.stdout
+    one_line_error(csdemu("profiles", "show", "instinfer", "--set", "device.capcity=1T"), "capcity")
+    one_line_error(csdemu("profiles", "show", "nosuch"), "nosuch")
+    assert csdemu("profiles").stdout.startswith("femu-bbssd")

@@ -123,3 +123,50 @@ def test_kv_dram_budget_is_the_papers_2_gb_and_old_profiles_get_it():
     del raw["engine"]["kv_dram_bytes"]
     from csdemu.drive.profile import profile_from_dict
     assert profile_from_dict(raw, name="old").engine.kv_dram_bytes == 2 << 30
+
+
+# ------------------------------------------------------------ capacity and extends (issue 20)
+def test_capacity_resolves_to_whole_lines():
+    from csdemu.drive.profile import load_profile
+    p = load_profile("instinfer", {"device.capacity": "1T"})
+    g, d = p.geometry, p.derive()
+    line = g.channels * g.ways * g.planes * g.pages_per_block * g.page_bytes
+    assert g.blocks_per_plane == (1 << 40) // line and d.raw_bytes == 1 << 40
+    odd = load_profile("instinfer", {"device.capacity": line * 3 + 1})     # rounds up
+    assert odd.geometry.blocks_per_plane == 4
+    assert load_profile("instinfer", {"device.capacity": "1.5G"}).derive().raw_bytes >= 3 << 29
+
+
+@pytest.mark.parametrize("over, msg", [
+    ({"device.capacity": "2X"}, "capacity must be bytes or a size like 2T, got '2X'"),
+    ({"device.capacity": -5}, "capacity must be positive"),
+    ({"device.capacity": "1T", "geometry.blocks_per_plane": 4},
+     "give device.capacity or geometry.blocks_per_plane, not both"),
+])
+def test_bad_capacity_is_one_line_naming_it(over, msg):
+    from csdemu.drive.profile import ProfileError, load_profile
+    with pytest.raises(ProfileError, match=msg):
+        load_profile("instinfer", over)
+
+
+def test_a_profile_extends_a_base_and_changes_what_differs(tmp_path):
+    from csdemu.drive.profile import ProfileError, load_profile
+    base = load_profile("instinfer")
+    f = tmp_path / "mine.toml"
+    f.write_text('extends = "instinfer"\n[device]\ndescription = "mine"\ncapacity = "64G"\n'
+                 '[timing]\ntR_ns = 12345\n')
+    p = load_profile(str(f))
+    assert p.name == "mine" and p.device.description == "mine" and p.timing.tR_ns == 12345
+    assert p.timing.tPROG_ns == base.timing.tPROG_ns and p.engine == base.engine
+    assert p.derive().raw_bytes == 64 << 30
+    child = tmp_path / "child.toml"                      # a base given by path, two levels
+    child.write_text('extends = "mine.toml"\n[timing]\ntPROG_ns = 1000000\n')
+    c = load_profile(str(child))
+    assert c.timing.tR_ns == 12345 and c.timing.tPROG_ns == 1_000_000
+    loop = tmp_path / "loop.toml"
+    loop.write_text('extends = "loop.toml"\n')
+    with pytest.raises(ProfileError, match="loops back on itself"):
+        load_profile(str(loop))
+    (tmp_path / "nobase.toml").write_text('extends = "no-such-profile"\n')
+    with pytest.raises(ProfileError, match="no such profile"):
+        load_profile(str(tmp_path / "nobase.toml"))
