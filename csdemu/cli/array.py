@@ -10,12 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 import tomllib
 
 import click
 
-from csdemu.cli.options import cpus_option, fail, timeout_option
+from csdemu.cli.options import cpus_option, fail, timeout_option, wait_exited
 
 DIR_OPT = click.option("--dir", "array_dir", default=None, metavar="DIR",
                        help="the array's directory [default: $CSDEMU_ARRAY_DIR or "
@@ -244,14 +243,7 @@ def stop(array_dir):
             request(d["socket"], "stop")
         except DaemonError:
             continue                          # not running: nothing to stop
-    deadline = time.monotonic() + 30
-    for pid in pids:
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+    wait_exited(pids)
     click.echo(f"csdemu array in {array_dir}: stopped {len(pids)} of {len(man['drives'])} drives")
 
 

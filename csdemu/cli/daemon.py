@@ -9,7 +9,7 @@ import time
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail, timeout_option
+from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail, wait_exited, timeout_option
 from csdemu.transport.control import reachable, socket_unusable
 from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_problem
 
@@ -146,13 +146,7 @@ def stop(socket_path):
     st = control(socket_path, "status")
     control(socket_path, "stop")
     pid = st.get("pid")
-    deadline = time.monotonic() + 30
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    wait_exited([pid])
     click.echo(f"csdemu daemon {pid} stopped")
 
 

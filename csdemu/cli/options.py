@@ -3,8 +3,9 @@ reaching the daemon, and a daemon for commands that need one."""
 from __future__ import annotations
 
 import contextlib
-
+import os
 import sys
+import time
 
 import click
 
@@ -128,3 +129,15 @@ class TokenBar:
 
     def end(self) -> None:
         self.bar.close()
+
+
+def wait_exited(pids, timeout: float = 30.0) -> None:
+    """Wait until every process of `pids` has exited (at most `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from csdemu.host import tensors
-from csdemu.host.kv import SparF, seq_id_array
+from csdemu.host.kv import SparF, attend_args, seq_id_array
 from csdemu.topology import MemberStep, array_time, attend_io_bytes, plan, rows_for
 from nvme_cmds.kv import DTYPE_NAMES, KVDtype
 
@@ -157,17 +157,7 @@ class ArrayKV:
         """Attention output, as KVNamespace.attend (any array kind, dtype and
         layout in; q's kind out); append=(k, v) [batch, 1, kv_heads, head_dim]."""
         given_out = out
-        q, like = tensors.query(q, "attend q", self.q_heads, self.head_dim)
-        layer = self._layer(layer, "attend")
-        if sparse is not None and not 1 <= sparse.r <= self.head_dim:
-            raise ValueError(f"attend: SparF r {sparse.r} out of range 1..{self.head_dim} (head_dim)")
-        if out is None:
-            out = np.empty_like(q)
-        else:
-            out = tensors.as_numpy(out, "attend out")
-            if out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-                raise ValueError(f"attend out: {out.dtype} {list(out.shape)}; expected "
-                                 f"C-contiguous float32 {list(q.shape)}")
+        layer, q, like, out = attend_args(self, layer, q, sparse, out)
         ids = seq_id_array(seq_ids)
         if ids.size != q.shape[0]:
             raise ValueError(f"{ids.size} sequence ids for a batch of {q.shape[0]}")

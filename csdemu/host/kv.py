@@ -84,6 +84,24 @@ def to_storage(a, dtype: KVDtype, what: str = "values") -> np.ndarray:
     return out
 
 
+def attend_args(ns, layer, q, sparse, out):
+    """An attend's arguments checked for namespace `ns` (a KVNamespace or an
+    ArrayKV) -> (layer, q as float32 [batch, q_heads, head_dim], `like` for
+    the output, the float32 output buffer: `out` itself or a new one)."""
+    q, like = tensors.query(q, "attend q", ns.q_heads, ns.head_dim)
+    layer = ns._layer(layer, "attend")
+    if sparse is not None and not 1 <= sparse.r <= ns.head_dim:
+        raise ValueError(f"attend: SparF r {sparse.r} out of range 1..{ns.head_dim} (head_dim)")
+    if out is None:
+        return layer, q, like, np.empty_like(q)
+    out = tensors.as_numpy(out, "attend out")
+    if out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"attend out: {out.dtype} {list(out.shape)}"
+                         f"{'' if out.flags.c_contiguous else ' (strided)'}; expected "
+                         f"C-contiguous float32 {list(q.shape)}")
+    return layer, q, like, out
+
+
 def seq_id_array(seq_ids) -> np.ndarray:
     try:
         return np.asarray(seq_ids, SEQ_ID).reshape(-1)
@@ -205,18 +223,7 @@ class KVNamespace:
         append=(k, v), each [batch, 1, kv_heads, head_dim], first appends the
         decode step's new token in the same command (one round trip a layer)."""
         given_out = out
-        q, like = tensors.query(q, "attend q", self.q_heads, self.head_dim)
-        layer = self._layer(layer, "attend")
-        if sparse is not None and not 1 <= sparse.r <= self.head_dim:
-            raise ValueError(f"attend: SparF r {sparse.r} out of range 1..{self.head_dim} (head_dim)")
-        if out is None:
-            out = np.empty_like(q)
-        else:
-            out = tensors.as_numpy(out, "attend out")
-            if out.shape != q.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-                raise ValueError(f"attend out: {out.dtype} {list(out.shape)}"
-                                 f"{'' if out.flags.c_contiguous else ' (strided)'}; expected "
-                                 f"C-contiguous float32 {list(q.shape)}")
+        layer, q, like, out = attend_args(self, layer, q, sparse, out)
         ids = seq_id_array(seq_ids)
         n = ids.size
         if n != q.shape[0]:
@@ -262,13 +269,25 @@ class KVNamespace:
         return self.fused_off
 
     def read(self, layer: int, seq_id: int, start: int, count: int):
-        """-> (k, v) [count, kv_heads, head_dim] as stored (float16/float32; bf16 widened)."""
-        cdws = read_cdws(self._layer(layer, "kv read"), seq_id, start, count)
+        """-> (k, v) [count, kv_heads, head_dim] as stored (float16/float32; bf16 widened).
+        Any count: a read larger than the staging buffer (or MDTS) goes as
+        several commands of whole tokens, each straight into the result."""
+        layer = self._layer(layer, "kv read")
+        if count < 1:
+            raise ValueError(f"kv read: count {count}; read at least 1 token")
+        read_cdws(layer, seq_id, start, count)                    # the fields fit, or ValueError
         per = self.kv_heads * self.head_dim * (4 if self.dtype == KVDtype.FLOAT32 else 2)
-        c = self.dev.passthru(VendorIoOpcode.KV_READ, self.nsid, read_len=2 * count * per, **cdws)
-        self._check(c, "kv read", VendorIoOpcode.KV_READ)
-        raw = np.frombuffer(c.data, np.float32 if self.dtype == KVDtype.FLOAT32 else np.uint16)
-        k, v = raw.reshape(2, count, self.kv_heads, self.head_dim)
+        store = np.float32 if self.dtype == KVDtype.FLOAT32 else np.uint16
+        k = np.empty((count, self.kv_heads, self.head_dim), store)
+        v = np.empty_like(k)
+        step = max(1, min(self.dev.staging_bytes, self.dev.mdts_bytes()) // (2 * per))
+        for t0 in range(0, count, step):
+            n = min(step, count - t0)
+            c = self.dev.passthru(VendorIoOpcode.KV_READ, self.nsid, read_len=2 * n * per,
+                                  **read_cdws(layer, seq_id, start + t0, n))
+            self._check(c, "kv read", VendorIoOpcode.KV_READ)
+            kk, vv = np.frombuffer(c.data, store).reshape(2, n, self.kv_heads, self.head_dim)
+            k[t0:t0 + n], v[t0:t0 + n] = kk, vv
         return from_storage(k, self.dtype), from_storage(v, self.dtype)
 
     def reclaim(self, seq_ids) -> int:
