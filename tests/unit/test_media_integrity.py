@@ -193,3 +193,28 @@ def test_a_flushed_page_that_fails_after_a_crash_is_an_error_not_its_old_version
     assert h.read(LBA, 1).status == Status.UNRECOVERED_READ_ERROR
     others_intact(h)
     ns.close()
+
+
+def test_a_torn_pages_sequence_number_is_never_given_again(tmp_path):
+    """A page torn by a crash keeps its record until its line is erased.
+    Recovery must number new programs past it: reusing its number let the
+    next Flush cover it, and a later crash took the torn page for a durable
+    one (kept, its LBA failing to read). Found by the crash torture."""
+    ns, h = fresh(tmp_path, checkpoint_every_pages=1 << 30)
+    h.flush()
+    h.write(LBA, blob(LBA, 1, 2))                        # never flushed ...
+    ppn = int(ns.ftl.l2p[LBA])
+    torn_seq = int(ns.ftl.nand.oob["seq"][ppn])
+    crash(ns)
+    flip(tmp_path / "nand.data", ppn * 4096 + 100, 16)  # ... and torn by the crash
+    ns, h = reopen(tmp_path)
+    assert ns.ftl.recovery.torn == 1 and ns.ftl.seq > torn_seq
+    assert bytes(h.read(LBA, 1).data) == blob(LBA, 1, 1)
+    h.write(N, blob(N, 1, 1))                           # new work, made durable
+    h.flush()
+    crash(ns)
+    ns, h = reopen(tmp_path)
+    r = h.read(LBA, 1)
+    assert r.status == Status.SUCCESS and bytes(r.data) == blob(LBA, 1, 1)
+    others_intact(h)
+    ns.close()

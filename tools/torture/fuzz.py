@@ -164,6 +164,11 @@ class FuzzTarget:
             if status not in DEFINED_STATUSES:
                 st.undefined += 1
                 st.example("undefined", {"kind": kind, "status": status, "sqe": _hex(cids.get(c[4], b""))})
+            if kind == "admin" and c[4] not in cids and c[4] in self.held_aers \
+                    and status == Status.ABORT_REQUESTED:
+                # an Abort in this batch answered an AER held from an earlier one
+                self.held_aers.discard(c[4])
+                continue
             if c[3] != q.qid or c[4] not in cids:
                 st.bogus += 1
                 st.example("bogus", {"kind": kind, "cqe": list(c)})

@@ -31,6 +31,7 @@ class Durability:
         self.nand.at_open = None
         self.l2p, self.seq, self.recovery = r.l2p, r.next_seq, r
         self.lines.rebuild(r.records, r.valid)
+        self.nand.mark_torn(r.torn_pages)
         r.records = None
         for note in notes:
             log.warning("%s: %s", self.dir, note)

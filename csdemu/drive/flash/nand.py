@@ -61,7 +61,11 @@ OOB_PRESENT = 1
 # as a real drive carries an uncorrectable mark along rather than the bad data
 # under a fresh, valid ECC.
 OOB_UNCORRECTABLE = 2
-OOB_KNOWN_FLAGS = OOB_PRESENT | OOB_UNCORRECTABLE
+# A crash tore this page's program (recovery found it failing its CRC and
+# newer than the last Flush): it holds nothing, its line stays occupied, and
+# no later recovery may take it for a page a later Flush made durable.
+OOB_TORN = 4
+OOB_KNOWN_FLAGS = OOB_PRESENT | OOB_UNCORRECTABLE | OOB_TORN
 _CRC_MASK = 0xFFFF_FFFF
 _PREAD_CHUNK = 64 << 20        # bytes per pread of the OOB file (Linux caps one read at ~2 GiB)
 
@@ -321,6 +325,13 @@ class NandArray:
             p = int(ppns[i])
             ok[i] = self.verified[p] = self._matches(data[p], raw[p])
         return ok
+
+    def mark_torn(self, ppns: np.ndarray) -> None:
+        """Record that a crash tore these pages (OOB_TORN); durable with the
+        next sync, as every record is."""
+        if ppns.size:
+            self.oob["flags"][ppns] |= OOB_TORN
+            self.verified[ppns] = False
 
     def programmed(self, ppns) -> np.ndarray:
         return (self.oob["flags"][ppns] & OOB_PRESENT) != 0

@@ -40,7 +40,8 @@ import numpy as np
 from csdemu.drive.flash.checkpoint import JOURNAL_NAME, TRIM_REC, JournalError, read_checkpoint
 from csdemu.drive.flash.files import DataDirError
 from csdemu.drive.flash.lines import STREAM_GC
-from csdemu.drive.flash.nand import OOB_KNOWN_FLAGS, OOB_PRESENT, OOB_UNCORRECTABLE, NandArray, records_i64
+from csdemu.drive.flash.nand import (OOB_KNOWN_FLAGS, OOB_PRESENT, OOB_TORN, OOB_UNCORRECTABLE,
+                                     NandArray, records_i64)
 
 # Sequence numbers count pages written: at ten million pages a second 2^62
 # takes 14,000 years, so a larger one is a corrupt record, and every real one
@@ -60,6 +61,7 @@ class Rebuilt:
     corrupt_records: int = 0     # OOB records that are not a record (skipped)
     suspect_kept: int = 0        # flushed pages kept though they fail (reads: URE)
     records: np.ndarray | None = None   # the OOB records, corrupt ones cleaned, for LineManager
+    torn_pages: np.ndarray | None = None  # PPNs found torn now: to mark OOB_TORN
 
 
 def sort_records(oob: np.ndarray):
@@ -69,7 +71,7 @@ def sort_records(oob: np.ndarray):
     flags = oob["flags"]
     seq = oob["seq"]
     sane = (occupied & ((flags & OOB_PRESENT) != 0) & ((flags & (0xFFFF ^ OOB_KNOWN_FLAGS)) == 0)
-            & (seq > 0) & (seq < SEQ_LIMIT))
+            & ((flags & OOB_TORN) == 0) & (seq > 0) & (seq < SEQ_LIMIT))
     return occupied, sane
 
 
@@ -82,9 +84,17 @@ def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
     stream = oob["stream"]
     flags = oob["flags"]
     sane &= (stream > STREAM_GC) | ((lpn >= 0) & (lpn < nlpns))    # a host page of no LBA
-    corrupt = occupied & ~sane
+    # marked torn by an earlier recovery (a record with unknown flags is corrupt)
+    torn_before = (occupied & ((flags & OOB_TORN) != 0) & ((flags & OOB_PRESENT) != 0)
+                   & ((flags & (0xFFFF ^ OOB_KNOWN_FLAGS)) == 0))
+    corrupt = occupied & ~sane & ~torn_before
     seq = np.where(sane, oob["seq"], 0).astype(np.int64)
     raw_seq = oob["seq"]
+    # The next sequence number must pass every sane record's, the torn ones'
+    # included: their records stay on flash until their line is erased, and
+    # a reused number would make a later recovery take such a page for one
+    # a Flush had made durable (kept, so its LBA would fail to read).
+    seen_top = int(seq.max()) if seq.size else 0
 
     if ckpt is not None:
         l2p, S = ckpt[0].copy(), ckpt[1]
@@ -117,6 +127,7 @@ def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
     host = sane & (stream <= STREAM_GC)
     cand = np.flatnonzero(host & (seq > S))
     torn = 0
+    torn_pages = []
     if cand.size:
         ok = (flags[cand] & OOB_UNCORRECTABLE) != 0
         if (~ok).any():
@@ -127,6 +138,7 @@ def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
         suspect_kept += int(suspect.sum())
         ok |= suspect
         torn = int((~ok).sum())
+        torn_pages.append(cand[~ok])
         seq[cand[~ok]] = 0                      # a torn page's seq sets nothing
         cand = cand[ok]
     # 3. highest seq per lpn wins
@@ -160,18 +172,19 @@ def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
     if user.size:
         bad = user[~nand.verify(user, oob)]
         torn += int(bad.size)
+        torn_pages.append(bad)
         sane[bad] = False
         seq[bad] = 0
     valid |= sane & (stream > STREAM_GC)
-    top = max(int(seq.max()) if seq.size else 0, S,
-              int(journal["seq"].max()) if journal.size else 0)
+    top = max(seen_top, S, int(journal["seq"].max()) if journal.size else 0)
     clean = oob.copy()
     clean["seq"][corrupt] = 0                   # occupied, of no stream, of no age
     clean["stream"][corrupt] = 0
     clean["flags"][corrupt] = OOB_PRESENT
     return Rebuilt(l2p=l2p, valid=valid, next_seq=top + 1, checkpoint_seq=S,
                    scanned=int(cand.size) + torn, torn=torn, trims_replayed=len(trims),
-                   corrupt_records=int(corrupt.sum()), suspect_kept=suspect_kept, records=clean)
+                   corrupt_records=int(corrupt.sum()), suspect_kept=suspect_kept, records=clean,
+                   torn_pages=np.concatenate(torn_pages) if torn_pages else np.zeros(0, np.int64))
 
 
 def recover(nand: NandArray, nlpns: int, data_dir, journal) -> tuple[Rebuilt, list[str], bool]:
