@@ -166,3 +166,66 @@ def passthru(socket_path, opcode, nsid, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15
             click.echo(hexdump(c.data))
     if not c.ok:
         sys.exit(1)
+
+
+# ------------------------------------------------------------ nvme-cli's names
+@click.command("id-ctrl")
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def id_ctrl(ctx, socket_path, as_json):
+    """nvme id-ctrl: Identify Controller (as `identify`)."""
+    ctx.invoke(identify, socket_path=socket_path, nsid=None, as_json=as_json)
+
+
+@click.command("id-ns")
+@SOCKET_OPT
+@click.option("--namespace-id", "-n", "nsid", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def id_ns(ctx, socket_path, nsid, as_json):
+    """nvme id-ns: Identify Namespace (as `identify -n`)."""
+    ctx.invoke(identify, socket_path=socket_path, nsid=nsid, as_json=as_json)
+
+
+@click.command("smart-log")
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def smart_log(ctx, socket_path, as_json):
+    """nvme smart-log: SMART / health log (as `smart`)."""
+    ctx.invoke(smart, socket_path=socket_path, as_json=as_json)
+
+
+@click.command("error-log")
+@SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def error_log(ctx, socket_path, as_json):
+    """nvme error-log: this client's Error Information log (as `log error`)."""
+    ctx.invoke(log, socket_path=socket_path, lid="error", as_json=as_json, length=4096)
+
+
+@click.command("get-log")
+@SOCKET_OPT
+@click.option("--log-id", "-i", required=True, type=_int, help="LID")
+@click.option("--log-len", "-l", default=4096, show_default=True, type=click.IntRange(4, 1 << 20))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def get_log(ctx, socket_path, log_id, log_len, as_json):
+    """nvme get-log: any log page by LID (as `log`)."""
+    ctx.invoke(log, socket_path=socket_path, lid=str(log_id), as_json=as_json, length=log_len)
+
+
+def _passthru_alias(name: str, admin: bool):
+    @click.command(name, params=[p for p in passthru.params if p.name != "admin"],
+                   help=f"nvme {name} (as `passthru{' --admin' if admin else ''}`).")
+    @click.pass_context
+    def alias(ctx, **kw):
+        ctx.invoke(passthru, admin=admin, **kw)
+    return alias
+
+
+io_passthru = _passthru_alias("io-passthru", False)
+admin_passthru = _passthru_alias("admin-passthru", True)
+NVME_CLI_ALIASES = (id_ctrl, id_ns, smart_log, error_log, get_log, io_passthru, admin_passthru)

@@ -42,5 +42,6 @@ def main():
 for command in (daemon.start, daemon.stop, daemon.status, daemon.profiles,
                 admin.identify, admin.smart, admin.log, admin.passthru, array.array,
                 bench.bench, generate.generate, generate.eval_sparse, nbd.nbd,
-                reproduce.reproduce, stress.stress, demo.demo, warmup.warmup):
+                reproduce.reproduce, stress.stress, demo.demo, warmup.warmup,
+                *admin.NVME_CLI_ALIASES):
     main.add_command(command)

@@ -135,3 +135,18 @@ def test_profiles_show_resolves_capacity_and_names_bad_keys():
     one_line_error(csdemu("profiles", "show", "instinfer", "--set", "device.capcity=1T"), "capcity")
     one_line_error(csdemu("profiles", "show", "nosuch"), "nosuch")
     assert csdemu("profiles").stdout.startswith("femu-bbssd")
+
+
+def test_nvme_cli_names_work_as_aliases(daemon):
+    s = ["--socket", daemon.socket_path]
+    assert json.loads(csdemu("id-ctrl", *s, "--json").stdout)["sqes"] == 0x66
+    assert "nsze" in json.loads(csdemu("id-ns", *s, "-n", "1", "--json").stdout)
+    assert "data_units_read" in json.loads(csdemu("smart-log", *s, "--json").stdout)
+    assert json.loads(csdemu("error-log", *s, "--json").stdout) == {"entries": 0}
+    r = csdemu("get-log", *s, "-i", "0xC1", "--json")
+    assert r.returncode == 0 and "attends" in json.loads(r.stdout)
+    r = csdemu("io-passthru", *s, "-o", "0x80", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "SUCCESS"
+    r = csdemu("admin-passthru", *s, "-o", "0x06", "--cdw10", "1", "-l", "4096", "--json")
+    assert r.returncode == 0 and len(json.loads(r.stdout)["data"]) == 8192
+    one_line_error(csdemu("id-ns", *s, "-n", "999"), "INVALID_NAMESPACE", "NSID")
