@@ -9,7 +9,7 @@ import click
 
 from csdemu.cli import admin, array, bench, daemon, demo, generate, nbd, reproduce, stress, warmup
 from csdemu.drive.profile_rules import ProfileError
-from csdemu.transport.errors import DaemonError
+from csdemu.transport.errors import DaemonError, NVMeError
 
 
 class OneLineErrors(click.Group):
@@ -21,7 +21,9 @@ class OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("csdemu: aborted", err=True)
             sys.exit(1)
-        except (ProfileError, DaemonError) as exc:   # wherever a profile or a daemon is needed
+        except (ProfileError, DaemonError, NVMeError, TimeoutError) as exc:
+            # wherever a profile, a daemon or a command that may fail is needed:
+            # a failed command is exit status 1, a bad profile a usage error (2)
             click.echo(f"csdemu: error: {exc}", err=True)
             sys.exit(2 if isinstance(exc, ProfileError) else 1)
         except click.ClickException as exc:
