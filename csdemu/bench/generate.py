@@ -174,4 +174,5 @@ HOW = {
     "dense_*": "attention on the drive, fp16 KV, the drive's kernel threads = engine_threads",
     "sparf_1_8_*": "as dense_*, SparF at 1/8 with a window of a quarter of k",
     "engine_threads": "kernel threads of the drive started for the run",
+    "target_vs_sdpa": "the issue's target for *_vs_sdpa_*",
 }

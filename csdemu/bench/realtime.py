@@ -203,7 +203,8 @@ def run_realtime_bench(socket_path: str, profile: str = "instinfer") -> dict:
         out[f"attend_{r['mode']}_b{r['batch']}_c{r['context']}_realtime_factor"] = r["realtime_factor"]
     out["block"] = block
     out["attend"] = attend
-    out["how"] = {"*_qd*_realtime_factor": HOW["block"], "block": HOW["block"],
-                  "attend*": HOW["attend"], "profile": "the drive profile of both sides"}
+    out["how"] = {"*_qd*_realtime_factor*": HOW["block"], "block": HOW["block"],
+                  "attend*": HOW["attend"], "profile": "the drive profile of both sides",
+                  "engine_threads": "kernel threads of the drive started for the run"}
     out["targets"] = {"seq_read_128k_qd32_realtime_factor": 1.0}
     return out
