@@ -163,6 +163,12 @@ def status(socket_path, as_json, timeout):
     click.echo(f"pid {st['pid']}  uptime {st['uptime_s']:.1f}s  socket {st['socket']}  "
                f"profile {st.get('profile', '')}  timing {'realtime' if st['timing_mode'] else 'virtual'}  "
                f"cpus {st.get('cpus', '?')}")
+    g = st.get("geometry")
+    if g:
+        click.echo(f"drive: {st['raw_bytes'] / 2**30:,.2f} GiB raw, {st['user_bytes'] / 2**30:,.2f} GiB "
+                   f"of LBAs; {g['channels']} ch x {g['ways']} ways x {g['planes']} planes, "
+                   f"{g['lines']} lines ({g['kv_lines']} for KV)"
+                   + (f"; --set {' '.join(st['overrides'])}" if st.get("overrides") else ""))
     click.echo(f"clients: {len(st['clients'])}  commands: {st['commands']}")
     for c in st["clients"]:
         qs = ", ".join(f"q{q['sqid']}x{q['depth']}" for q in c["queues"])

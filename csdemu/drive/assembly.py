@@ -141,4 +141,10 @@ def build_controller(data_dir: str, profile: str | None = None, config_file: str
     ctrl.data_dir_lock = lock           # released when the daemon exits, however it exits
     ctrl.lifetime = Lifetime(data_dir, clean_before)
     ctrl.kv = KVManager(ns.ftl, prof, engine_threads)
-    return ctrl, {"profile": prof.name, "data_dir": data_dir}
+    d = prof.derive()
+    geometry = {"channels": g.channels, "ways": g.ways, "planes": g.planes,
+                "lines": d.lines, "kv_lines": d.kv_lines, "pages_per_block": g.pages_per_block,
+                "page_bytes": g.page_bytes}
+    return ctrl, {"profile": prof.name, "data_dir": data_dir, "geometry": geometry,
+                  "raw_bytes": d.raw_bytes, "user_bytes": d.nlbas * prof.device.lba_size,
+                  "overrides": list(overrides or ())}

@@ -150,3 +150,18 @@ def test_nvme_cli_names_work_as_aliases(daemon):
     r = csdemu("admin-passthru", *s, "-o", "0x06", "--cdw10", "1", "-l", "4096", "--json")
     assert r.returncode == 0 and len(json.loads(r.stdout)["data"]) == 8192
     one_line_error(csdemu("id-ns", *s, "-n", "999"), "INVALID_NAMESPACE", "NSID")
+
+
+def test_status_shows_geometry_capacity_and_overrides():
+    from tools.torture.common import small_daemon
+    d = small_daemon().start()
+    try:
+        r = csdemu("status", "--socket", d.socket_path)
+        drive = [ln for ln in r.stdout.splitlines() if ln.startswith("drive:")]
+        assert r.returncode == 0 and len(drive) == 1, r.stdout
+        assert "0.25 GiB raw" in drive[0] and "16 lines" in drive[0]
+        assert "--set geometry.blocks_per_plane=16 geometry.pages_per_block=64" in drive[0]
+        st = json.loads(csdemu("status", "--socket", d.socket_path, "--json").stdout)
+        assert st["raw_bytes"] == 256 << 20 and st["geometry"]["channels"] == 8
+    finally:
+        d.cleanup()
