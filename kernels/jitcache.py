@@ -73,7 +73,11 @@ def compiled_sources(root: str = ROOT) -> list[str]:
     for rel in texts:
         mod = rel[:-3].replace(os.sep, ".")
         by_module[mod[:-len(".__init__")] if mod.endswith(".__init__") else mod] = rel
-    parsed = {rel: _imports(src.decode()) for rel, src in texts.items()}
+    # Parsing is the cost of every process start that picks the cache: parse
+    # only files that can hold compiled code (the word "numba" in them, or a
+    # WHOLE package) and what they import, not all of them.
+    parsed = {rel: _imports(src.decode()) for rel, src in texts.items()
+              if b"numba" in src or rel.split(os.sep)[0] in WHOLE}
     todo = [rel for rel, (numba_, _) in parsed.items()
             if numba_ or rel.split(os.sep)[0] in WHOLE]
     seen = set()
@@ -82,6 +86,8 @@ def compiled_sources(root: str = ROOT) -> list[str]:
         if rel in seen:
             continue
         seen.add(rel)
+        if rel not in parsed:
+            parsed[rel] = _imports(texts[rel].decode())
         todo += [by_module[m] for m in parsed[rel][1] if m in by_module]
     return sorted(seen)
 
