@@ -90,12 +90,11 @@ def _drive_round(dev, model, ids, steps, sparse) -> dict:
     def zero(cache):
         st = cache.state
         st.append_wall_ns = st.attend_wall_ns = st.device_ns = st.attends = 0
-        holder["k0"] = dev.engine_log()["kernel_wall_ns"]
-        holder["p0"] = dev.engine_log()["pages_read_flash"]
+        holder["log0"] = dev.engine_log()
 
     tps = decode_rates(model, ids, new_cache, steps, on_timed=zero)
-    st, log = holder["cache"].state, dev.engine_log()
-    kernel = log["kernel_wall_ns"] - holder["k0"]
+    st, log, log0 = holder["cache"].state, dev.engine_log(), holder["log0"]
+    kernel = log["kernel_wall_ns"] - log0["kernel_wall_ns"]
     step_s = ids.shape[0] / tps
     drive_wall = (st.append_wall_ns + st.attend_wall_ns) / 1e9 / steps
     return {"tokens_per_s": tps,
@@ -106,7 +105,7 @@ def _drive_round(dev, model, ids, steps, sparse) -> dict:
                         "attend_kernel": kernel / 1e6 / steps,
                         "modeled_device": st.device_ns / 1e6 / steps},
             "realtime_factor": drive_wall / (st.device_ns / 1e9 / steps),
-            "pages_read_flash": (log["pages_read_flash"] - holder["p0"]) / steps}
+            "pages_read_flash": (log["pages_read_flash"] - log0["pages_read_flash"]) / steps}
 
 
 def _summary(rounds: list[dict]) -> dict:

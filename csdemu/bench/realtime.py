@@ -97,7 +97,7 @@ def block_section(socket_path: str, profile: str, volume: int = 256 << 20,
     try:
         model = FlashNamespace(1, prof, tmp, sync_before_erase=False)
         t_model = 1_000_000
-        rng_live, rng_model = np.random.default_rng(seed), np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
         payload = np.random.default_rng(1).integers(0, 256, 128 << 10, dtype=np.uint8).tobytes()
         with connect(socket_path, arena_bytes=64 << 20, io_depth=64) as dev:
             lba_size, nlbas = dev.lba_size(), dev.identify_ns(1)["nsze"]
@@ -108,11 +108,10 @@ def block_section(socket_path: str, profile: str, volume: int = 256 << 20,
             phases += [(p, qd, volume if qd > 1 else qd1_volume, True)
                        for p in BLOCK_PATTERNS for qd in QDS for _ in range(rounds)]
             for pattern, qd, vol, timed in phases:
-                op, nlb, lbas = _plan(pattern, qd, nlbas, lba_size, vol, rng_live)
+                op, nlb, lbas = _plan(pattern, qd, nlbas, lba_size, vol, rng)
                 wall, dev_ns = _client_phase(dev.io, dev.alloc, op, nlb, lbas, qd, lba_size,
                                              SGL_FLAGS)
-                _, _, mlbas = _plan(pattern, qd, nlbas, lba_size, vol, rng_model)
-                _, _, modeled_ns, t_model = _phase(model, op, mlbas, nlb, qd, payload, t_model)
+                _, _, modeled_ns, t_model = _phase(model, op, lbas, nlb, qd, payload, t_model)
                 t_model = model.ftl.clocks.next_idle_ns() + 1
                 nbytes = len(lbas) * nlb * lba_size
                 if timed:
