@@ -16,3 +16,14 @@ def dev(daemon):
     import csdemu
     with csdemu.connect(daemon.socket_path) as device:
         yield device
+
+
+@pytest.fixture(scope="module")
+def small_dev():
+    """A client of a small drive of the module's own (tools.torture.common.SMALL_DRIVE)."""
+    import csdemu
+    from tools.torture.common import small_daemon
+    d = small_daemon().start()
+    with csdemu.connect(d.socket_path) as device:
+        yield device
+    d.cleanup()

@@ -9,15 +9,11 @@ import csdemu
 from nvme_cmds import errlog
 from nvme_cmds.opcodes import AdminOpcode, NvmOpcode
 from nvme_cmds.status import Status
-from tools.torture.common import small_daemon
 
 
 @pytest.fixture(scope="module")
-def dev():
-    d = small_daemon().start()
-    with csdemu.connect(d.socket_path) as device:
-        yield device
-    d.cleanup()
+def dev(small_dev):
+    return small_dev
 
 
 def _err(fn):

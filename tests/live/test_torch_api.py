@@ -5,18 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import csdemu
-from tools.torture.common import small_daemon
 
 B, HQ, HKV, D, CTX = 2, 4, 2, 64, 40
 
 
 @pytest.fixture(scope="module")
-def dev():
-    d = small_daemon().start()
-    with csdemu.connect(d.socket_path) as device:
-        yield device
-    d.cleanup()
+def dev(small_dev):
+    return small_dev
 
 
 @pytest.fixture(scope="module")
