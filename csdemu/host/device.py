@@ -19,7 +19,8 @@ import os
 import numpy as np
 
 from csdemu.host import tensors, watch
-from csdemu.host.kv import DmaCache, create_kv_namespace, failed_field
+from csdemu.host.error_log import failed_field
+from csdemu.host.kv import DmaCache, create_kv_namespace
 from csdemu.host.queue import (ADMIN_TIMEOUT_S, IO_TIMEOUT_S, ArenaAllocator, Queue,
                                command_name)
 from csdemu.transport.control import exchange, open_control

@@ -20,19 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from csdemu.host import tensors
-from csdemu.transport.errors import DeviceGone, NVMeError
-from nvme_cmds import errlog
+from csdemu.host.error_log import failed_field
+from csdemu.transport.errors import NVMeError
 from nvme_cmds.kv import (DTYPE_NAMES, FLAG_SPARSE_LAYOUT, KV_NS_DESC, SEQ_ID, TOKENS, AttendMode,
-                          KVDtype, append_cdws, attend_cdws, describe, read_cdws)
-from nvme_cmds.logs import LogPage
+                          KVDtype, append_cdws, attend_cdws, read_cdws)
 from nvme_cmds.opcodes import VendorAdminOpcode, VendorIoOpcode
 from nvme_cmds.spec import FLAGS_PSDT_SHIFT
 
 SGL_FLAGS = 1 << FLAGS_PSDT_SHIFT
 MAX_BATCH = 4096
-# Error log entries read back after a failure: the failed command is the
-# newest of this client's, unless other queues of the process failed since.
-ERROR_ENTRIES_READ = 4
 LARGEST = {KVDtype.FLOAT16: 65504.0, KVDtype.BFLOAT16: 3.3895313892515355e38,
            KVDtype.FLOAT32: float(np.finfo(np.float32).max)}
 
@@ -307,30 +303,6 @@ class KVNamespace:
 
     def engine_log(self) -> dict:
         return self.dev.engine_log()
-
-
-def failed_field(dev, c, opcode: int, admin: bool = False) -> str:
-    """What the drive's Error Information log says was wrong with the
-    failed command `c` ("" if it says nothing). Costs one Get Log Page, on
-    the error path only."""
-    if getattr(dev, "_reading_error_log", False):
-        return ""                   # reading the log itself failed: nothing to ask
-    dev._reading_error_log = True
-    try:
-        raw = dev.log_page(LogPage.ERROR_INFO, ERROR_ENTRIES_READ * errlog.ERROR_LOG_ENTRY.itemsize)
-    except DeviceGone:
-        raise
-    except NVMeError:
-        return ""
-    finally:
-        dev._reading_error_log = False
-    for e in errlog.entries(raw):
-        if int(e["sqid"]) == c.sqid and int(e["cid"]) == c.cid:
-            loc = int(e["param_loc"])
-            if opcode >= (0xC0 if admin else 0x80):          # the vendor (KV) commands
-                return describe(opcode, loc, int(e["csi"]), admin)
-            return errlog.field_name(opcode, loc, admin)
-    return ""
 
 
 def create_kv_namespace(dev, layers: int, q_heads: int, kv_heads: int, head_dim: int,
