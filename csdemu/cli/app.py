@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from csdemu.cli import admin, array, bench, daemon, demo, generate, nbd, reproduce, stress, warmup
+from csdemu.cli import (admin, array, bench, daemon, demo, features, generate, nbd, reproduce,
+                        stress, warmup)
+from csdemu.cli.output import with_output_format
 from csdemu.drive.profile_rules import ProfileError
 from csdemu.transport.errors import DaemonError, NVMeError
 
@@ -41,9 +43,9 @@ def main():
     """csdemu: an emulated NVMe computational storage drive for in-storage LLM attention."""
 
 
-for command in (daemon.start, daemon.stop, daemon.status, daemon.profiles,
-                admin.identify, admin.smart, admin.log, admin.passthru, array.array,
-                bench.bench, generate.generate, generate.eval_sparse, nbd.nbd,
+for command in (daemon.start, daemon.stop, with_output_format(daemon.status), daemon.profiles,
+                admin.identify, admin.smart, admin.log, admin.passthru, features.get_feature,
+                array.array, bench.bench, generate.generate, generate.eval_sparse, nbd.nbd,
                 reproduce.reproduce, stress.stress, demo.demo, warmup.warmup,
                 *admin.NVME_CLI_ALIASES):
     main.add_command(command)
