@@ -28,6 +28,7 @@ order, then the V pages (csdemu.drive.kv.engine.flash_pages). A page read moves
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -44,11 +45,31 @@ def _profile(p) -> Profile:
     return p if isinstance(p, Profile) else load_profile(p)
 
 
+@dataclass(frozen=True)
+class Sparsity:
+    """SparF at `ratio` (r/d = k/len) with a page-hit rate: the pages a SparF
+    Attend senses as a share of the pages dense attention senses on the same
+    KV (csdemu.sysmodel.page_hit names where a rate comes from). None: the
+    uniform rule (top-k spread uniformly over the tokens)."""
+    ratio: float
+    page_hit: float | None = None
+
+    def __post_init__(self):
+        if self.page_hit is not None and not 0.0 < self.page_hit <= 1.0:
+            raise ValueError(f"page-hit rate must be in (0, 1], got {self.page_hit!r}")
+
+
+def page_hit_of(sparse) -> float | None:
+    return sparse.page_hit if isinstance(sparse, Sparsity) else None
+
+
 def sparse_params(sparse, head_dim: int, seq_len: int, tokens_per_page: int):
     """(r, k, window) from a ratio (r = ratio*d, k = ratio*len, window = one page
     group of T tokens) or from a dict/tuple giving them."""
     if sparse is None:
         return None
+    if isinstance(sparse, Sparsity):
+        sparse = sparse.ratio
     if isinstance(sparse, dict):
         r, k, w = int(sparse["r"]), int(sparse["k"]), int(sparse.get("window", tokens_per_page))
     elif isinstance(sparse, (tuple, list)):
@@ -82,9 +103,38 @@ def sparse_selection(seq_len: int, T: int, k: int, window: int):
     return n, hit, rows
 
 
+def rated_selection(seq_len: int, T: int, k: int, window: int, napprox: int, page_hit: float):
+    """(token groups, groups sensed outside the window, selected rows in such a
+    group) for one (sequence, kv head) whose SparF Attend senses `page_hit` of
+    dense's pages: dense senses K and V of every full group; SparF senses the
+    `napprox` pages of the channel-indexed K copy, K and V of the window's
+    groups, and K and V of `hit` further groups, which hold the k selected
+    tokens outside the window (at least ceil(k/T) of them, at most all)."""
+    n = math.ceil(seq_len / T)
+    w_groups = min(n, math.ceil(window / T)) if window else 0
+    rest = n - w_groups
+    kk = min(k, max(0, seq_len - window))
+    want = (page_hit * 2 * (seq_len // T) - napprox) / 2 - w_groups
+    hit = int(min(rest, max(math.ceil(kk / T), round(want), 0)))
+    rows = min(float(T), kk / hit) if hit else 0.0
+    return n, hit, rows
+
+
+def approx_pages(seq_len: int, head_dim: int, dtype_bytes: int, page_bytes: int, r: int) -> int:
+    """Pages of the channel-indexed K copy the approximate pass reads: one head
+    dim per page (page_bytes / dtype_bytes tokens of that dim), r dims."""
+    tpp = max(1, page_bytes // dtype_bytes)
+    return max(1, min(head_dim, r)) * math.ceil(seq_len / tpp)
+
+
 def _sparse_pattern(seq_len: int, head_dim: int, dtype_bytes: int, T: int,
-                    page_bytes: int, channels: int, ways: int, r: int, k: int, window: int):
-    n, hit, rows = sparse_selection(seq_len, T, k, window)
+                    page_bytes: int, channels: int, ways: int, r: int, k: int, window: int,
+                    page_hit: float | None = None):
+    napprox = approx_pages(seq_len, head_dim, dtype_bytes, page_bytes, r)
+    if page_hit is None:
+        n, hit, rows = sparse_selection(seq_len, T, k, window)
+    else:
+        n, hit, rows = rated_selection(seq_len, T, k, window, napprox, page_hit)
     rest = n - (min(n, math.ceil(window / T)) if window else 0)
     hit = min(hit, rest)
     picked = np.floor(np.arange(hit) * (rest / hit)).astype(np.int64) if hit else np.zeros(0, np.int64)
@@ -93,8 +143,6 @@ def _sparse_pattern(seq_len: int, head_dim: int, dtype_bytes: int, T: int,
     lun = (groups // channels) % ways
     moved = np.concatenate([np.full(hit, int(round(rows * head_dim * dtype_bytes)), np.int64),
                             np.full(n - rest, page_bytes, np.int64)])
-    tpp = max(1, page_bytes // dtype_bytes)
-    napprox = max(1, min(head_dim, r)) * math.ceil(seq_len / tpp)
     ach, alun = spread_pages(napprox, channels, ways)
     return (np.concatenate([ch, ch, ach]), np.concatenate([lun, lun, alun]),
             np.concatenate([moved, moved, np.full(napprox, page_bytes, np.int64)]))
@@ -122,7 +170,8 @@ def attend_pages(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, 
             else:
                 r, k, w = sparse_params(sparse, head_dim, L, tokens_per_page)
                 pch, _, pmv = _sparse_pattern(L, head_dim, dtype_bytes, tokens_per_page,
-                                              g.page_bytes, g.channels, g.ways, r, k, w)
+                                              g.page_bytes, g.channels, g.ways, r, k, w,
+                                              page_hit_of(sparse))
                 ch, mv = np.tile(pch, kv_heads), np.tile(pmv, kv_heads)
                 lun = frontier_ways(ch, g.channels, g.ways)
                 wk = sparf_work([L], q_heads, head_dim, r, k, w)

@@ -82,12 +82,33 @@ class FlexGenPath:
     disk_read_fraction: float = 1.0     # share of the SSD's rated read FlexGen's path reaches
     disk_write_fraction: float = 1.0    # same for writes
     relay_buffer_elems: int = 1 << 30   # pinned relay of each copy thread, in fp16 elements
+    gds_read_fraction: float = 1.0      # share of the SSD's rated read cuFile reaches (FlexGen-GDS)
+    gds_write_fraction: float = 1.0     # same for writes
 
     def __post_init__(self):
-        for k in ("disk_read_fraction", "disk_write_fraction"):
+        for k in ("disk_read_fraction", "disk_write_fraction", "gds_read_fraction",
+                  "gds_write_fraction"):
             v = getattr(self, k)
             if not 0.0 < v <= 1.0:
                 raise HardwareError(f"[flexgen] {k} must be in (0, 1], got {v!r}")
+
+
+@dataclass(frozen=True)
+class Vllm:
+    description: str
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    watermark: float = 0.01
+
+    def __post_init__(self):
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise HardwareError(f"[vllm] gpu_memory_utilization must be in (0, 1], "
+                                f"got {self.gpu_memory_utilization!r}")
+        for k in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if int(getattr(self, k)) < 1 or getattr(self, k) != int(getattr(self, k)):
+                raise HardwareError(f"[vllm] {k} must be a positive integer, got {getattr(self, k)!r}")
 
 
 @dataclass(frozen=True)
@@ -96,13 +117,19 @@ class Hardware:
     host: Host
     ssd: Ssd
     flexgen: FlexGenPath = FlexGenPath("rated SSD bandwidth (no software loss)")
+    vllm: Vllm = Vllm("vLLM defaults")
+
+    @property
+    def ssd_link_gbps(self) -> float:
+        return pcie_gbps(self.ssd.link_gen, self.ssd.link_width)
 
     def with_(self, **kw) -> "Hardware":
         return replace(self, **kw)
 
 
-_CLASSES = {"gpu": Gpu, "host": Host, "ssd": Ssd, "flexgen": FlexGenPath}
-DEFAULTS = {"gpu": "a6000", "host": "xeon-ddr4-96g", "ssd": "980pro", "flexgen": "flexgen"}
+_CLASSES = {"gpu": Gpu, "host": Host, "ssd": Ssd, "flexgen": FlexGenPath, "vllm": Vllm}
+DEFAULTS = {"gpu": "a6000", "host": "xeon-ddr4-96g", "ssd": "980pro", "flexgen": "flexgen",
+            "vllm": "vllm"}
 
 
 def _load_section(kind: str, name_or_path) -> object:
@@ -140,8 +167,9 @@ def _load_section(kind: str, name_or_path) -> object:
         raise HardwareError(f"{where}: {e}") from None
 
 
-def load_hardware(gpu=None, host=None, ssd=None, flexgen=None) -> Hardware:
+def load_hardware(gpu=None, host=None, ssd=None, flexgen=None, vllm=None) -> Hardware:
     return Hardware(_load_section("gpu", gpu or DEFAULTS["gpu"]),
                     _load_section("host", host or DEFAULTS["host"]),
                     _load_section("ssd", ssd or DEFAULTS["ssd"]),
-                    _load_section("flexgen", flexgen or DEFAULTS["flexgen"]))
+                    _load_section("flexgen", flexgen or DEFAULTS["flexgen"]),
+                    _load_section("vllm", vllm or DEFAULTS["vllm"]))

@@ -85,10 +85,16 @@ BUILTIN: dict[str, ModelShape] = {
     # meta-llama/Llama-2-13b-hf config.json: 40 layers, hidden 5120, 40 heads (no GQA),
     # intermediate_size 13824 (SwiGLU), vocab 32000, untied lm_head, RoPE (no table).
     "llama-2-13b": ModelShape("llama-2-13b", 40, 5120, 40, 40, 128, 13824, 32000, 2, True, False, 0),
+    # HuggingFaceTB/SmolLM2-135M config.json: 30 layers, hidden 576, 9 heads, 3 kv heads
+    # (head dim 64), intermediate_size 1536 (SwiGLU), vocab 49152, tied embeddings; the
+    # model csdemu runs live (csdemu generate, eval-sparse).
+    "smollm2-135m": ModelShape("smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 2, True, True, 0),
 }
 _ALIASES = {"facebook/opt-13b": "opt-13b", "facebook/opt-30b": "opt-30b",
             "meta-llama/llama-2-13b-hf": "llama-2-13b", "llama2-13b": "llama-2-13b",
-            "opt13b": "opt-13b", "opt30b": "opt-30b"}
+            "opt13b": "opt-13b", "opt30b": "opt-30b", "smollm2": "smollm2-135m",
+            "huggingfacetb/smollm2-135m": "smollm2-135m",
+            "huggingfacetb/smollm2-135m-instruct": "smollm2-135m"}
 
 _GATED_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3",
                 "olmo", "olmo2", "cohere", "internlm2", "deepseek", "yi", "granite"}

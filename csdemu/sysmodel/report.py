@@ -1,77 +1,165 @@
-"""Table, JSON and PNG output of the system model."""
+"""Table, JSON and figures of the system model. Every figure says "modeled"
+and names the systems as their authors do; a configuration that is out of
+memory or does not fit the drives is marked, never drawn as a valid bar."""
 from __future__ import annotations
 
 import json
+import math
 
-from csdemu.sysmodel.systems import SYSTEMS
+from csdemu.sysmodel.systems import NAMES, SYSTEMS
 
-_BD_COLS = ("kv_access_s", "csd_compute_s", "compute_s", "transfer_s", "swap_s", "step_s")
+_BD_COLS = ("kv_access_s", "csd_compute_s", "csd_attend_s", "host_link_s", "command_s",
+            "compute_s", "transfer_s", "swap_s", "step_s")
+_BD_HEAD = ("KV access", "CSD compute tail", "slowest CSD", "shared host links",
+            "command round trips", "GPU non-attention", "transfers", "swap", "step")
+UNFIT = "*"
 
 
-def _fmt(v):
-    return "OOM" if v is None else (f"{v:.2f}" if v < 100 else f"{v:.0f}")
+def _fmt(r):
+    if r is None:
+        return "-"
+    if r["oom"]:
+        return "OOM"
+    v = r["tokens_per_s"]
+    s = f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    return s if r.get("fits", True) else s + UNFIT
+
+
+def _systems(rows):
+    return [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
+
+
+def header(params: dict) -> str:
+    ph = params.get("page_hit") or {}
+    return (f"modeled decode throughput, tokens/s  (model {params['model']}, {params['gpus']} GPU, "
+            f"{params['csds']} CSD [{params['profile']}], input {params['input']}, "
+            f"output {params['output']}, sparse {params['sparse']})\n"
+            f"SparF page-hit rate: {ph.get('kind', '?')} - {ph.get('source', '?')}")
 
 
 def format_table(rows: list[dict], params: dict) -> str:
-    systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
+    systems = _systems(rows)
     batches = sorted({r["batch"] for r in rows})
     by = {(r["system"], r["batch"]): r for r in rows}
-    out = [f"decode throughput, tokens/s  (model {params['model']}, {params['gpus']} GPU, "
-           f"{params['csds']} CSD [{params['profile']}], input {params['input']}, "
-           f"output {params['output']}, sparse {params['sparse']})"]
-    w = max(len(s) for s in systems) + 2
+    out = [header(params)]
+    w = max(len(NAMES[s]) for s in systems) + 2
     out.append("system".ljust(w) + "".join(f"{'b=' + str(b):>10}" for b in batches))
     for s in systems:
-        out.append(s.ljust(w) + "".join(f"{_fmt(by[(s, b)]['tokens_per_s']) if (s, b) in by else '-':>10}"
-                                        for b in batches))
+        out.append(NAMES[s].ljust(w) + "".join(f"{_fmt(by.get((s, b))):>10}" for b in batches))
+    unfit = [r for r in rows if not r["oom"] and not r.get("fits", True)]
+    if unfit:
+        out.append(f"{UNFIT} does not fit the drives (not a valid configuration): "
+                   f"{unfit[0]['fit_reason']}" + (" ..." if len(unfit) > 1 else ""))
     out.append("")
-    out.append("per decode step, seconds (mean over steps): KV access | CSD compute tail | "
-               "GPU compute | transfers | swap | step")
-    out.append("system".ljust(w) + f"{'batch':>6}" + "".join(f"{c[:-2]:>13}" for c in _BD_COLS))
+    out.append("per decode step, seconds (mean over steps): " + " | ".join(_BD_HEAD))
+    out.append("system".ljust(w) + f"{'batch':>6}" + "".join(f"{c[:-2][:12]:>13}" for c in _BD_COLS)
+               + "  GPU bound")
     for s in systems:
         for b in batches:
             r = by.get((s, b))
             if r is None:
                 continue
             if r["oom"]:
-                out.append(s.ljust(w) + f"{b:>6}" + f"   out of memory: {r['oom_reason']}")
+                out.append(NAMES[s].ljust(w) + f"{b:>6}" + f"   out of memory: {r['oom_reason']}")
                 continue
             bd = r["breakdown"]
-            out.append(s.ljust(w) + f"{b:>6}" + "".join(f"{bd.get(c, 0.0):>13.4f}" for c in _BD_COLS))
+            out.append(NAMES[s].ljust(w) + f"{b:>6}"
+                       + "".join(f"{bd.get(c, 0.0):>13.4f}" for c in _BD_COLS)
+                       + f"  {bd.get('gpu_bound', '')}" + ("" if r.get("fits", True) else f"  {UNFIT}"))
     return "\n".join(out)
 
 
-def to_json(rows: list[dict], params: dict) -> str:
-    return json.dumps({"rows": rows, "params": params}, indent=1, sort_keys=False)
+def to_json(rows: list[dict], params: dict, sweep: dict | None = None) -> str:
+    obj = {"rows": rows, "params": params}
+    if sweep is not None:
+        obj["sweep"] = sweep
+    return json.dumps(obj, indent=1, sort_keys=False)
 
 
-def plot_png(rows: list[dict], params: dict, path: str) -> None:
+def valid(r) -> float | None:
+    """A row's throughput if it is a valid configuration, else None."""
+    return r["tokens_per_s"] if r and not r["oom"] and r.get("fits", True) else None
+
+
+def _save(fig, path: str) -> None:
+    kind = path.rsplit(".", 1)[-1].lower() if "." in path else "png"
+    fig.savefig(path, dpi=300 if kind not in ("pdf", "svg") else None,
+                format=kind if kind in ("pdf", "svg", "png") else None)
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
+    return plt
 
-    systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
+
+def plot(rows: list[dict], params: dict, path: str) -> None:
+    """Bars per batch and system: .pdf/.svg vector, anything else 300 dpi."""
+    import numpy as np
+    plt = _pyplot()
+    systems = _systems(rows)
     batches = sorted({r["batch"] for r in rows})
     by = {(r["system"], r["batch"]): r for r in rows}
     x = np.arange(len(batches))
     wd = 0.8 / max(1, len(systems))
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
-    top = max([r["tokens_per_s"] for r in rows if r["tokens_per_s"]] or [1.0])
+    fig, ax = plt.subplots(figsize=(10, 4.4))
+    top = max([valid(r) or 0.0 for r in rows] + [1.0])
     for i, s in enumerate(systems):
-        vals = [by[(s, b)]["tokens_per_s"] if (s, b) in by else None for b in batches]
         xs = x - 0.4 + wd * (i + 0.5)
-        ax.bar(xs, [v or 0 for v in vals], wd, label=s)
-        for xi, v in zip(xs, vals):
-            if v is None:
-                ax.text(xi, top * 0.02, "OOM", rotation=90, ha="center", va="bottom", fontsize=7)
+        bar = ax.bar(xs, [valid(by.get((s, b))) or 0.0 for b in batches], wd, label=NAMES[s])
+        color = bar.patches[0].get_facecolor() if bar.patches else None
+        for xi, b in zip(xs, batches):
+            r = by.get((s, b))
+            if r is None or valid(r) is not None:
+                continue
+            # marked, never a bar: an empty hatched box and why
+            ax.bar(xi, top * 0.12, wd, fill=False, hatch="///", edgecolor=color, linewidth=0.6)
+            ax.text(xi, top * 0.13, "OOM" if r["oom"] else "no fit", rotation=90, ha="center",
+                    va="bottom", fontsize=6)
     ax.set_xticks(x, [str(b) for b in batches])
     ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput (tokens/s)")
-    ax.set_title(f"{params['model']}, {params['input']}+{params['output']} tokens, "
-                 f"{params['gpus']} GPU, {params['csds']} CSD ({params['profile']})", fontsize=10)
-    ax.legend(fontsize=8, ncol=min(5, len(systems)))
+    ax.set_ylabel("throughput, tokens/s (modeled)")
+    ax.set_title(f"Modeled: {params['model']}, {params['input']}+{params['output']} tokens, "
+                 f"{params['gpus']} GPU, {params['csds']} CSD ({params['profile']}); "
+                 f"SparF page-hit {params.get('page_hit', {}).get('kind', '?')}", fontsize=9)
+    ax.legend(fontsize=7, ncol=min(4, len(systems)))
     ax.grid(axis="y", alpha=0.3)
+    fig.text(0.01, 0.01, "hatched: out of memory or does not fit the drives (no valid value)",
+             fontsize=6)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
+
+
+def plot_sweep(sweep: dict, params: dict, path: str) -> None:
+    """One curve per system: its best valid throughput over the batches at
+    each value of the swept parameter; invalid points are left out."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    xs = sweep["values"]
+    for s, ys in sweep["best"].items():
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=NAMES[s])
+    ax.set_xlabel(sweep["label"])
+    ax.set_ylabel("best throughput over batches, tokens/s (modeled)")
+    ax.set_title(f"Modeled what-if: {sweep['label']} ({params['model']}, batches "
+                 f"{','.join(map(str, params['batches']))})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def format_sweep(sweep: dict) -> str:
+    xs = sweep["values"]
+    w = max(len(NAMES[s]) for s in sweep["best"]) + 2
+    out = [f"what-if sweep of {sweep['label']}: best valid throughput over the batches, tokens/s "
+           f"(modeled; - = no valid batch)",
+           "system".ljust(w) + "".join(f"{str(x):>10}" for x in xs)]
+    for s, ys in sweep["best"].items():
+        out.append(NAMES[s].ljust(w) + "".join(
+            f"{'-' if y is None else (f'{y:.2f}' if y < 100 else f'{y:.0f}'):>10}" for y in ys))
+    return "\n".join(out)

@@ -4,7 +4,6 @@ acceptance figures (docs/system-model.md says which hold and why)."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -16,12 +15,20 @@ from csdemu.drive.kv.attend_timing import EngineClock, EngineRates, attend_time,
 from csdemu.drive.profile import load_profile
 from csdemu.sysmodel import (ModelError, csd_attend_ns, load_hardware, load_model, pcie_gbps,
                              reproduce)
-from csdemu.sysmodel.csd import attend_pages, frontier_ways, layer_attend
+from csdemu.sysmodel.csd import attend_pages, layer_attend
+
+
+# The paper's configuration. The paper does not give its emulated CSD's capacity; it says
+# the drive is emulated "as a 980 Pro", and its testbed's 980 Pro is 2 TB, so the drive is
+# taken at 2 TB raw here (the shipped `instinfer` profile is a 4 GiB emulation size, whose
+# KV lines hold no OPT-13B batch past 1: test_sysmodel_output checks that it is marked).
+PAPER_CSD = {"device.capacity": "2T"}
 
 
 @pytest.fixture(scope="module")
 def paper():
-    rows, params = reproduce()
+    rows, params = reproduce(overrides=PAPER_CSD)
+    assert all(r["fits"] for r in rows if not r["oom"])
     return {(r["system"], r["batch"]): r for r in rows}, params
 
 
@@ -201,23 +208,40 @@ def test_dense_instinfer_over_flexgen_at_64(paper):
     assert 6.85 * 0.85 < tps(paper, "instinfer", 64) / tps(paper, "flexgen", 64) < 6.85 * 1.15
 
 
-@pytest.mark.xfail(strict=True, reason="uniform top-k selection senses ~88% of 16-token pages, "
-                   "so SparF is tR-bound at ~1.06x dense, and best SparF / best FlexGen is "
-                   "~6.9, not 11.1; see docs/system-model.md")
-def test_sparf_over_flexgen_and_dense(paper):
+def test_the_paper_configuration_uses_the_papers_page_hit_rate(paper):
+    assert paper[1]["page_hit"]["kind"] == "paper" and paper[1]["page_hit"]["rates"] == [0.5]
+    assert paper[0][("instinfer-sparf", 256)]["breakdown"]["page_hit"] == "paper"
+
+
+def test_best_sparf_over_best_flexgen(paper):
     assert 11.1 * 0.85 < best(paper, "instinfer-sparf") / best(paper, "flexgen") < 11.1 * 1.15
-    assert 1.7 < tps(paper, "instinfer-sparf", 256) / tps(paper, "instinfer", 256) < 2.5
 
 
-@pytest.mark.xfail(strict=True, reason="ZeRO-Inference modeled at datasheet PCIe/DRAM rates is "
-                   "faster than InstInfer's 11.2 GB/s flash bound; see docs/system-model.md")
+def test_sparf_over_dense_at_256(paper):
+    assert 2.08 * 0.85 < tps(paper, "instinfer-sparf", 256) / tps(paper, "instinfer", 256) < 2.08 * 1.15
+
+
+def test_uniform_page_hit_keeps_todays_rule():
+    """--page-hit uniform: top-k spread uniformly, ~88 % of 16-token groups sensed,
+    SparF tR-bound at about dense's speed (the rule before the paper's figure)."""
+    rows, params = reproduce(batches=(256,), systems=("instinfer", "instinfer-sparf"),
+                             page_hit="uniform", overrides=PAPER_CSD)
+    assert params["page_hit"]["kind"] == "uniform"
+    r = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
+    assert 1.0 < r < 1.15
+
+
+@pytest.mark.xfail(strict=True, reason="missing fact: ZeRO-Inference's achieved weight-streaming "
+                   "and CPU-attention rates on the paper's host (pinned or pageable copies, the "
+                   "Xeon's DRAM channels); at the datasheet rates (25.2 GB/s gen4 x16 pinned, "
+                   "140.8 GB/s DDR4) its best is 11.9 tokens/s, 40 % above dense InstInfer's 8.5")
 def test_dense_instinfer_best_near_deepspeed_best(paper):
     assert 0.85 < best(paper, "instinfer") / best(paper, "deepspeed") / 1.046 < 1.15
 
 
 # ------------------------------------------------------------------ CLI
 def test_cli_json_and_png(tmp_path):
-    png = tmp_path / "t.png"
+    png = tmp_path / "t.png"   # --json with --png: the figure is written
     r = CliRunner().invoke(main, ["reproduce", "--model", "opt-13b", "--input", "128", "--output",
                                   "16", "--batch", "1,8", "--json", "--png", str(png),
                                   "--channels", "16", "--channel-gbps", "2"])
@@ -234,7 +258,7 @@ def test_cli_json_and_png(tmp_path):
 def test_cli_table(tmp_path):
     r = CliRunner().invoke(main, ["reproduce", "--input", "64", "--output", "4", "--batch", "2",
                                   "--png", ""])
-    assert r.exit_code == 0 and "instinfer-sparf" in r.output and "tokens/s" in r.output
+    assert r.exit_code == 0 and "InstInfer-SparF" in r.output and "tokens/s" in r.output
 
 
 @pytest.mark.parametrize("args,name", [(["--batch", "1,x"], "--batch"),
