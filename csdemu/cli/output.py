@@ -21,6 +21,7 @@ class OutputFormat(click.ParamType):
 
     def __init__(self, raw: bool = True, opcode_too: bool = False):
         self.raw, self.opcode_too = raw, opcode_too
+        self.name = "normal|json|binary" if raw else "normal|json"
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
@@ -78,8 +79,8 @@ def output_options(raw: bool, opcode_too: bool = False):
         return click.option(
             "-o", "--output-format", "output_format", default=None,
             type=OutputFormat(raw, opcode_too), multiple=opcode_too,
-            help="normal (text), json (one document) or "
-                 + ("binary (the raw bytes)" if raw else "binary (not here: no raw data)")
+            help=("normal (text), json (one document) or binary (the raw bytes)" if raw else
+                  "normal (text) or json (one document); no raw data here, so no binary")
                  + " [default: normal]")(wrapper)
     return decorate
 
