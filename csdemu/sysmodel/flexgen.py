@@ -70,11 +70,11 @@ def _flexgen(c: SysConfig, b: int, name: str, sparse: bool, path: str):
     kv_total = b * c.max_len * m.kv_bytes_per_token * kcopy
     if kv_total > c.ssds * hw.ssd.capacity_gb * GB:
         return oom_row(name, b, f"SSD capacity: KV {gib(kv_total)}")
-    ssd_link = c.ssds * hw.ssd_link_gbps * GB
     if path == "gds":
-        # cuFile DMAs between the SSD and GPU memory: no page cache, no relay copy
-        rd = min(c.ssds * hw.ssd.read_gbps * GB * fg.gds_read_fraction, ssd_link, gpu_link(c))
-        wr = min(c.ssds * hw.ssd.write_gbps * GB * fg.gds_write_fraction, ssd_link, gpu_link(c))
+        # cuFile DMAs between the SSD and GPU memory: no page cache, no relay copy; the
+        # drive's rating already includes its own link, the GPU's link is shared
+        rd = min(c.ssds * hw.ssd.read_gbps * GB * fg.gds_read_fraction, gpu_link(c))
+        wr = min(c.ssds * hw.ssd.write_gbps * GB * fg.gds_write_fraction, gpu_link(c))
         kv_path = rd
     else:
         # FlexGen's disk path reaches the measured share of the SSD's rating

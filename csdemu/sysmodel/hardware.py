@@ -119,10 +119,6 @@ class Hardware:
     flexgen: FlexGenPath = FlexGenPath("rated SSD bandwidth (no software loss)")
     vllm: Vllm = Vllm("vLLM defaults")
 
-    @property
-    def ssd_link_gbps(self) -> float:
-        return pcie_gbps(self.ssd.link_gen, self.ssd.link_width)
-
     def with_(self, **kw) -> "Hardware":
         return replace(self, **kw)
 

@@ -90,6 +90,8 @@ def _save(fig, path: str) -> None:
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"     # SVG text stays text (searchable)
+    matplotlib.rcParams["pdf.fonttype"] = 42
     import matplotlib.pyplot as plt
     return plt
 
