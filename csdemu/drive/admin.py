@@ -249,6 +249,7 @@ def set_features(ctrl, s, cmd):
                     ns.restart_timeline(now)
             if ctrl.kv is not None:
                 ctrl.kv.engine.restart_timeline(now)
+            ctrl.timeline_ns = now
         if ctrl.config.timing_mode != value:
             ctrl.epoch += 1           # every CQ's horizon belongs to the old timeline
         ctrl.config.timing_mode = value

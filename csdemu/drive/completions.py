@@ -18,6 +18,9 @@ from nvme_cmds.status import Status, encode_status_field, split_status
 _SUCCESS_FIELD = encode_status_field(Status.SUCCESS, 0)
 _REALTIME = int(TimingMode.REALTIME)
 _mono = time.monotonic_ns
+# A doorbell time older than this is not believed (a host's garbage, or a
+# clock from before the daemon was looking): the fetch time stands in.
+_STALE_RING_NS = 1_000_000_000
 
 
 class Completions:
@@ -144,20 +147,33 @@ class Completions:
         return False
 
     # ------------------------------------------------------------ arrival
-    def arrival(self, cq, consumed: int = 0) -> int:
-        """When a command fetched now for `cq` arrives in modeled time: now,
-        but in virtual mode no earlier than the latest modeled completion its
-        host had consumed from that CQ when it wrote the command (`consumed`
-        CQEs, as its SQ slot says; else as far as the CQ head doorbell says
-        now). The emulator runs ahead of the drive, so the wall clock alone
-        would have a dependent command arrive before the work it waited for
-        had finished (docs/architecture.md, "Timing modes")."""
+    def arrival(self, cq, consumed: int = 0, rung_ns: int = 0, reaped_ns: int = 0) -> int:
+        """When a command fetched now for `cq` arrives in modeled time.
+
+        Realtime: when its host rang the doorbell for it (`rung_ns`, as its
+        SQ slot says; else now): the daemon's own fetch may come late, which
+        the drive it models would not. Virtual: no earlier than that, nor
+        than the latest modeled completion its host had consumed from that
+        CQ when it wrote the command (`consumed` CQEs; else as far as the CQ
+        head doorbell says now), plus the time the host took from consuming
+        it (`reaped_ns`) to ringing. The emulator runs ahead of the drive,
+        so the wall clock alone would have a dependent command arrive before
+        the work it waited for had finished (docs/architecture.md, "Timing
+        modes")."""
         now = _mono()
+        rung = rung_ns if self.timeline_ns < rung_ns <= now and now - rung_ns < _STALE_RING_NS else 0
+        if rung:
+            now = rung
         if self.config.timing_mode == _REALTIME:
             cq.horizon()             # keeps the consumed count; the time is never ahead
             return now
         if cq.epoch != self.epoch:
             cq.epoch = self.epoch
             cq.forget_horizon()
-        hz = cq.horizon_at(consumed) if consumed else cq.horizon()
+        if consumed:
+            hz = cq.horizon_at(consumed)
+            if hz and rung and 0 < reaped_ns <= rung:
+                hz += rung - reaped_ns
+        else:
+            hz = cq.horizon()
         return hz if hz > now else now

@@ -60,6 +60,7 @@ class Controller(Completions):
         self.features: dict[int, int] = {}
         self.held: list = []                    # realtime heap of (done_ns, seq, session, ...)
         self._seq = 0
+        self.timeline_ns = 0      # when the modeled timeline last restarted
         self.epoch = 0            # bumped when the modeled timeline restarts (timing mode switch)
         self.bounce = np.zeros(config.mdts_bytes, np.uint8)
         self.bounce_addr = self.bounce.ctypes.data
@@ -101,9 +102,9 @@ class Controller(Completions):
                 for cmd in cmds:
                     self._admin(session, sq, cq, cmd)
             else:
-                io, before = self._io, sq.consumed_before
+                io, written = self._io, sq.written
                 for i, cmd in enumerate(cmds):
-                    io(session, sq, cq, cmd, before(i))
+                    io(session, sq, cq, cmd, *written(i))
         if session.pending_cqs:
             n += self._release_pending(session, busy)
         return n
@@ -214,9 +215,9 @@ class Controller(Completions):
         self.complete(session, sq, cq, cid, status, dw0, dw1, arrival, arrival)
 
     # ------------------------------------------------------------ I/O
-    def _io(self, session, sq, cq, cmd, consumed=0):
+    def _io(self, session, sq, cq, cmd, rung_ns=0, reaped_ns=0, consumed=0):
         opc, flags, cid, nsid = cmd[0], cmd[1], cmd[2], cmd[3]
-        arrival = self.arrival(cq, consumed)
+        arrival = self.arrival(cq, consumed, rung_ns, reaped_ns)
         self.counters.commands += 1
         if sq.inflight[cid]:
             return self.complete(session, sq, cq, cid, Status.CID_CONFLICT,

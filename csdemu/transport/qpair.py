@@ -16,10 +16,15 @@ with queues in the CMB as NVMe allows:
 Every CQ region is `depth` 16-byte CQEs followed by `depth` u64 modeled
 device times (ns), one per CQE slot: the time is written before the CQE
 whose phase tag makes it visible. Every I/O SQ region is `depth` 64-byte
-SQEs followed by `depth` u32 counts, one per SQE slot: how many CQEs of its
-CQ the host had consumed when it wrote that SQE, so the controller knows
-which completions a command was submitted after (causal virtual time; 0 =
-not said, and the CQ head doorbell at fetch stands in).
+SQEs followed by three arrays with one entry per SQE slot, for causal
+virtual time (docs/architecture.md, "Timing modes"):
+    u64  when the host rang the doorbell for it (CLOCK_MONOTONIC ns): when
+         the command reached the drive, which the daemon's fetch may lag;
+    u64  when the host last consumed CQEs from its CQ before writing it;
+    u32  how many CQEs of its CQ the host had consumed by then.
+So the controller knows which completions a command was submitted after,
+and how long the host thought before submitting it. 0 means not said: the
+fetch time and the CQ head doorbell at fetch stand in.
 
 The rings follow SPDK's loop: a CQE is new when its phase tag matches the
 consumer's phase; the phase flips when the head wraps; a batch of entries
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 
 import numpy as np
 
@@ -51,11 +57,12 @@ MAX_QUEUES = 64            # queue ids 0 (admin) .. 63 per client
 MAX_QUEUE_DEPTH = 1024     # CAP.MQES + 1
 
 _CQE_HEAD = struct.Struct("<IIHH")   # CQE DW0-2
+_mono = time.monotonic_ns
 assert ADMIN_CQ_OFF + ADMIN_DEPTH * 24 <= CONTROL_BYTES
 
 
 def sq_bytes(depth: int) -> int:
-    return depth * 68            # SQEs, then a u32 consumed-count per slot
+    return depth * 84            # SQEs, then per slot: u64 rung, u64 reaped, u32 consumed
 
 
 def cq_bytes(depth: int) -> int:
@@ -107,11 +114,15 @@ class HostSQ:
     def __init__(self, arena: ArenaView, qid: int, off: int, depth: int, cq=None):
         self.arena, self.qid, self.off, self.depth = arena, qid, off, depth
         self.tail = 0
+        self.rung = 0              # the tail the doorbell last said
         self.head = 0              # last SQ head the controller reported
         self.db_word = (DOORBELL_OFF + 8 * qid) // 4
-        # I/O SQs: each slot's consumed-count of `cq` (the admin SQ has none)
+        # I/O SQs: each slot's times and consumed-count (the module docstring;
+        # the admin SQ has none)
         self.cq = cq
-        self.snap_word = (off + 64 * depth) // 4 if cq is not None else None
+        self.stamp_word = (off + 64 * depth) // 8
+        self.reaped_word = (off + 72 * depth) // 8
+        self.snap_word = (off + 80 * depth) // 4 if cq is not None else None
 
     def free_slots(self) -> int:
         return self.depth - 1 - (self.tail - self.head) % self.depth
@@ -122,17 +133,30 @@ class HostSQ:
                              nsid, cdw2, cdw3, mptr, prp1, prp2,
                              cdw10, cdw11, cdw12, cdw13, cdw14, cdw15)
         if self.snap_word is not None:
-            self.arena.w32[self.snap_word + self.tail] = self.cq.consumed & 0xFFFFFFFF
+            a, cq = self.arena, self.cq
+            a.w64[self.reaped_word + self.tail] = cq.reaped_ns
+            a.w32[self.snap_word + self.tail] = cq.consumed & 0xFFFFFFFF
         self.tail = (self.tail + 1) % self.depth
 
     def push_raw(self, entry: bytes) -> None:
         self.arena.mm[self.off + 64 * self.tail: self.off + 64 * self.tail + 64] = entry
         if self.snap_word is not None:
-            self.arena.w32[self.snap_word + self.tail] = self.cq.consumed & 0xFFFFFFFF
+            a, cq = self.arena, self.cq
+            a.w64[self.reaped_word + self.tail] = cq.reaped_ns
+            a.w32[self.snap_word + self.tail] = cq.consumed & 0xFFFFFFFF
         self.tail = (self.tail + 1) % self.depth
 
     def ring(self) -> bool:
-        """Write the tail doorbell; True if the daemon asked to be woken."""
+        """Write the tail doorbell; True if the daemon asked to be woken.
+        The new SQEs' submit times are the doorbell's: a drive sees a
+        command when the doorbell says so, not when its slot was filled."""
+        if self.snap_word is not None and self.rung != self.tail:
+            t, end, depth, w64, base = self.rung, self.tail, self.depth, self.arena.w64, self.stamp_word
+            now = _mono()
+            while t != end:
+                w64[base + t] = now
+                t = t + 1 if t + 1 < depth else 0
+            self.rung = end
         a = self.arena.w32
         a[self.db_word] = self.tail
         fence()
@@ -145,6 +169,7 @@ class HostCQ:
         self.head = 0
         self.phase = 1
         self.consumed = 0          # CQEs reaped so far (HostSQ tells the controller)
+        self.reaped_ns = 0         # when the last of them were
         self.status_word = off // 4 + 3
         self.ext_word = (off + 16 * depth) // 8
         self.db_word = (DOORBELL_OFF + 8 * qid + 4) // 4
@@ -171,6 +196,7 @@ class HostCQ:
         if out:
             w32[self.db_word] = self.head
             self.consumed += len(out)
+            self.reaped_ns = _mono()
         return out
 
     def arm(self, on: bool) -> None:
@@ -189,16 +215,23 @@ class DeviceSQ:
         self.db_word = (DOORBELL_OFF + 8 * qid) // 4
         self.inflight = bytearray(65536)   # by CID: 1 while a command is outstanding
         self.bad_doorbells = 0
-        # I/O SQs: each slot's consumed-count of the CQ (see the module docstring)
-        self.snap_word = (off + 64 * depth) // 4 if qid else None
+        # I/O SQs: each slot's times and consumed-count (the module docstring)
+        self.stamp_word = (off + 64 * depth) // 8
+        self.reaped_word = (off + 72 * depth) // 8
+        self.snap_word = (off + 80 * depth) // 4 if qid else None
         self.fetched_at = 0                # slot of the first SQE the last fetch() took
 
-    def consumed_before(self, i: int) -> int:
-        """The CQEs the host had consumed when it wrote the i-th SQE of the
-        last fetch() (0: not said, or the admin SQ)."""
+    def written(self, i: int) -> tuple[int, int, int]:
+        """(rung, reaped, consumed) for the i-th SQE of the last fetch(): the
+        host's clock when it rang the doorbell for it and when it had last
+        consumed CQEs before writing it, and how many it had consumed (all
+        0: not said, or the admin SQ)."""
         if self.snap_word is None:
-            return 0
-        return self.arena.w32[self.snap_word + (self.fetched_at + i) % self.depth]
+            return 0, 0, 0
+        slot = (self.fetched_at + i) % self.depth
+        w64 = self.arena.w64
+        return (w64[self.stamp_word + slot], w64[self.reaped_word + slot],
+                self.arena.w32[self.snap_word + slot])
 
     def fetch(self, limit: int) -> list[tuple]:
         """Consume up to `limit` submitted SQEs as unpacked tuples."""
