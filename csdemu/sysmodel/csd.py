@@ -13,17 +13,19 @@ order, then the V pages (csdemu.drive.kv.engine.flash_pages). A page read moves
   * q and the output are float32 (4 B per element) over the drive's PCIe link.
   * the drive is idle (fresh clocks) and no firmware time is charged (fw_ns=0).
   * SparF (sparse=...): the q heads sharing a kv head share one selection
-    (csdemu.drive.kv.engine, kernels/sparf.py). First the channel-indexed copy of K,
-    one head dim per page (page_bytes / dtype_bytes tokens of that dim), for
-    the r selected dims, whole pages; then the K and V pages of the token
-    groups that hold a selected token. Which groups hold one is data-dependent;
-    the model takes the top-k tokens as spread uniformly over the non-window
-    tokens, so a group of T tokens is sensed with probability
-    p = 1 - (1 - f)^T, f = k/(len - window), and moves only its selected rows
-    over the channel (a column read): on average T*f/p rows. Every group of
-    the local window is read whole. The groups read are spaced evenly along
-    the sequence. K's second copy is listed after the token pages' K and V,
-    per sequence-head.
+    (csdemu.drive.kv.engine, kernels/sparf.py). The engine reads the K and V
+    pages of the token groups that hold a selected token, then the
+    channel-indexed copy of K, one head dim per page (page_bytes / dtype_bytes
+    tokens of that dim), for the r selected dims, whole pages; all at their
+    places in the daemon's layout (sparse_stream_pages). Which groups hold a
+    selected token is data-dependent: a Sparsity names them, or gives a
+    page-hit rate (the share of dense's pages sensed, csdemu.sysmodel.page_hit),
+    or, without one, the uniform rule takes the top-k tokens as spread
+    uniformly over the non-window tokens, so a group of T tokens is sensed
+    with probability p = 1 - (1 - f)^T, f = k/(len - window). A sensed group
+    moves only its selected rows over the channel (a column read); every group
+    of the local window moves whole. The groups sensed are a fixed
+    pseudo-random draw per (length, kv head) (spread_groups).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from csdemu.drive.flash.geometry import Geometry
 from csdemu.drive.flash.timing import Clocks, NandTiming
 from csdemu.drive.kv.layout import prefill_positions
 from csdemu.drive.kv.attend_timing import (AttendWork, EngineClock, EngineRates, attend_time, dense_work,
-                              sparf_work, spread_pages)
+                              sparf_work)
 from csdemu.drive.profile import Profile, load_profile
 
 
@@ -53,6 +55,8 @@ class Sparsity:
     uniform rule (top-k spread uniformly over the tokens)."""
     ratio: float
     page_hit: float | None = None
+    groups: tuple | None = None     # token groups sensed outside the window, if known
+    dims: tuple | None = None       # the r head dims selected, if known
 
     def __post_init__(self):
         if self.page_hit is not None and not 0.0 < self.page_hit <= 1.0:
@@ -121,31 +125,73 @@ def rated_selection(seq_len: int, T: int, k: int, window: int, napprox: int, pag
 
 
 def approx_pages(seq_len: int, head_dim: int, dtype_bytes: int, page_bytes: int, r: int) -> int:
-    """Pages of the channel-indexed K copy the approximate pass reads: one head
-    dim per page (page_bytes / dtype_bytes tokens of that dim), r dims."""
+    """Flash pages of the channel-indexed K copy the approximate pass reads per
+    (sequence, kv head): one head dim per page (page_bytes / dtype_bytes tokens
+    of that dim), r dims; a partly filled page sits in device DRAM."""
     tpp = max(1, page_bytes // dtype_bytes)
-    return max(1, min(head_dim, r)) * math.ceil(seq_len / tpp)
+    return max(1, min(head_dim, r)) * (seq_len // tpp)
 
 
-def _sparse_pattern(seq_len: int, head_dim: int, dtype_bytes: int, T: int,
-                    page_bytes: int, channels: int, ways: int, r: int, k: int, window: int,
-                    page_hit: float | None = None):
-    napprox = approx_pages(seq_len, head_dim, dtype_bytes, page_bytes, r)
-    if page_hit is None:
-        n, hit, rows = sparse_selection(seq_len, T, k, window)
+def spread_groups(seq: int, seq_len: int, kv_heads: int, rest: int, hit: int) -> np.ndarray:
+    """[kv_heads, hit] sensed groups among the first `rest`: a fixed pseudo-random
+    draw per (sequence, length), each head its own. Which groups real attention
+    selects is data-dependent; a draw carries no pattern the flash striping
+    could alias with (evenly spaced picks at stride 2 use only even channels,
+    and the same picks in every sequence pile onto the same dies)."""
+    if hit <= 0:
+        return np.zeros((kv_heads, 0), np.int64)
+    keys = np.random.default_rng([seq, seq_len]).random((kv_heads, rest))
+    return np.sort(np.argpartition(keys, hit - 1, axis=1)[:, :hit], axis=1).astype(np.int64)
+
+
+def sparse_stream_pages(seq_len: int, kv_heads: int, head_dim: int, dtype_bytes: int, T: int,
+                        page_bytes: int, r: int, k: int, window: int, sparse=None, seq: int = 0):
+    """(token-page positions, bytes each moves, K-copy page positions) of one
+    sequence's SparF Attend, as positions in the sequence's own stream, in the
+    order the engine reads them (csdemu.drive.kv.engine: per kv head its K
+    groups then its V groups; the K copy's pages after every token page).
+
+    The prefill programmed, per kv head, K groups h*g + j, then V groups
+    H*g + h*g + j (g full groups; a partial group stays in DRAM), then the
+    K copy, page (h*dims + dim)*TB + b after them (TB full pages of a dim).
+    Sensed groups: the window's, plus `hit` more drawn over the rest
+    (spread_groups; the uniform rule or a page-hit rate), or the groups a
+    Sparsity names;
+    the r dims are 0..r-1 unless a Sparsity names them."""
+    n, g = math.ceil(seq_len / T), seq_len // T
+    w_groups = min(n, math.ceil(window / T)) if window else 0
+    rest = n - w_groups
+    kk = min(k, max(0, seq_len - window))
+    given = getattr(sparse, "groups", None)
+    if given is not None:
+        picked = np.broadcast_to(np.asarray(sorted(given), np.int64), (kv_heads, len(given)))
+        rows = min(float(T), kk / len(given)) if len(given) else 0.0
     else:
-        n, hit, rows = rated_selection(seq_len, T, k, window, napprox, page_hit)
-    rest = n - (min(n, math.ceil(window / T)) if window else 0)
-    hit = min(hit, rest)
-    picked = np.floor(np.arange(hit) * (rest / hit)).astype(np.int64) if hit else np.zeros(0, np.int64)
-    groups = np.concatenate([picked, np.arange(rest, n, dtype=np.int64)])
-    ch = groups % channels
-    lun = (groups // channels) % ways
-    moved = np.concatenate([np.full(hit, int(round(rows * head_dim * dtype_bytes)), np.int64),
+        if page_hit_of(sparse) is None:
+            _, hit, rows = sparse_selection(seq_len, T, k, window)
+        else:
+            napprox = approx_pages(seq_len, head_dim, dtype_bytes, page_bytes, r)
+            _, hit, rows = rated_selection(seq_len, T, k, window, napprox, page_hit_of(sparse))
+        picked = spread_groups(seq, seq_len, kv_heads, rest, min(hit, rest))
+    wins = np.broadcast_to(np.arange(rest, n, dtype=np.int64), (kv_heads, n - rest))
+    groups = np.concatenate([picked, wins], axis=1)
+    moved = np.concatenate([np.full(picked.shape[1], int(round(rows * head_dim * dtype_bytes)), np.int64),
                             np.full(n - rest, page_bytes, np.int64)])
-    ach, alun = spread_pages(napprox, channels, ways)
-    return (np.concatenate([ch, ch, ach]), np.concatenate([lun, lun, alun]),
-            np.concatenate([moved, moved, np.full(napprox, page_bytes, np.int64)]))
+    h = np.arange(kv_heads, dtype=np.int64)[:, None]
+    tok, tok_moved = [], []
+    for hh in range(kv_heads):
+        on = groups[hh] < g                    # a partial group is in DRAM
+        for kind in range(2):
+            tok.append(kind * kv_heads * g + hh * g + groups[hh][on])
+            tok_moved.append(moved[on])
+    tok = np.concatenate(tok) if tok else np.zeros(0, np.int64)
+    tok_moved = np.concatenate(tok_moved) if tok_moved else np.zeros(0, np.int64)
+    tpp = max(1, page_bytes // dtype_bytes)
+    TB = seq_len // tpp
+    dims = np.asarray(getattr(sparse, "dims", None) or range(max(1, min(head_dim, r))), np.int64)
+    kd = (2 * kv_heads * g + ((h * head_dim + dims[None, :])[:, :, None] * TB
+                              + np.arange(TB, dtype=np.int64)[None, None, :])).reshape(-1)
+    return tok, tok_moved, kd
 
 
 def attend_pages(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, dtype_bytes: int,
@@ -159,47 +205,39 @@ def attend_pages(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, 
     lens = [int(x) for x in np.atleast_1d(seq_lens)]
     geom = Geometry(prof)
     cache: dict[int, tuple] = {}
-    chs, luns, moved = [], [], []
+    chs, luns, moved, kd_chs, kd_luns = [], [], [], [], []
     work = AttendWork()
-    for L in lens:
-        if L not in cache:
+    for i, L in enumerate(lens):
+        key = L if sparse is None else (i, L)
+        if key not in cache:
             if sparse is None:
                 ch, lun = _dense_pattern(geom, kv_heads, L, tokens_per_page)
                 mv = np.full(len(ch), g.page_bytes, np.int64)
                 wk = dense_work([L], q_heads, head_dim)
+                kch = klun = np.zeros(0, np.int64)
             else:
                 r, k, w = sparse_params(sparse, head_dim, L, tokens_per_page)
-                pch, _, pmv = _sparse_pattern(L, head_dim, dtype_bytes, tokens_per_page,
-                                              g.page_bytes, g.channels, g.ways, r, k, w,
-                                              page_hit_of(sparse))
-                ch, mv = np.tile(pch, kv_heads), np.tile(pmv, kv_heads)
-                lun = frontier_ways(ch, g.channels, g.ways)
+                tok, mv, kd = sparse_stream_pages(L, kv_heads, head_dim, dtype_bytes,
+                                                  tokens_per_page, g.page_bytes, r, k, w, sparse, i)
+                ch, lun = geom.ch_of(tok), geom.lun_of(tok)
+                kch, klun = geom.ch_of(kd), geom.lun_of(kd)
                 wk = sparf_work([L], q_heads, head_dim, r, k, w)
-            cache[L] = (ch, lun, wk, mv)
-        ch, lun, wk, mv = cache[L]
+            cache[key] = (ch, lun, wk, mv, kch, klun)
+        ch, lun, wk, mv, kch, klun = cache[key]
         chs.append(ch)
         luns.append(lun)
         moved.append(mv)
+        kd_chs.append(kch)
+        kd_luns.append(klun)
         work += AttendWork(wk.q_bytes, wk.out_bytes, wk.gemv_flops, wk.softmax_flops,
                            wk.filter_bytes)
     if not chs:
         z = np.zeros(0, np.int64)
         return z, z, work, z
-    return (np.concatenate(chs).astype(np.int64), np.concatenate(luns).astype(np.int64), work,
-            np.concatenate(moved))
-
-
-def frontier_ways(ch: np.ndarray, channels: int, ways: int) -> np.ndarray:
-    """Way of each page: its rank among the pages listed on its channel, mod W."""
-    ch = np.asarray(ch, dtype=np.int64)
-    if ch.size == 0:
-        return np.zeros(0, np.int64)
-    order = np.argsort(ch, kind="stable")
-    counts = np.bincount(ch, minlength=channels)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty(ch.size, np.int64)
-    rank[order] = np.arange(ch.size, dtype=np.int64) - np.repeat(starts, counts)
-    return rank % ways
+    nkd = sum(len(x) for x in kd_chs)
+    return (np.concatenate(chs + kd_chs).astype(np.int64),
+            np.concatenate(luns + kd_luns).astype(np.int64), work,
+            np.concatenate(moved + [np.full(nkd, g.page_bytes, np.int64)]))
 
 
 def csd_attend(profile, q_heads: int, kv_heads: int, head_dim: int, seq_lens, dtype_bytes: int,
