@@ -14,7 +14,7 @@ import math
 
 from csdemu.sysmodel.common import (GB, SysConfig, eager_prefill_bytes, gib, gpu_bw, gpu_cap,
                                     gpu_link, gpu_step_s, integrate, oom_row, prefill_gpu_s, row)
-from csdemu.sysmodel.csd import approx_pages, sparse_params
+from csdemu.sysmodel.csd import sparse_params
 
 PATHS = ("mmap", "gds")
 
@@ -34,7 +34,7 @@ def sparq_bytes(c: SysConfig, b: int, L: int) -> tuple[float, float]:
     m, blk = c.model, c.hw.ssd.block_bytes
     r, k, w = sparse_params(c.sparse, m.head_dim, L, 16)
     pairs = m.kv_heads * b
-    kcopy = pairs * approx_pages(L, m.head_dim, m.dtype_bytes, blk, r) * blk
+    kcopy = pairs * r * math.ceil(L * m.dtype_bytes / blk) * blk     # whole blocks of each dim row
     rows = max(1, blk // (m.head_dim * m.dtype_bytes))
     f = min(1.0, (k + w) / L)
     p = 1.0 - (1.0 - f) ** rows
