@@ -38,7 +38,7 @@ def sparq_bytes(c: SysConfig, b: int, L: int) -> tuple[float, float]:
     rows = max(1, blk // (m.head_dim * m.dtype_bytes))
     f = min(1.0, (k + w) / L)
     p = 1.0 - (1.0 - f) ** rows
-    token = 2 * L * math.ceil(pairs / rows) * p * blk
+    token = 2 * L * (pairs / rows) * p * blk       # a token's rows fill pairs/rows blocks
     return kcopy + token, kcopy
 
 

@@ -58,7 +58,7 @@ def test_gds_has_no_relay_buffer_limit():
 
 @pytest.mark.xfail(strict=True, reason="missing fact: the read rate FlexGen-GDS reached on the "
                    "paper's testbed. The paper finds a 'negligible' gain over FlexGen; cuFile at "
-                   "the 980 PRO's rated 7 GB/s makes it 3.8x FlexGen. No measurement of GDS on "
+                   "the 980 PRO's rated 7 GB/s makes it 4.2x FlexGen. No measurement of GDS on "
                    "that drive (or of the paper's GDS setup, e.g. compatibility mode) is known here")
 def test_gds_gain_over_flexgen_is_negligible():
     rows, _ = reproduce(batches=(64,), systems=("flexgen", "flexgen-gds"))
