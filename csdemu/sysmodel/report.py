@@ -13,6 +13,7 @@ _BD_COLS = ("kv_access_s", "csd_compute_s", "csd_attend_s", "host_link_s", "comm
 _BD_HEAD = ("KV access", "CSD compute tail", "slowest CSD", "shared host links",
             "command round trips", "GPU non-attention", "transfers", "swap", "step")
 UNFIT = "*"
+COLORS = ("#1f77b4", "#9467bd", "#e377c2", "#17becf", "#2ca02c", "#d62728", "#ff7f0e")
 
 
 def _fmt(r):
@@ -105,19 +106,24 @@ def plot(rows: list[dict], params: dict, path: str) -> None:
     by = {(r["system"], r["batch"]): r for r in rows}
     x = np.arange(len(batches))
     wd = 0.8 / max(1, len(systems))
-    fig, ax = plt.subplots(figsize=(10, 4.4))
-    top = max([valid(r) or 0.0 for r in rows] + [1.0])
+    fig, ax = plt.subplots(figsize=(11, 4.4))
+    vals = [valid(r) for r in rows if valid(r)]
+    # log scale: Recomp and the offloading systems differ by two orders of magnitude
+    floor = min(vals) / 3 if vals else 0.1
+    ax.set_yscale("log")
     for i, s in enumerate(systems):
+        color = COLORS[SYSTEMS.index(s) % len(COLORS)]
         xs = x - 0.4 + wd * (i + 0.5)
-        bar = ax.bar(xs, [valid(by.get((s, b))) or 0.0 for b in batches], wd, label=NAMES[s])
-        color = bar.patches[0].get_facecolor() if bar.patches else None
+        heights = [(valid(by.get((s, b))) or floor) - floor for b in batches]
+        ax.bar(xs, heights, wd, bottom=floor, label=NAMES[s], color=color)
         for xi, b in zip(xs, batches):
             r = by.get((s, b))
             if r is None or valid(r) is not None:
                 continue
             # marked, never a bar: an empty hatched box and why
-            ax.bar(xi, top * 0.12, wd, fill=False, hatch="///", edgecolor=color, linewidth=0.6)
-            ax.text(xi, top * 0.13, "OOM" if r["oom"] else "no fit", rotation=90, ha="center",
+            ax.bar(xi, floor * 2, wd, bottom=floor, fill=False, hatch="///", edgecolor=color,
+                   linewidth=0.6)
+            ax.text(xi, floor * 3.2, "OOM" if r["oom"] else "no fit", rotation=90, ha="center",
                     va="bottom", fontsize=6)
     ax.set_xticks(x, [str(b) for b in batches])
     ax.set_xlabel("batch size")
@@ -125,7 +131,7 @@ def plot(rows: list[dict], params: dict, path: str) -> None:
     ax.set_title(f"Modeled: {params['model']}, {params['input']}+{params['output']} tokens, "
                  f"{params['gpus']} GPU, {params['csds']} CSD ({params['profile']}); "
                  f"SparF page-hit {params.get('page_hit', {}).get('kind', '?')}", fontsize=9)
-    ax.legend(fontsize=7, ncol=min(4, len(systems)))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.text(0.01, 0.01, "hatched: out of memory or does not fit the drives (no valid value)",
              fontsize=6)
@@ -143,7 +149,8 @@ def plot_sweep(sweep: dict, params: dict, path: str) -> None:
     for s, ys in sweep["best"].items():
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=NAMES[s])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=NAMES[s],
+                    color=COLORS[SYSTEMS.index(s) % len(COLORS)])
     ax.set_xlabel(sweep["label"])
     ax.set_ylabel("best throughput over batches, tokens/s (modeled)")
     ax.set_title(f"Modeled what-if: {sweep['label']} ({params['model']}, batches "
