@@ -23,6 +23,7 @@ BENCHES = [
     ("attention", ["bench", "attention", "--json"]),
     ("generate", ["bench", "generate", "--json"]),
     ("realtime", ["bench", "realtime", "--json"]),
+    ("causal", ["bench", "causal", "--json"]),
     ("array", ["bench", "array", "--json"]),
     ("eval_sparse", ["eval-sparse", "--json"]),
 ]

@@ -125,6 +125,15 @@ def realtime_bench(profile, engine_threads, as_json, out):
     emit(result, out, as_json)
 
 
+@bench.command("causal")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", default=None, metavar="FILE")
+def causal_bench(as_json, out):
+    """Dependent streams under the causal arrival rule, arrival at fetch, and realtime."""
+    from csdemu.bench.causal import run_causal_bench
+    emit(run_causal_bench(), out, as_json)
+
+
 @bench.command("array")
 @click.option("--drives", default="1,2,4,8", show_default=True, callback=int_list,
               help="array sizes, each against the first")

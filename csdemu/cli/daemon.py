@@ -23,6 +23,10 @@ from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_
               help="override the profile's timing mode")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="override one profile parameter (repeatable)")
+@click.option("--arrival", type=click.Choice(["causal", "fetch"]), default="causal", show_default=True,
+              help="when a command arrives in modeled time: causal (docs/architecture.md, "
+                   "Timing modes), or fetch, the daemon's fetch time alone, to measure what "
+                   "an emulator without the causal rule reports")
 @click.option("--poll-idle-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="spin this long without work before sleeping")
 @click.option("--engine-threads", default=1, show_default=True, type=click.IntRange(1, 256),
@@ -33,7 +37,7 @@ from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_
 @click.option("--preallocate", is_flag=True,
               help="reserve all backing space now (a full disk is found at start, not mid-run)")
 @click.option("--foreground", is_flag=True, help="do not daemonize")
-def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_idle_us,
+def start(data_dir, socket_path, profile, config_file, overrides, timing, arrival, poll_idle_us,
           engine_threads, cpus, fmt, preallocate, foreground):
     """Start the drive daemon."""
     socket_path = socket_path or default_socket()
@@ -52,7 +56,8 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         try:
             ctrl, info = build_controller(data_dir, profile, config_file, timing, overrides,
-                                          engine_threads, fmt=fmt, preallocate=preallocate)
+                                          engine_threads, fmt=fmt, preallocate=preallocate,
+                                          causal_arrival=arrival == "causal")
         except (ValueError, OSError) as exc:
             fail(str(exc))
         Daemon(socket_path, ctrl, poll_idle_us, info).serve()
@@ -60,7 +65,7 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, poll_i
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     args = [sys.executable, "-m", "csdemu", "start", "--foreground",
             "--data-dir", data_dir, "--socket", socket_path, "--poll-idle-us", str(poll_idle_us),
-            "--engine-threads", str(engine_threads)]
+            "--engine-threads", str(engine_threads), "--arrival", arrival]
     for flag, value in (("--profile", profile), ("--config", config_file), ("--timing", timing)):
         if value:
             args += [flag, value]

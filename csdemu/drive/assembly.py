@@ -110,7 +110,8 @@ def open_drive(data_dir: str, profile: str | None, config_file: str | None, over
 def build_controller(data_dir: str, profile: str | None = None, config_file: str | None = None,
                      timing_mode: str | None = None, overrides=None,
                      engine_threads: int = 1, *, fmt: bool = False,
-                     preallocate: bool = False) -> tuple[Controller, dict]:
+                     preallocate: bool = False,
+                     causal_arrival: bool = True) -> tuple[Controller, dict]:
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     lock = lock_data_dir(data_dir)
     try:
@@ -128,7 +129,8 @@ def build_controller(data_dir: str, profile: str | None = None, config_file: str
     prof = ns.profile
     g = prof.geometry
     cfg = ControllerConfig(profile_name=prof.name,
-                           timing_mode=TIMING_MODES[timing_mode or prof.device.timing_mode])
+                           timing_mode=TIMING_MODES[timing_mode or prof.device.timing_mode],
+                           causal_arrival=causal_arrival)
     info = {"channels": g.channels, "ways": g.ways, "planes": g.planes,
             "blocks_per_plane": g.blocks_per_plane, "pages_per_block": g.pages_per_block,
             "page_bytes": g.page_bytes, "oob_bytes": g.oob_bytes,

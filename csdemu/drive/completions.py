@@ -161,6 +161,8 @@ class Completions:
         the work it waited for had finished (docs/architecture.md, "Timing
         modes")."""
         now = _mono()
+        if not self.config.causal_arrival:
+            return now
         rung = rung_ns if self.timeline_ns < rung_ns <= now and now - rung_ns < _STALE_RING_NS else 0
         if rung:
             now = rung

@@ -32,6 +32,7 @@ BATCH = 64        # SQEs fetched per queue per pass (fairness between queues)
 class ControllerConfig:
     mdts_bytes: int = 8 << 20
     timing_mode: int = TimingMode.VIRTUAL
+    causal_arrival: bool = True   # False: arrival = fetch time (csdemu bench causal's "before")
     serial: str = "CSDEMU0001"
     model: str = "csdemu computational storage drive"
     profile_name: str = ""
