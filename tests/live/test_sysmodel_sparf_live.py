@@ -9,19 +9,20 @@ import pytest
 
 import csdemu
 from csdemu.drive.profile import load_profile
-from csdemu.sysmodel import Sparsity, csd_attend_ns
+from csdemu.host.array_spawn import ArrayProcesses
+from csdemu.sysmodel import Sparsity, array_attend_ns, csd_attend_ns
 
 L, SEQS, HEADS, D, T = 2048, 2, 2, 128, 16     # whole groups and whole 2048-token K-copy pages
 R, K = D // 8, L // 8                          # ratio 1/8
 PICKED = tuple(range(38, 38 + K // T))         # 16 groups, 256 tokens: the top-k, by construction
 
 
-def controlled_kv(rng):
+def controlled_kv(rng, heads=HEADS):
     """q's largest |components| are dims 0..R-1; the tokens of PICKED line up with
     q, so the top-k is exactly those groups' tokens."""
     q = rng.standard_normal(D) * 0.05
     q[:R] = 1.0 + rng.random(R)
-    k = rng.standard_normal((1, L, HEADS, D)) * 0.05
+    k = rng.standard_normal((1, L, heads, D)) * 0.05
     lo, hi = PICKED[0] * T, (PICKED[-1] + 1) * T
     k[0, lo:hi] += 4.0 * q / np.linalg.norm(q)
     return k, q
@@ -69,3 +70,36 @@ def test_live_sparf_page_hit_rate_is_the_models_input(live):
     pages = attend_pages(load_profile("instinfer"), HEADS * 2, HEADS, D, [L] * SEQS, 2, T,
                          Sparsity(0.125, sparf / dense))[0]
     assert len(pages) == sparf
+
+
+@pytest.fixture(scope="module")
+def drives4():
+    """Four small instinfer daemons (32 lines instead of 256: the timing is the same)."""
+    with ArrayProcesses(4, profile="instinfer", extra_args=["--set", "geometry.blocks_per_plane=32",
+                                                            "--poll-idle-us", "2000"]) as procs:
+        yield procs
+
+
+@pytest.mark.parametrize("drives", [1, 2, 4])
+def test_live_array_sparf_step_is_the_models(drives4, drives):
+    """One timing code on an array too: 4 kv heads over N drives, SparF with a known
+    selection; the array's modeled step equals the model's N-CSD SparF attend."""
+    kv_heads, q_heads = 4, 8
+    rng = np.random.default_rng(5)
+    with csdemu.connect_array(sockets=drives4.sockets[:drives]) as arr:
+        kv = arr.create_kv_namespace(layers=1, q_heads=q_heads, kv_heads=kv_heads, head_dim=D,
+                                     sparse_layout=True)
+        try:
+            q = np.zeros((SEQS, q_heads, D), np.float32)
+            for i in range(SEQS):
+                k, qi = controlled_kv(rng, kv_heads)
+                kv.append(0, [i], k, rng.standard_normal(k.shape))
+                q[i] = qi
+            time.sleep(0.2)
+            kv.attend(0, list(range(SEQS)), q, sparse=csdemu.SparF(r=R, k=K, window=T))
+            live = kv.last.device_ns
+        finally:
+            kv.delete()
+    sel = Sparsity(0.125, groups=PICKED, dims=tuple(range(R)))
+    assert live == array_attend_ns(load_profile("instinfer"), None, q_heads, kv_heads, D, [L] * SEQS,
+                                   2, T, drives, sel)
