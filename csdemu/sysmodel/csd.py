@@ -118,8 +118,9 @@ def rated_selection(seq_len: int, T: int, k: int, window: int, napprox: int, pag
     w_groups = min(n, math.ceil(window / T)) if window else 0
     rest = n - w_groups
     kk = min(k, max(0, seq_len - window))
-    want = (page_hit * 2 * (seq_len // T) - napprox) / 2 - w_groups
-    hit = int(min(rest, max(math.ceil(kk / T), round(want), 0)))
+    w_flash = max(0, min(n, seq_len // T) - rest)      # the window's groups not in DRAM
+    want = (page_hit * 2 * (seq_len // T) - napprox) / 2 - w_flash
+    hit = int(min(rest, max(math.ceil(kk / T), math.floor(want + 0.5), 0)))
     rows = min(float(T), kk / hit) if hit else 0.0
     return n, hit, rows
 
@@ -144,6 +145,15 @@ def spread_groups(seq: int, seq_len: int, kv_heads: int, rest: int, hit: int) ->
     return np.sort(np.argpartition(keys, hit - 1, axis=1)[:, :hit], axis=1).astype(np.int64)
 
 
+def spread_dims(seq: int, seq_len: int, kv_heads: int, head_dim: int, r: int) -> np.ndarray:
+    """[kv_heads, r] head dims of the largest |q|: data-dependent, so a fixed
+    pseudo-random draw per (sequence, length), each head its own (the same
+    dims for every head would put their K-copy pages on one die: a head's
+    copy spans head_dim pages, a multiple of channels x ways here)."""
+    keys = np.random.default_rng([seq, seq_len, 1]).random((kv_heads, head_dim))
+    return np.sort(np.argpartition(keys, r - 1, axis=1)[:, :r], axis=1).astype(np.int64)
+
+
 def sparse_stream_pages(seq_len: int, kv_heads: int, head_dim: int, dtype_bytes: int, T: int,
                         page_bytes: int, r: int, k: int, window: int, sparse=None, seq: int = 0):
     """(token-page positions, bytes each moves, K-copy page positions) of one
@@ -157,7 +167,7 @@ def sparse_stream_pages(seq_len: int, kv_heads: int, head_dim: int, dtype_bytes:
     Sensed groups: the window's, plus `hit` more drawn over the rest
     (spread_groups; the uniform rule or a page-hit rate), or the groups a
     Sparsity names;
-    the r dims are 0..r-1 unless a Sparsity names them."""
+    the r dims are drawn per head (spread_dims) unless a Sparsity names them."""
     n, g = math.ceil(seq_len / T), seq_len // T
     w_groups = min(n, math.ceil(window / T)) if window else 0
     rest = n - w_groups
@@ -188,8 +198,11 @@ def sparse_stream_pages(seq_len: int, kv_heads: int, head_dim: int, dtype_bytes:
     tok_moved = np.concatenate(tok_moved) if tok_moved else np.zeros(0, np.int64)
     tpp = max(1, page_bytes // dtype_bytes)
     TB = seq_len // tpp
-    dims = np.asarray(getattr(sparse, "dims", None) or range(max(1, min(head_dim, r))), np.int64)
-    kd = (2 * kv_heads * g + ((h * head_dim + dims[None, :])[:, :, None] * TB
+    given = getattr(sparse, "dims", None)
+    rr = max(1, min(head_dim, r))
+    dims = (np.broadcast_to(np.asarray(sorted(given), np.int64), (kv_heads, len(given)))
+            if given is not None else spread_dims(seq, seq_len, kv_heads, head_dim, rr))
+    kd = (2 * kv_heads * g + ((h * head_dim + dims)[:, :, None] * TB
                               + np.arange(TB, dtype=np.int64)[None, None, :])).reshape(-1)
     return tok, tok_moved, kd
 

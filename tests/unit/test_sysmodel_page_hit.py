@@ -6,6 +6,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -106,3 +107,17 @@ def test_bad_page_hit_one_line(args, msg):
     r = CliRunner().invoke(main, ["reproduce", "--png", "", "--batch", "1", "--output", "2", *args])
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert r.exit_code != 0 and len(lines) == 1 and msg in lines[0], r.output
+
+
+def test_drawn_groups_and_dims_spread_over_the_dies():
+    """Which groups and dims SparF selects is data-dependent; the model's draws must
+    not pile the heads' pages onto a few dies. Llama-2-13B at 2100 tokens (one full
+    K-copy page per dim): a head's copy spans 128 pages = 8 channels x 16 ways, so the
+    same dims in every head would put all 40 heads' copy pages of a dim on one die.
+    (At exactly 2048 tokens the layout itself puts every head's last group on one die,
+    for the live drive as for the model: 128 groups per head = one stripe cycle.)"""
+    prof = load_profile("instinfer")
+    ch, lun, _, _ = attend_pages(prof, 40, 40, 128, [2100] * 4, 2, 16, Sparsity(0.125, 0.5))
+    dies = np.bincount(ch * 16 + lun, minlength=128)
+    assert dies.max() < 1.5 * dies.mean()
+    assert len(ch) == pytest.approx(0.5 * 4 * 40 * 2 * (2100 // 16), rel=0.02)
