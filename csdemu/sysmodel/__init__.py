@@ -8,11 +8,13 @@ docs/system-model.md.
 Public API:
     csd_attend_ns(profile, q_heads, kv_heads, head_dim, seq_lens, dtype_bytes,
                   tokens_per_page, sparse=None) -> int
+        sparse: None (dense), a ratio, or Sparsity(ratio, page_hit, groups, dims)
     array_attend_ns(profile, topology, q_heads, kv_heads, head_dim, seq_lens,
                     dtype_bytes, tokens_per_page, drives, sparse=None) -> int
     load_model(name_or_config_json) -> ModelShape
     load_hardware(gpu=None, host=None, ssd=None, flexgen=None) -> Hardware
-    SysConfig(model, hw, csd_profile, gpus, csds, ssds, input_len, output_len, sparse)
+    SysConfig(model, hw, csd_profile, gpus, csds, ssds, input_len, output_len, sparse,
+              topology=None, page_hit=None)
     run(config, batches, systems=SYSTEMS) -> list of rows
     reproduce(...) -> (rows, params)
 """
