@@ -70,7 +70,7 @@ def reproduce(model, gpus, csds, ssds, input_len, output_len, batches, sparse, p
               link_gen, link_width, csd_capacity, systems, sweep, png, as_json):
     """Model decode throughput of FlexGen (and its SparQ and GDS variants), ZeRO-Inference,
     Recomp (vLLM) and InstInfer (dense and SparF) on this hardware."""
-    from csdemu.drive.profile import ProfileError
+    from csdemu.drive.profile import ProfileError, parse_capacity
     from csdemu.sysmodel import HardwareError, ModelError, PageHitError, reproduce as run
     from csdemu.sysmodel import SYSTEMS
     from csdemu.sysmodel import sweep as sweeps
@@ -104,6 +104,11 @@ def reproduce(model, gpus, csds, ssds, input_len, output_len, batches, sparse, p
     if channel_gbps is not None:
         ov["timing.channel_mbps"] = int(round(channel_gbps * 1000))
     if csd_capacity is not None:
+        try:
+            parse_capacity("--csd-capacity", csd_capacity)
+        except ProfileError as e:
+            raise click.BadParameter(str(e).replace("--csd-capacity: [device] capacity ", ""),
+                                     param_hint="--csd-capacity")
         ov["device.capacity"] = csd_capacity
     if link_gen is not None or link_width is not None:
         try:

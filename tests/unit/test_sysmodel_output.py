@@ -95,3 +95,10 @@ def test_bad_sweep_one_line(value, msg):
     r = cli("--batch", "1", "--png", "", "--sweep", value)
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert r.exit_code != 0 and len(lines) == 1 and "--sweep" in lines[0] and msg in lines[0], r.output
+
+
+@pytest.mark.parametrize("value", ["2X", "0"])
+def test_bad_csd_capacity_one_line(value):
+    r = cli("--batch", "1", "--png", "", "--csd-capacity", value)
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert r.exit_code != 0 and len(lines) == 1 and "--csd-capacity" in lines[0], r.output
