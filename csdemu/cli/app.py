@@ -8,7 +8,7 @@ import sys
 import click
 
 from csdemu.cli import (admin, array, bench, daemon, demo, features, generate, nbd, reproduce,
-                        stress, warmup)
+                        stress, trace, warmup)
 from csdemu.cli.output import with_output_format
 from csdemu.drive.profile_rules import ProfileError
 from csdemu.transport.errors import DaemonError, NVMeError
@@ -46,6 +46,6 @@ def main():
 for command in (daemon.start, daemon.stop, with_output_format(daemon.status), daemon.profiles,
                 admin.identify, admin.smart, admin.log, admin.passthru, features.get_feature,
                 array.array, bench.bench, generate.generate, generate.eval_sparse, nbd.nbd,
-                reproduce.reproduce, stress.stress, demo.demo, warmup.warmup,
+                reproduce.reproduce, stress.stress, trace.trace, demo.demo, warmup.warmup,
                 *admin.NVME_CLI_ALIASES):
     main.add_command(command)

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, daemon_for, int_list, say
+from csdemu.cli.options import SOCKET_OPT, daemon_for, int_list, say, trace_option
 from csdemu.transport.qpair import MAX_QUEUE_DEPTH
 
 
@@ -79,16 +79,18 @@ def generate_bench(socket_path, batch, context, steps, rounds, profile, engine_t
               help="context lengths, multiples of 16")
 @click.option("--engine-threads", default=2, show_default=True, type=click.IntRange(1, 256),
               help="kernel threads of the drive started for the run")
+@trace_option("the drive started for this run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE")
-def attention_bench(socket_path, repeat, contexts, engine_threads, as_json, out):
+def attention_bench(socket_path, repeat, contexts, engine_threads, trace, as_json, out):
     """Kernels vs streaming bandwidth, numpy and torch; Attend through the daemon."""
     from csdemu.bench.attention import T, run_attention_bench
     if any(c % T for c in contexts):
         raise click.BadParameter(f"must be multiples of {T} (whole pages), got {contexts}",
                                  param_hint="--contexts")
     ctx = tuple(contexts)
-    with daemon_for(socket_path, "instinfer", ["--engine-threads", str(engine_threads)]) as path:
+    with daemon_for(socket_path, "instinfer", ["--engine-threads", str(engine_threads)],
+                    trace=trace) as path:
         result = run_attention_bench(path, repeat, ctx, progress=say)
     result["engine_threads"] = engine_threads
     emit(result, out, as_json)

@@ -9,7 +9,8 @@ import time
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, control, cpus_option, fail, wait_exited, timeout_option
+from csdemu.cli.options import (SOCKET_OPT, control, cpus_option, fail, timeout_option,
+                                trace_file_problem, wait_exited)
 from csdemu.transport.control import reachable, socket_unusable
 from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_problem
 
@@ -36,12 +37,23 @@ from csdemu.transport.paths import default_data_dir, default_socket, socket_dir_
               help="erase the drive in --data-dir, if any, and format a new one")
 @click.option("--preallocate", is_flag=True,
               help="reserve all backing space now (a full disk is found at start, not mid-run)")
+@click.option("--trace", "trace", default=None, metavar="FILE",
+              help="record every command's modeled intervals into FILE (Chrome/Perfetto JSON, "
+                   "written at stop; see `csdemu trace summary`)")
+@click.option("--trace-limit", default=None, type=click.IntRange(1, 100_000_000), metavar="N",
+              help="stop recording after N intervals, ~110 bytes of file each "
+                   "[default: csdemu.drive.trace.DEFAULT_LIMIT, docs/trace.md]")
 @click.option("--foreground", is_flag=True, help="do not daemonize")
 def start(data_dir, socket_path, profile, config_file, overrides, timing, arrival, poll_idle_us,
-          engine_threads, cpus, fmt, preallocate, foreground):
+          engine_threads, cpus, fmt, preallocate, trace, trace_limit, foreground):
     """Start the drive daemon."""
     socket_path = socket_path or default_socket()
     data_dir = data_dir or default_data_dir()
+    if trace:
+        trace = os.path.abspath(trace)
+        problem = trace_file_problem(trace)
+        if problem:
+            fail(f"--trace: {problem}")
     if profile and config_file:
         fail("give --profile or --config, not both")
     unusable = socket_dir_problem(socket_path) or socket_unusable(socket_path)
@@ -57,7 +69,8 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, arriva
         try:
             ctrl, info = build_controller(data_dir, profile, config_file, timing, overrides,
                                           engine_threads, fmt=fmt, preallocate=preallocate,
-                                          causal_arrival=arrival == "causal")
+                                          causal_arrival=arrival == "causal",
+                                          trace=trace, trace_limit=trace_limit)
         except (ValueError, OSError) as exc:
             fail(str(exc))
         Daemon(socket_path, ctrl, poll_idle_us, info).serve()
@@ -66,6 +79,10 @@ def start(data_dir, socket_path, profile, config_file, overrides, timing, arriva
     args = [sys.executable, "-m", "csdemu", "start", "--foreground",
             "--data-dir", data_dir, "--socket", socket_path, "--poll-idle-us", str(poll_idle_us),
             "--engine-threads", str(engine_threads), "--arrival", arrival]
+    if trace:
+        args += ["--trace", trace]
+    if trace_limit:
+        args += ["--trace-limit", str(trace_limit)]
     for flag, value in (("--profile", profile), ("--config", config_file), ("--timing", timing)):
         if value:
             args += [flag, value]

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, TokenBar, daemon_for, int_list, say
+from csdemu.cli.options import SOCKET_OPT, TokenBar, daemon_for, int_list, say, trace_option
 
 DEFAULT_PROMPT = "Explain in two sentences why storage drives can compute attention."
 
@@ -26,9 +26,10 @@ DEFAULT_PROMPT = "Explain in two sentences why storage drives can compute attent
               help="split attention over an array of N drives (started for this run unless --array)")
 @click.option("--array", "array_dir", default=None, metavar="DIR",
               help="use the array `csdemu array start` runs in DIR")
+@trace_option("the drive started for this run")
 @click.option("--json", "as_json", is_flag=True)
 def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat, socket_path,
-             drives, array_dir, as_json):
+             drives, array_dir, trace, as_json):
     """Generate text with SmolLM2-135M, decode attention computed in the drive."""
     from csdemu.host.device import connect
     from csdemu.hf.generate import generate as run, parse_ratio
@@ -41,6 +42,9 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
     rows = [prompts[i % len(prompts)] for i in range(batch or len(prompts))]
     with contextlib.ExitStack() as stack:
         if drives or array_dir:
+            if trace:
+                raise click.BadParameter("traces one drive: give --trace without --drives/--array",
+                                         param_hint="--trace")
             if socket_path:
                 raise click.BadParameter("give --socket or --drives/--array, not both",
                                          param_hint="--socket")
@@ -50,7 +54,8 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
                 load_profile(profile)       # a bad name fails here, in one line
             dev = stack.enter_context(open_array(array_dir, drives, profile))
         else:
-            dev = stack.enter_context(connect(stack.enter_context(daemon_for(socket_path, profile))))
+            dev = stack.enter_context(connect(stack.enter_context(
+                daemon_for(socket_path, profile, trace=trace))))
         model, tok = load_smollm2()         # after the drive is up: a bad --profile fails first
         res = run(dev, model, tok, rows, max_new_tokens, ratio, kv_dtype, chat=not no_chat,
                   streamer=TokenBar(max_new_tokens))

@@ -83,17 +83,30 @@ def control(socket_path, op: str, timeout: float | None = None) -> dict:
 
 
 @contextlib.contextmanager
-def daemon_for(socket_path: str | None, profile: str | None = None, extra_args=()):
-    """Yield a socket path: the given/default daemon if it answers, else a temporary one."""
+def daemon_for(socket_path: str | None, profile: str | None = None, extra_args=(),
+               trace: str | None = None):
+    """Yield a socket path: the given/default daemon if it answers, else a
+    temporary one (recording its timeline into `trace`, if given)."""
     from csdemu.drive.profile import load_profile
     from csdemu.host.spawn import DaemonProcess
     from csdemu.transport.control import reachable
     path = socket_path or default_socket()
+    if trace:
+        trace = os.path.abspath(trace)
+        problem = trace_file_problem(trace)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--trace")
     if reachable(path):
+        if trace:
+            raise DaemonError(f"--trace needs a drive started for this run, but a daemon "
+                              f"answers at {path}; stop it, or start it with `csdemu start "
+                              f"--trace FILE`")
         yield path
         return
     if socket_path:
         raise DaemonError(f"no csdemu daemon at {socket_path}; start one with `csdemu start`")
+    if trace:
+        extra_args = [*extra_args, "--trace", trace]
     if profile:
         load_profile(profile)        # a bad name fails here, in one line, not in the child
     proc = DaemonProcess(profile=profile, extra_args=extra_args)
@@ -105,6 +118,24 @@ def daemon_for(socket_path: str | None, profile: str | None = None, extra_args=(
         yield proc.socket_path
     finally:
         proc.cleanup()
+
+
+def trace_file_problem(path: str) -> str | None:
+    """Why a trace cannot be written at `path`, or None."""
+    d = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    if not os.path.isdir(d):
+        return f"directory {d} does not exist"
+    if not os.access(d, os.W_OK):
+        return f"directory {d} is not writable"
+    return None
+
+
+def trace_option(what: str):
+    return click.option("--trace", default=None, metavar="FILE",
+                        help=f"record the modeled timeline of {what} into FILE "
+                             f"(Chrome/Perfetto JSON; see `csdemu trace summary`)")
 
 
 def say(msg: str) -> None:

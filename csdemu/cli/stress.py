@@ -6,7 +6,7 @@ import os
 
 import click
 
-from csdemu.cli.options import SOCKET_OPT, daemon_for
+from csdemu.cli.options import SOCKET_OPT, daemon_for, trace_option
 
 
 class _Bar:
@@ -54,7 +54,8 @@ class _Bar:
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr [default: when stderr is a terminal]")
 @click.option("--keys", "list_keys", is_flag=True, help="list the job-file keys and exit")
-def stress(socket_path, jobfile, as_json, output, profile, progress, list_keys):
+@trace_option("the drive started for this run")
+def stress(socket_path, jobfile, as_json, output, profile, progress, list_keys, trace):
     """Stress the KV vendor commands (append, attend, reclaim) from an INI job file.
 
     Sections are jobs (a [global] section gives defaults), as in fio; see
@@ -77,7 +78,7 @@ def stress(socket_path, jobfile, as_json, output, profile, progress, list_keys):
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Bar(show)
     try:
-        with daemon_for(socket_path, profile) as path:
+        with daemon_for(socket_path, profile, trace=trace) as path:
             res = run_stress(path, jobs, progress=bar, jobfile=os.path.abspath(jobfile))
     except RuntimeError as exc:
         raise click.ClickException(" ".join(str(exc).split())) from None

@@ -12,6 +12,8 @@
     lifetime.py    power cycles and hours across restarts
     cpus.py        Linux cpulists and pinning
     jit_watch.py   reports a Numba compile inside a command
+    trace.py       `--trace`: drains the timing model's trace ring into a Perfetto/Chrome JSON file
+    trace_summary.py  reads such a file: utilisation per resource, critical path of a command
     flash/         NAND array, timing model, FTL, the NVM (block) namespace
     kv/            the KV namespace: layout on flash, store, attention engine
 

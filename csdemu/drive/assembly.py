@@ -23,6 +23,7 @@ from csdemu.drive.kv.manager import KVManager
 from csdemu.drive.lifetime import NAME as LIFETIME_FILE
 from csdemu.drive.lifetime import Lifetime
 from csdemu.drive.profile import ProfileError, load_profile
+from csdemu.drive.trace import DEFAULT_LIMIT, Tracer
 from nvme_cmds.features import TimingMode
 
 DEFAULT_PROFILE = "instinfer"
@@ -110,8 +111,9 @@ def open_drive(data_dir: str, profile: str | None, config_file: str | None, over
 def build_controller(data_dir: str, profile: str | None = None, config_file: str | None = None,
                      timing_mode: str | None = None, overrides=None,
                      engine_threads: int = 1, *, fmt: bool = False,
-                     preallocate: bool = False,
-                     causal_arrival: bool = True) -> tuple[Controller, dict]:
+                     preallocate: bool = False, causal_arrival: bool = True,
+                     trace: str | None = None,
+                     trace_limit: int | None = None) -> tuple[Controller, dict]:
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     lock = lock_data_dir(data_dir)
     try:
@@ -147,6 +149,11 @@ def build_controller(data_dir: str, profile: str | None = None, config_file: str
     geometry = {"channels": g.channels, "ways": g.ways, "planes": g.planes,
                 "lines": d.lines, "kv_lines": d.kv_lines, "pages_per_block": g.pages_per_block,
                 "page_bytes": g.page_bytes}
+    if trace:
+        ctrl.trace_to(Tracer(trace, ns.ftl.clocks, geometry, {
+            "name": prof.name, "tR_ns": prof.timing.tR_ns, "channel_mbps": prof.timing.channel_mbps,
+            "pcie_mbps": prof.pcie.bandwidth_mbps, "pcie_latency_ns": prof.pcie.latency_ns},
+            trace_limit or DEFAULT_LIMIT))
     return ctrl, {"profile": prof.name, "data_dir": data_dir, "geometry": geometry,
                   "raw_bytes": d.raw_bytes, "user_bytes": d.nlbas * prof.device.lba_size,
-                  "overrides": list(overrides or ())}
+                  "overrides": list(overrides or ()), "trace": trace}

@@ -68,6 +68,29 @@ class Controller(Completions):
         self.lifetime = None      # csdemu.drive.lifetime.Lifetime: SMART power-on counters
         self.kv = None            # the KV layer (csdemu.drive.kv.manager.KVManager): C1h/C4h, log C1h
         self.error_logs: dict = {}  # session id -> error_log.ErrorLog (log page 01h)
+        self.tracer = None        # csdemu.drive.trace.Tracer while the drive traces
+
+    def trace_to(self, tracer) -> None:
+        """Record every I/O command's modeled intervals (`csdemu start --trace`).
+        The traced paths are bound per instance, so an untraced drive runs
+        exactly the code it ran before tracing existed."""
+        self.tracer = tracer
+        self._io = self._io_traced
+        self.complete = self._complete_traced
+
+    def _io_traced(self, session, sq, cq, cmd, consumed=0):
+        tracer = self.tracer
+        tracer.begin(session.id, sq.qid, cmd)
+        try:
+            Controller._io(self, session, sq, cq, cmd, consumed)
+        finally:
+            tracer.end()
+
+    def _complete_traced(self, session, sq, cq, cid, status, dw0=0, dw1=0,
+                         arrival_ns=0, done_ns=0, release=True):
+        self.tracer.note(sq.qid, cid, status, arrival_ns, done_ns)
+        return Completions.complete(self, session, sq, cq, cid, status, dw0, dw1, arrival_ns,
+                                    done_ns, release)
 
     # ------------------------------------------------------------ fetching
     def poll(self, session) -> int:

@@ -329,6 +329,8 @@ class Daemon:
                 step(f"closing client {s.id}", s.close)
             if ctrl.lifetime is not None:
                 step("saving lifetime counters", ctrl.lifetime.save, True)
+            if ctrl.tracer is not None:
+                step("writing the trace", ctrl.tracer.close)
         finally:
             try:
                 os.unlink(self.socket_path)

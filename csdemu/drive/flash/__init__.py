@@ -3,6 +3,7 @@
     ../profile.py          named TOML presets -> frozen dataclasses
     geometry.py            PPA bit fields, dense PPNs, block ids
     timing.py              pure resource model: LUN / channel / PCIe clocks
+    trace_ring.py          where the timing kernels record each interval they charge
     nand.py                backing files, whole-page program/read, erase, OOB
     lines.py               lines (superblocks), streams, the page allocator
     gc.py                  victim selection (greedy, cost-benefit), collection

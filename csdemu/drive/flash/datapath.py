@@ -85,12 +85,13 @@ def scratch(n: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def read_cmd(ppns, geo, start, floor, st, iv, prm, scr):
+def read_cmd(ppns, geo, start, floor, st, iv, prm, scr, tr):
     """A whole host read in one call: if every page is mapped, charge NAND
     reads plus the PCIe transfer of each page and return (last arrival at
     the host, pages form one contiguous run). Returns (-1, False) at once if
     some page is unmapped (the caller takes the general path).
-    geo = [S, channels, ways, page_bytes]; scr = scratch(n)."""
+    geo = [S, channels, ways, page_bytes]; scr = scratch(n); tr the trace
+    ring (trace_ring.py)."""
     n = ppns.shape[0]
     run = True
     for i in range(n):
@@ -102,7 +103,7 @@ def read_cmd(ppns, geo, start, floor, st, iv, prm, scr):
     k = read_ops(ppns, geo[0], C, L, geo[3], scr[0], scr[1], scr[2], scr[3])
     scr[5, 0] = start
     _run(0, scr[0, :k], scr[1, :k], scr[2, :k], scr[5, :1], True, floor, st, iv, C, L, prm,
-         scr[4, :k])
+         scr[4, :k], tr)
     mx = start
     for j in range(k):
         if scr[4, j] > mx:
@@ -111,7 +112,7 @@ def read_cmd(ppns, geo, start, floor, st, iv, prm, scr):
 
 
 @numba.njit(cache=True, nogil=True)
-def read_into(l2p, lpn0, n, data, out, geo, start, floor, st, iv, prm, scr):
+def read_into(l2p, lpn0, n, data, out, geo, start, floor, st, iv, prm, scr, tr):
     """read_cmd for LPNs lpn0..lpn0+n-1 that also moves the pages into `out`
     (the host's buffer): the whole mapped read in one call. -> done, or -1
     (nothing charged or copied) if some page is unmapped or `out` is short."""
@@ -119,7 +120,7 @@ def read_into(l2p, lpn0, n, data, out, geo, start, floor, st, iv, prm, scr):
     if out.shape[0] < n * pb:
         return -1
     ppns = l2p[lpn0:lpn0 + n]
-    done, _ = read_cmd(ppns, geo, start, floor, st, iv, prm, scr)
+    done, _ = read_cmd(ppns, geo, start, floor, st, iv, prm, scr, tr)
     if done < 0:
         return -1
     for i in range(n):
@@ -195,7 +196,7 @@ def remap(l2p, lpn0, ppns, valid, vpc, ppl):
 
 
 @numba.njit(cache=True, nogil=True)
-def program_cmd(ppns, geo, start, floor, st, iv, prm, scr, rel):
+def program_cmd(ppns, geo, start, floor, st, iv, prm, scr, rel, tr):
     """Charge the programs of a batch (one per completed flash page) and
     write each page's write-buffer release time into rel; returns the last
     program end. geo = [S, channels, ways, flash_page_bytes]."""
@@ -203,7 +204,7 @@ def program_cmd(ppns, geo, start, floor, st, iv, prm, scr, rel):
     k = program_ops(ppns, geo[0], geo[1], geo[2], geo[3], scr[0], scr[1], scr[2], scr[3])
     scr[5, 0] = start
     _run(1, scr[0, :k], scr[1, :k], scr[2, :k], scr[5, :1], False, floor, st, iv, geo[1],
-         geo[2], prm, scr[4, :k])
+         geo[2], prm, scr[4, :k], tr)
     mx = start
     for i in range(n):
         o = scr[3, i]

@@ -105,8 +105,9 @@ class BlockFTL(UserStreams, Durability):
         release times, last program end)."""
         n = ppns.shape[0]
         rel = np.empty(n, np.int64)
-        mx = dp.program_cmd(ppns, self._pgeo, start, self.floor, self.clocks.state,
-                            self.clocks.iv, self.prm, self._scratch(n), rel)
+        c = self.clocks
+        mx = dp.program_cmd(ppns, self._pgeo, start, self.floor, c.state, c.iv, self.prm,
+                            self._scratch(n), rel, c.trace)
         return rel, int(mx)
 
     def erase_line(self, line: int, t: int) -> int:
@@ -143,7 +144,7 @@ class BlockFTL(UserStreams, Durability):
     def pcie(self, start: int, nbytes: int) -> int:
         """Move nbytes over the host link no earlier than start; return arrival."""
         return int(_pcie(int(start), int(nbytes), self.floor, self.clocks.state, self.clocks.iv,
-                         *self._link))
+                         *self._link, self.clocks.trace))
 
     # ------------------------------------------------------------------ placement
     def _program(self, stream, ppns, lpns, pages, poison=None):
@@ -293,8 +294,9 @@ class BlockFTL(UserStreams, Durability):
             m = ppns >= 0
             if m.any() and self.read_fault(int(m.sum())):
                 return False, None, int(self.charge_reads(ppns[m], t0, pcie=True).max())
-        done, run = dp.read_cmd(ppns, self._geo, t0, self.floor, self.clocks.state,
-                                self.clocks.iv, self.prm, self._scratch(n))
+        c = self.clocks
+        done, run = dp.read_cmd(ppns, self._geo, t0, self.floor, c.state, c.iv, self.prm,
+                                self._scratch(n), c.trace)
         if done >= 0:                                  # fast path: all mapped
             self.counters["nand_pages_read"] += n
             if not self.nand.check(ppns):
@@ -331,7 +333,7 @@ class BlockFTL(UserStreams, Durability):
             return -1                       # read() reports the failing page
         c = self.clocks
         done = dp.read_into(self.l2p, lpn0, n, self.nand.data, out, self._geo, t0, self.floor,
-                            c.state, c.iv, self.prm, self._scratch(n))
+                            c.state, c.iv, self.prm, self._scratch(n), c.trace)
         if done >= 0:
             cnt = self.counters
             cnt["host_pages_read"] += n

@@ -45,7 +45,9 @@ from enum import IntEnum
 import numba
 import numpy as np
 
+from csdemu.drive.flash import trace_ring
 from csdemu.drive.flash.bus import BUS_SLOTS, book, forget_before
+from csdemu.drive.flash.trace_ring import emit
 
 
 class Op(IntEnum):
@@ -109,6 +111,13 @@ class Clocks:
     pcie_avail: np.ndarray    # int64 [1]
     pcie_busy: np.ndarray     # int64 [1]
     iv_n: np.ndarray          # int64 [channels + 1]: intervals in use per bus
+    #: where the kernels record each interval they charge (trace_ring.py);
+    #: a drive that does not trace keeps the header-only ring
+    trace: np.ndarray = None
+
+    def __post_init__(self):
+        if self.trace is None:
+            self.trace = trace_ring.off()
 
     @classmethod
     def create(cls, channels: int, ways: int) -> "Clocks":
@@ -162,18 +171,20 @@ def _xfer(nbytes, mbps):
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(op, ch, lun, nbytes, start, do_pcie, floor, st, iv, C, L, prm, out):
+def _run(op, ch, lun, nbytes, start, do_pcie, floor, st, iv, C, L, prm, out, tr):
     """Charge ops in order on the state buffer `st` (layout: Clocks.create);
     a read senses as many bytes as it transfers."""
     return _run_sensed(op, ch, lun, nbytes, nbytes, start, do_pcie, floor, st, iv, C, L,
-                       prm, out)
+                       prm, out, tr)
 
 
 @numba.njit(cache=True, nogil=True)
-def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L, prm, out):
+def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L, prm, out,
+                tr):
     """`_run` where a read senses `sense` bytes (tR) and moves `nbytes` (the
     channel and link); each of `nbytes`, `sense`, `start` has one entry per
-    op or one for all."""
+    op or one for all. Each interval charged goes into the trace ring `tr`
+    when its header says on (trace_ring.py)."""
     tR, tR4k, tPROG, tBERS = prm[0], prm[1], prm[2], prm[3]
     ch_mbps, ch_ovh, pcie_mbps, pcie_lat = prm[4], prm[5], prm[6], prm[7]
     o_lb = C * L                  # lun_busy
@@ -188,6 +199,7 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
     last_nb = -1
     ch_d = 0
     pcie_d = 0
+    traced = tr[0, 0] != 0
     for i in range(n):
         c = ch[i]
         li = c * L + lun[i]
@@ -211,6 +223,9 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
             st[li] = xe                              # die held until its data left
             st[o_lb + li] += r
             done = xe
+            if traced:
+                emit(tr, 0, li, s, s + r, sb)
+                emit(tr, 3, c, xs, xe, nb)
             if do_pcie:
                 pd = pcie_d
                 ps = book(iv, st, o_n, C, xe, pd, floor, 0, 0)
@@ -218,6 +233,8 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
                     st[o_pa] = ps + pd
                 st[o_pb] += pd
                 done = ps + pd + pcie_lat
+                if traced:
+                    emit(tr, 4, 0, ps, ps + pd, nb)
         elif op == 1:                                # PROGRAM: bus, then array
             d = ch_d
             xs = book(iv, st, o_n, c, s, d, floor, c * L, L)
@@ -228,22 +245,29 @@ def _run_sensed(op, ch, lun, nbytes, sense, start, do_pcie, floor, st, iv, C, L,
             done = xe + tPROG
             st[li] = done
             st[o_lb + li] += tPROG
+            if traced:
+                emit(tr, 3, c, xs, xe, nb)
+                emit(tr, 1, li, xe, done, nb)
         else:                                        # ERASE: array only
             done = s + tBERS
             st[li] = done
             st[o_lb + li] += tBERS
+            if traced:
+                emit(tr, 2, li, s, done, 0)
         out[i] = done
     return 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _pcie(start, nbytes, floor, st, iv, C, L, mbps, lat):
+def _pcie(start, nbytes, floor, st, iv, C, L, mbps, lat, tr):
     o_pa = 2 * C * L + 2 * C
     d = _xfer(nbytes, mbps)
     s = book(iv, st, o_pa + 2, C, start, d, floor, 0, 0)
     if s + d > st[o_pa]:
         st[o_pa] = s + d
     st[o_pa + 1] += d
+    if tr[0, 0] != 0:
+        emit(tr, 4, 0, s, s + d, nbytes)
     return s + d + lat
 
 
@@ -275,7 +299,7 @@ def advance_batch(op: Op, ch, lun, start_ns, nbytes, clocks: Clocks, timing,
     nb = _as_i64(nbytes)
     sense = nb if sense_bytes is None else _as_i64(sense_bytes)
     _run_sensed(int(op), ch, lun, nb, sense, _as_i64(start_ns), bool(pcie), int(floor_ns),
-                clocks.state, clocks.iv, clocks.channels, clocks.ways, prm, out)
+                clocks.state, clocks.iv, clocks.channels, clocks.ways, prm, out, clocks.trace)
     return out
 
 
@@ -293,4 +317,4 @@ def pcie_transfer(start_ns: int, nbytes: int, clocks: Clocks, timing, *, floor_n
     else:
         mbps, lat = timing.pcie_mbps, timing.pcie_latency_ns
     return int(_pcie(int(start_ns), int(nbytes), int(floor_ns), clocks.state, clocks.iv,
-                     clocks.channels, clocks.ways, mbps, lat))
+                     clocks.channels, clocks.ways, mbps, lat, clocks.trace))

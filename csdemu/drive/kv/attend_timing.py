@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csdemu.drive.flash.timing import Clocks, NandTiming, Op, advance_batch, pcie_transfer
+from csdemu.drive.flash.trace_ring import Kind, emit_rows
 
 SOFTMAX_FLOPS_PER_SCORE = 1      # Table I's softmax rate counts score elements
 SCORE_BYTES = 4                  # fp32 approximate score through the filter
@@ -65,6 +66,13 @@ class EngineRates:
                     work.softmax_flops / self.softmax_flops_per_s,
                     work.filter_bytes / self.filter_bytes_per_s)
         return int(round(1e9 * stage / max(1, self.units)))
+
+    def stage_ns(self, work: "AttendWork") -> tuple[int, int, int]:
+        """Each stage's busy time on one unit: GeMV, softmax, filter."""
+        u = max(1, self.units)
+        return tuple(int(round(1e9 * x / u)) for x in (
+            work.gemv_flops / self.gemv_flops_per_s, work.softmax_flops / self.softmax_flops_per_s,
+            work.filter_bytes / self.filter_bytes_per_s))
 
 
 @dataclass(slots=True)
@@ -147,6 +155,9 @@ def attend_time(start_ns: int, page_ch: np.ndarray, page_lun: np.ndarray, page_b
     engine_done = max(begin + compute, flash_done + tail)
     engine.busy_ns += compute
     engine.avail_ns = engine_done
+    if clocks.trace[0, 0]:
+        trace_engine(clocks.trace, rates, work, begin, engine_done,
+                     begin + compute >= engine_done)
     done = pcie_transfer(engine_done, work.out_bytes, clocks, nand)
     return AttendTime(done, t_q, flash_done, compute, engine_done, npages, {
         "pcie_in_ns": t_q - start_ns,
@@ -155,6 +166,22 @@ def attend_time(start_ns: int, page_ch: np.ndarray, page_lun: np.ndarray, page_b
         "engine_wait_ns": engine_done - max(flash_done, begin),
         "pcie_out_ns": done - engine_done,
     })
+
+
+def trace_engine(tr, rates: EngineRates, work: AttendWork, begin: int, engine_done: int,
+                 compute_bound: bool) -> None:
+    """Each unit's stages as intervals in the trace ring. The stages run
+    side by side (a pipeline), so each is drawn for its own busy time: from
+    `begin` when the engine sets the pace, else ending with the engine, the
+    work on the last pages to arrive being what trails the reads."""
+    rows = []
+    for kind, d in zip((Kind.GEMV, Kind.SOFTMAX, Kind.FILTER), rates.stage_ns(work)):
+        if d <= 0:
+            continue
+        s, e = (begin, begin + d) if compute_bound else (engine_done - d, engine_done)
+        rows += [(kind, u, s, e, 0) for u in range(max(1, rates.units))]
+    if rows:
+        emit_rows(tr, rows)
 
 
 def spread_pages(npages: int, channels: int, ways: int, first: int = 0):
