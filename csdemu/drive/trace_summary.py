@@ -94,17 +94,21 @@ def busy_ns(starts: np.ndarray, ends: np.ndarray) -> int:
     return total + cur_e - cur_s
 
 
-def utilisation(tr: Trace) -> list[dict]:
-    """One row per resource track: group, name, busy ns, share of the span, bytes."""
-    lo, hi = span(tr)
+def utilisation(tr: Trace, window: tuple[int, int] | None = None) -> list[dict]:
+    """One row per resource track: group, name, busy ns, share of the span
+    (or of `window`, intervals clipped to it), bytes."""
+    lo, hi = window or span(tr)
     width = max(1, hi - lo)
     out = []
-    key = tr.iv[:, PID] * (1 << 32) + tr.iv[:, TID]
+    iv = tr.iv
+    if window is not None:
+        iv = iv[(iv[:, END] > lo) & (iv[:, START] < hi)]
+    key = iv[:, PID] * (1 << 32) + iv[:, TID]
     for k in np.unique(key):
         m = key == k
-        rows = tr.iv[m]
+        rows = iv[m]
         pid, tid = int(rows[0, PID]), int(rows[0, TID])
-        b = busy_ns(rows[:, START], rows[:, END])
+        b = busy_ns(np.maximum(rows[:, START], lo), np.minimum(rows[:, END], hi))
         out.append({"group": GROUPS.get(pid, str(pid)), "pid": pid, "tid": tid,
                     "track": tr.tracks.get((pid, tid), str(tid)), "busy_ns": b,
                     "utilisation": b / width, "intervals": int(m.sum()),
@@ -148,13 +152,39 @@ def critical_path(tr: Trace, tag: int, link_latency_ns: int | None = None) -> li
                 "track": tr.track(iv[row]) if row is not None else "",
                 "cmd": int(iv[row, CMD]) if row is not None else tag}
 
-    out, T = [], done
+    ways = int(tr.meta.get("geometry", {}).get("ways", 0)) or None
+    lun_pid = next(p for p, g in GROUPS.items() if g == "LUNs")
+    ch_pid = next(p for p, g in GROUPS.items() if g == "channels")
+
+    def channel(j):
+        pid, tid = int(iv[j, PID]), int(iv[j, TID])
+        if pid == ch_pid:
+            return tid
+        return tid // ways if pid == lun_pid and ways else None
+
+    def kinship(j, cur):
+        """0: the same resource as `cur` (the die or bus it queued on), 1: a
+        die and its channel's bus (a die is held until its data has left),
+        2: anything else. Pages of one attend run in lock step, so several
+        of its intervals often end on the same nanosecond; the one on the
+        same resource is the cause."""
+        if cur is None:
+            return 2
+        if iv[j, PID] == iv[cur, PID] and iv[j, TID] == iv[cur, TID]:
+            return 0
+        if iv[j, PID] == iv[cur, PID]:
+            return 2
+        c = channel(j)
+        return 1 if c is not None and c == channel(cur) else 2
+
+    out, T, cur = [], done, None
     for _ in range(4 * len(own) + 64):
         if T <= arrival:
             break
         cands = [i for i in own_by_end.get(T, ()) if i not in used]
         if cands:
-            i = min(cands, key=lambda j: (iv[j, START], j))      # the longest
+            i = min(cands, key=lambda j: (kinship(j, cur), iv[j, START], j))   # then the longest
+            cur = i
             used.add(i)
             s = int(iv[i, START])
             explained = (s <= arrival or s in any_end or (lat and s - lat in own_link_ends))
@@ -172,7 +202,8 @@ def critical_path(tr: Trace, tag: int, link_latency_ns: int | None = None) -> li
             continue
         blockers = [i for i in other_by_end.get(T, ()) if i not in used]
         if blockers:
-            i = min(blockers, key=lambda j: (iv[j, START], j))
+            i = min(blockers, key=lambda j: (kinship(j, cur), iv[j, START], j))
+            cur = i
             used.add(i)
             s = max(int(iv[i, START]), arrival)
             out.append(seg(s, T, f"queued behind {tr.names[iv[i, NAME]]}", i))
@@ -186,18 +217,21 @@ def critical_path(tr: Trace, tag: int, link_latency_ns: int | None = None) -> li
     return out
 
 
-def format_summary(tr: Trace, top: int = 8, tag: int | None = None) -> str:
-    lo, hi = span(tr)
+def runs(path: list[dict]) -> list[dict]:
+    """Consecutive segments of one kind on one track (and command) as one."""
+    out = []
+    for sg in path:
+        last = out[-1] if out else None
+        if last and (last["what"], last["track"], last["cmd"]) == (sg["what"], sg["track"], sg["cmd"]):
+            last["end"] = sg["end"]
+            last["n"] += 1
+        else:
+            out.append(dict(sg, n=1))
+    return out
+
+
+def _util_lines(util: list[dict], top: int) -> list[str]:
     lines = []
-    m = tr.meta
-    lines.append(f"trace: {len(tr.commands)} commands, {len(tr.iv)} intervals over "
-                 f"{(hi - lo) / 1e6:.3f} ms modeled"
-                 + (f"; recording stopped after command {m['truncated_at_cmd']} "
-                    f"(--trace-limit)" if m.get("truncated_at_cmd") else "")
-                 + (f"; {m['dropped_intervals']} intervals dropped" if m.get("dropped_intervals")
-                    else ""))
-    util = utilisation(tr)
-    lines.append("\nutilisation (busy time / span):")
     for pid, group in GROUPS.items():
         rows = [u for u in util if u["pid"] == pid]
         if not rows:
@@ -205,34 +239,55 @@ def format_summary(tr: Trace, top: int = 8, tag: int | None = None) -> str:
         us = np.array([u["utilisation"] for u in rows])
         lines.append(f"  {group}: {len(rows)} tracks, mean {100 * us.mean():.1f} %, "
                      f"min {100 * us.min():.1f} %, max {100 * us.max():.1f} %")
-        shown = sorted(rows, key=lambda u: -u["utilisation"])[:top]
+        shown = sorted(rows, key=lambda u: (-u["utilisation"], u["tid"]))[:top]
         for u in sorted(shown, key=lambda u: u["tid"]):
             lines.append(f"    {u['track']:<22} {100 * u['utilisation']:6.1f} %  "
                          f"{u['busy_ns'] / 1e3:12.3f} us busy  {u['intervals']:8d} intervals  "
                          f"{u['bytes'] / 2**20:10.2f} MiB")
         if len(rows) > top:
             lines.append(f"    ... {len(rows) - top} less busy tracks not shown")
+    return lines
+
+
+def format_summary(tr: Trace, top: int = 8, tag: int | None = None) -> str:
+    lo, hi = span(tr)
+    m = tr.meta
+    lines = [f"trace: {len(tr.commands)} commands, {len(tr.iv)} intervals over "
+             f"{(hi - lo) / 1e6:.3f} ms modeled"
+             + (f"; recording stopped after command {m['truncated_at_cmd']} (--trace-limit)"
+                if m.get("truncated_at_cmd") else "")
+             + (f"; {m['dropped_intervals']} intervals dropped" if m.get("dropped_intervals")
+                else "")]
+    lines.append("\nutilisation over the whole trace (busy time / span):")
+    lines += _util_lines(utilisation(tr), top)
     which = "command" if tag is not None else "longest command"
     tag = longest_command(tr) if tag is None else tag
     if tag is None:
         return "\n".join(lines)
     c = tr.commands[tag]
     path = critical_path(tr, tag)
-    lines.append(f"\ncritical path of the {which}: cmd {tag} {c['name']} "
-                 f"(queue {c['qid']}, cid {c['cid']}), device time {c['device_ns'] / 1e3:.3f} us, "
-                 f"{len(path)} segments")
-    totals = defaultdict(int)
-    for s in path:
-        totals[s["what"]] += s["end"] - s["start"]
+    lines.append(f"\n{which}: cmd {tag} {c['name']} (queue {c['qid']}, cid {c['cid']}), "
+                 f"device time {c['device_ns'] / 1e3:.3f} us")
+    lines.append("utilisation while it ran (all commands' intervals):")
+    lines += _util_lines(utilisation(tr, (c["arrival"], c["done"])), top)
+    lines.append(f"critical path: {len(path)} segments")
+    totals, counts = defaultdict(int), defaultdict(int)
+    for sg in path:
+        totals[sg["what"]] += sg["end"] - sg["start"]
+        counts[sg["what"]] += 1
     for what, ns in sorted(totals.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {what:<28} {ns / 1e3:12.3f} us  {100 * ns / max(1, c['device_ns']):5.1f} %")
-    lines.append("  segments (from arrival, us):")
-    show = path if len(path) <= 2 * top else path[:top] + [None] + path[-top:]
-    for s in show:
-        if s is None:
-            lines.append(f"    ... {len(path) - 2 * top} more")
+        lines.append(f"  {what:<28} {ns / 1e3:12.3f} us  {100 * ns / max(1, c['device_ns']):5.1f} %"
+                     f"  {counts[what]:6d} segments")
+    rs = runs(path)
+    lines.append("  in order (us from arrival; runs of one kind on one track merged):")
+    show = rs if len(rs) <= 2 * top else rs[:top] + [None] + rs[-top:]
+    for sg in show:
+        if sg is None:
+            lines.append(f"    ... {len(rs) - 2 * top} more runs")
             continue
-        who = "" if s["cmd"] == tag else f" (cmd {s['cmd']})"
-        lines.append(f"    {(s['start'] - c['arrival']) / 1e3:10.3f} -> "
-                     f"{(s['end'] - c['arrival']) / 1e3:10.3f}  {s['what']:<24} {s['track']}{who}")
+        who = "" if sg["cmd"] == tag else f" (cmd {sg['cmd']})"
+        many = f" x{sg['n']}" if sg["n"] > 1 else ""
+        lines.append(f"    {(sg['start'] - c['arrival']) / 1e3:10.3f} -> "
+                     f"{(sg['end'] - c['arrival']) / 1e3:10.3f}  {sg['what'] + many:<24} "
+                     f"{sg['track']}{who}")
     return "\n".join(lines)

@@ -109,7 +109,7 @@ def test_critical_path_tiles_the_command(trace_file):
 def test_summary_command(trace_file):
     r = CliRunner().invoke(main, ["trace", "summary", trace_file])
     assert r.exit_code == 0, r.output
-    assert "critical path of the longest command: cmd 2 READ" in r.output
+    assert "longest command: cmd 2 READ" in r.output and "critical path: 6 segments" in r.output
     assert "channel 0" in r.output and "62.5 %" in r.output     # ch0 lun1: 100 of 160 ns
     r = CliRunner().invoke(main, ["trace", "summary", trace_file, "--json", "--cmd", "1"])
     doc = json.loads(r.output)
