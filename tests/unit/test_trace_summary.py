@@ -120,12 +120,14 @@ def test_summary_command(trace_file):
 
 def test_limit_stops_recording(tmp_path):
     clocks = types.SimpleNamespace(trace=None)
-    t = Tracer(str(tmp_path / "t.json"), clocks, {"ways": WAYS}, {}, limit=4)
+    t = Tracer(str(tmp_path / "t.json"), clocks, {"ways": WAYS}, {}, limit=5)
     for i in range(3):
         run(t, READ, [(Kind.SENSE, 0, 10 * i, 10 * i + 5, 4096)] * 3, 10 * i, 10 * i + 9)
     t.close()
     meta = json.load(open(tmp_path / "t.json"))["otherData"]
-    assert meta["truncated_at_cmd"] == 2 and meta["intervals"] == 6
+    # the ring holds 5 rows: command 2's third interval no longer fits
+    assert meta["truncated_at_cmd"] == 2 and meta["intervals"] == 5
+    assert meta["dropped_intervals"] == 1 and meta["commands"] == 2
     assert not clocks.trace[0, trace_ring.H_ON]
 
 
