@@ -24,7 +24,6 @@ BENCHES = [
     ("generate", ["bench", "generate", "--json"]),
     ("realtime", ["bench", "realtime", "--json"]),
     ("array", ["bench", "array", "--json"]),
-    ("trace", ["bench", "trace", "--json"]),
     ("eval_sparse", ["eval-sparse", "--json"]),
 ]
 #: run only when named (`python -m csdemu.bench.run causal`), like `make

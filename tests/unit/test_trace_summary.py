@@ -152,3 +152,14 @@ def test_kernels_record_what_they_charge():
     assert sense[1:4].tolist() == [1, 0, 1000] and xfer[1:4].tolist() == [0, 1000, 1000 + 4096]
     assert link[2] == xfer[3] and link[3] - link[2] == 2048
     assert (on.state == off.state).all()              # tracing changes no modeled time
+
+
+def test_a_trace_file_that_cannot_be_written_is_one_line(tmp_path):
+    sock = tmp_path / "s"
+    sock.mkdir(mode=0o700)
+    r = CliRunner().invoke(main, ["start", "--foreground", "--socket", str(sock / "x.sock"),
+                                  "--data-dir", str(tmp_path / "d"),
+                                  "--trace", str(tmp_path / "no" / "t.json")])
+    assert r.exit_code == 1
+    assert f"--trace: directory {tmp_path / 'no'} does not exist" in r.output
+    assert not (tmp_path / "d").exists()            # refused before anything was made
