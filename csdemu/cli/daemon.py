@@ -191,6 +191,8 @@ def status(socket_path, as_json, timeout):
                    f"of LBAs; {g['channels']} ch x {g['ways']} ways x {g['planes']} planes, "
                    f"{g['lines']} lines ({g['kv_lines']} for KV)"
                    + (f"; --set {' '.join(st['overrides'])}" if st.get("overrides") else ""))
+    if st.get("trace"):
+        click.echo(f"tracing into {st['trace']} (written at stop; docs/trace.md)")
     click.echo(f"clients: {len(st['clients'])}  commands: {st['commands']}")
     for c in st["clients"]:
         qs = ", ".join(f"q{q['sqid']}x{q['depth']}" for q in c["queues"])

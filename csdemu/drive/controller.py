@@ -78,11 +78,11 @@ class Controller(Completions):
         self._io = self._io_traced
         self.complete = self._complete_traced
 
-    def _io_traced(self, session, sq, cq, cmd, consumed=0):
+    def _io_traced(self, session, sq, cq, cmd, *when):
         tracer = self.tracer
         tracer.begin(session.id, sq.qid, cmd)
         try:
-            Controller._io(self, session, sq, cq, cmd, consumed)
+            Controller._io(self, session, sq, cq, cmd, *when)
         finally:
             tracer.end()
 
