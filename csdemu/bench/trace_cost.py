@@ -221,22 +221,31 @@ def daemon_section(reads: int = 2800, attends: int = 8, rounds: int = 7, progres
 
 
 HOW = {
-    "model_*": "in process: one dense attend's charge (attend_time) of a batch-8, 8 kv head "
-               "x 128 layer at 8192 tokens, 65,536 page reads on instinfer, fresh clocks each "
-               "time; best of 7 rounds that run off, on and on_tracer in turn (first untimed)",
-    "model_charge_on_tracer_ms": "as on, with the daemon's Tracer recording the command "
-                                 "around it (the JSON is written at shutdown, untimed)",
-    "model_*_vs_*": "ratios of those best times, same run",
+    "model_*_vs_*": "ratios of the model_charge_* best times, same run",
     "model_off_vs_baseline": "untraced charge here / the same on --baseline's tree: best "
                              "of 3 alternating pairs (this process, a subprocess on the "
                              "baseline), each best of 7",
+    "model_charge_baseline_ms": "model_charge_off_ms's measure on --baseline's tree (the "
+                                "pairs above)",
+    "model_charge_untraced_here_ms": "the same measure on this tree, in those pairs",
+    "model_charge_on_tracer_ms": "as model_charge_on_ms, with the daemon's Tracer recording "
+                                 "the command around it (the JSON is written at shutdown, "
+                                 "untimed)",
+    "model_charge_*": "in process: one dense attend's charge (attend_time) of a batch-8, 8 kv "
+                      "head x 128 layer at 8192 tokens on instinfer, fresh clocks each time, "
+                      "untraced (off) or filling a trace ring (on); best of 7 rounds that run "
+                      "off, on and on_tracer in turn (first untimed)",
+    "model_pages": "page reads the charge books",
+    "model_intervals": "rows one traced charge writes (a sense and a transfer per page, "
+                       "the link, engine stages)",
     "trace_bytes_per_interval": "JSON bytes the file grows by per interval",
     "baseline_tree": "the source tree --baseline named (a copy of the commit before tracing)",
+    "daemon_device_ns_equal": "every traced attend's modeled time equals the untraced one's",
+    "daemon_attend_modeled_ms": "median modeled device time of those attends",
     "daemon_*": "two instinfer daemons (one with --trace), alternating rounds; best of 7 "
                 "rounds of 400 QD1 4 KiB reads (dev.read) and 8 dense attends (batch 8, "
                 "32 q / 8 kv heads x 128, fp16, 2048 tokens, each on an idle drive); wall as "
                 "the client sees it, per command",
-    "daemon_device_ns_equal": "every traced attend's modeled time equals the untraced one's",
 }
 
 
