@@ -6,9 +6,10 @@ processed; the controller calls `begin` before a command and `end` after
 its completion is decided (they record the command: queue, CID, opcode,
 arrival, completion). The ring is sized for the whole trace and is turned
 into FILE at shutdown, so a traced command pays nothing per interval in
-Python: formatting JSON costs ~3 us per interval, a second for an attend
-of 130k reads, and a copy of the rows to a spool file per command made a
-traced attend 1.4x slower than an untraced one.
+Python. Draining it per command cost too much: formatting JSON takes ~3 us
+an interval (268x the charge of a 65,536-page attend), and even spooling
+the rows to a file made that charge 3.7x its untraced time, against 1.2x
+now (`csdemu bench trace`).
 
 The file is Chrome's JSON trace-event format, which ui.perfetto.dev and
 chrome://tracing open: one process per kind of resource (host queues, the
@@ -17,7 +18,8 @@ an X (complete) event per interval with its command's tag in `args.cmd`,
 each command as an async slice from arrival to completion, and a flow
 arrow from its submission to its completion on its queue's track. Times are
 modeled nanoseconds (`ts` and `dur` in microseconds with three decimals)
-from the first traced command's arrival.
+from the earliest instant recorded (`otherData.t0_ns` on the controller
+clock).
 
 Bounded: the ring holds `limit` rows (48 bytes each, touched only as they
 fill); once intervals and commands reach `limit`, or a command's intervals
