@@ -116,10 +116,17 @@ def utilisation(tr: Trace, window: tuple[int, int] | None = None) -> list[dict]:
     return out
 
 
+def incomplete(tr: Trace) -> int | None:
+    """The command whose intervals did not all fit (the ring filled during it)."""
+    m = tr.meta
+    return m.get("truncated_at_cmd") if m.get("dropped_intervals") else None
+
+
 def longest_command(tr: Trace) -> int | None:
-    if not tr.commands:
+    tags = [t for t in tr.commands if t != incomplete(tr)]
+    if not tags:
         return None
-    return max(tr.commands, key=lambda t: (tr.commands[t]["device_ns"], -t))
+    return max(tags, key=lambda t: (tr.commands[t]["device_ns"], -t))
 
 
 def critical_path(tr: Trace, tag: int, link_latency_ns: int | None = None) -> list[dict]:
@@ -267,7 +274,8 @@ def format_summary(tr: Trace, top: int = 8, tag: int | None = None) -> str:
     c = tr.commands[tag]
     path = critical_path(tr, tag)
     lines.append(f"\n{which}: cmd {tag} {c['name']} (queue {c['qid']}, cid {c['cid']}), "
-                 f"device time {c['device_ns'] / 1e3:.3f} us")
+                 f"device time {c['device_ns'] / 1e3:.3f} us"
+                 + ("; INCOMPLETE: the trace filled during it" if tag == incomplete(tr) else ""))
     lines.append("utilisation while it ran (all commands' intervals):")
     lines += _util_lines(utilisation(tr, (c["arrival"], c["done"])), top)
     lines.append(f"critical path: {len(path)} segments")

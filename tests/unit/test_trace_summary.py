@@ -129,6 +129,8 @@ def test_limit_stops_recording(tmp_path):
     assert meta["truncated_at_cmd"] == 2 and meta["intervals"] == 5
     assert meta["dropped_intervals"] == 1 and meta["commands"] == 2
     assert not clocks.trace[0, trace_ring.H_ON]
+    tr = ts.load(str(tmp_path / "t.json"))
+    assert ts.incomplete(tr) == 2 and ts.longest_command(tr) == 1
 
 
 def test_kernels_record_what_they_charge():
