@@ -74,7 +74,7 @@ def model_section(baseline: str | None = None, rounds: int = ROUNDS) -> dict:
     from csdemu.drive.kv.attend_timing import EngineClock, attend_time
     from csdemu.drive.trace import Tracer
     ch, lun, g, prm, rates, work, pb = _attend_setup()
-    ring = trace_ring.new_ring()
+    ring = trace_ring.new_ring(1 << 18)              # one charge's 131,090 rows fit
     tmp = tempfile.mkdtemp(prefix="csdemu-trace-bench-")
     path = os.path.join(tmp, "t.json")
     times = {"off": [], "on": [], "on_tracer": []}

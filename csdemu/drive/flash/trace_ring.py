@@ -6,7 +6,7 @@ because the ring was full. Every other row is one interval: kind, resource,
 start ns, end ns, command tag, bytes moved. The timing kernels take the ring
 as one more argument and test the header's "on" word once per batch, so a
 drive that does not trace pays one predictable branch per operation; the
-daemon (csdemu.drive.trace) drains the rows after every command.
+daemon (csdemu.drive.trace) keeps the rows until it writes its file.
 
 Resources: a LUN is ``ch * ways + lun``, a channel its index, the PCIe link 0,
 an engine unit its index (one unit per channel).
@@ -20,9 +20,6 @@ import numpy as np
 
 COLS = 6
 H_ON, H_N, H_CAP, H_TAG, H_DROPPED = 0, 1, 2, 3, 4
-#: rows a traced drive's ring holds; a SparF attend of a 16k-token batch-8
-#: layer charges ~60k intervals, so one command fits many times over
-DEFAULT_ROWS = 1 << 18
 
 
 class Kind(IntEnum):
@@ -41,7 +38,9 @@ def off() -> np.ndarray:
     return np.zeros((1, COLS), np.int64)
 
 
-def new_ring(rows: int = DEFAULT_ROWS) -> np.ndarray:
+def new_ring(rows: int) -> np.ndarray:
+    """A ring that records, with room for `rows` intervals (np.zeros: the
+    pages are touched only as rows fill)."""
     ring = np.zeros((1 + rows, COLS), np.int64)
     ring[0, H_CAP] = rows
     ring[0, H_ON] = 1
@@ -51,7 +50,7 @@ def new_ring(rows: int = DEFAULT_ROWS) -> np.ndarray:
 @numba.njit(cache=True, nogil=True, inline="always")
 def emit(tr, kind, res, start, end, nbytes):
     """Append one interval under the current command's tag (counted as
-    dropped when the ring is full: a ring is drained after every command)."""
+    dropped when the ring is full)."""
     n = tr[0, 1]
     if n < tr[0, 2]:
         r = n + 1
