@@ -9,11 +9,11 @@ file as the daemon does after each command. With `--baseline DIR` the same
 untraced charge also runs on the source tree DIR (e.g. a checkout from
 before tracing existed) in a subprocess, in the same run.
 
-Not part of `make bench` (its `--baseline` needs a second tree); its
-result is kept as bench/results/trace.json, a section of its own run:
-
-    git archive <commit before tracing> | tar -x -C /tmp/base
-    csdemu bench trace --baseline /tmp/base --out bench/results/trace.json
+The baseline is a directory or a git revision given as `--baseline`, by
+default the commit before tracing existed, found in the checkout's history
+and exported with `git archive`. Not part of `make bench`: like `bench
+causal` it runs when named (`python -m csdemu.bench.run trace`) and shows
+as a section of its own run.
 
 Daemon. Two instinfer daemons, one started with `--trace`, the same
 workload on each in alternating rounds: QD1 4 KiB reads (the per-command
@@ -23,8 +23,10 @@ client sees it; the modeled device times of the two must agree.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,7 +131,6 @@ def model_section(baseline: str | None = None, rounds: int = ROUNDS) -> dict:
                 raise RuntimeError(f"baseline run failed: {r.stderr.strip()[-500:]}")
             base.append(json.loads(r.stdout.strip().splitlines()[-1]))
             here.append(charge_untraced_ms(rounds))
-        out["baseline_tree"] = os.path.abspath(baseline)
         out["model_charge_baseline_ms"] = min(base)
         out["model_charge_untraced_here_ms"] = min(here)
         out["model_off_vs_baseline"] = min(here) / min(base)
@@ -239,7 +240,9 @@ HOW = {
     "model_intervals": "rows one traced charge writes (a sense and a transfer per page, "
                        "the link, engine stages)",
     "trace_bytes_per_interval": "JSON bytes the file grows by per interval",
-    "baseline_tree": "the source tree --baseline named (a copy of the commit before tracing)",
+    "baseline_tree": "the tree model_off_vs_baseline compares with: --baseline DIR or REV, "
+                     "by default the commit before tracing (the parent of the one that added "
+                     "csdemu/drive/flash/trace_ring.py), exported with git archive",
     "daemon_device_ns_equal": "every traced attend's modeled time equals the untraced one's",
     "daemon_attend_modeled_ms": "median modeled device time of those attends",
     "daemon_*": "two instinfer daemons (one with --trace), alternating rounds; best of 7 "
@@ -249,10 +252,57 @@ HOW = {
 }
 
 
+#: the file whose first commit brought tracing: its parent is the baseline
+FIRST_TRACED = "csdemu/drive/flash/trace_ring.py"
+
+
+def before_tracing(repo: str) -> str | None:
+    """The commit before tracing existed in the git checkout `repo`, or None."""
+    try:
+        r = subprocess.run(["git", "-C", repo, "log", "--diff-filter=A", "--format=%H", "--",
+                            FIRST_TRACED], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return None
+    added = r.stdout.split()
+    return f"{added[-1]}^" if r.returncode == 0 and added else None
+
+
+@contextlib.contextmanager
+def baseline_tree(spec: str | None):
+    """Yield (directory, what it is) for --baseline: a directory as it is,
+    else a git revision (by default the commit before tracing) exported
+    with `git archive` into a temporary directory; (None, reason) if none."""
+    if spec and os.path.isdir(spec):
+        yield os.path.abspath(spec), os.path.abspath(spec)
+        return
+    repo = os.getcwd()
+    rev = spec or before_tracing(repo)
+    if rev is None:
+        yield None, "no --baseline, and no git history here to find the commit before tracing"
+        return
+    r = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", rev], capture_output=True,
+                       text=True, timeout=60)
+    if r.returncode:
+        raise RuntimeError(f"--baseline {rev}: {r.stderr.strip() or 'not a revision'}")
+    sha = r.stdout.strip()
+    tmp = tempfile.mkdtemp(prefix="csdemu-trace-baseline-")
+    try:
+        archive = subprocess.Popen(["git", "-C", repo, "archive", sha], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", tmp], stdin=archive.stdout, check=True, timeout=600)
+        if archive.wait(60):
+            raise RuntimeError(f"git archive {sha} failed")
+        yield tmp, f"commit {sha} (git archive)"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_trace_bench(baseline: str | None = None, progress=None) -> dict:
-    res = model_section(baseline)
+    with baseline_tree(baseline) as (tree, what):
+        res = model_section(tree)
+        res["baseline_tree"] = what
     if progress:
-        progress(f"bench trace: model on/off {res['model_on_vs_off']:.3f}")
+        progress(f"bench trace: model on/off {res['model_on_vs_off']:.3f}, off vs baseline "
+                 f"{res.get('model_off_vs_baseline', float('nan')):.3f}")
     res.update(daemon_section(progress=progress))
     res["how"] = HOW
     return res

@@ -97,15 +97,19 @@ def attention_bench(socket_path, repeat, contexts, engine_threads, trace, as_jso
 
 
 @bench.command("trace")
-@click.option("--baseline", default=None, metavar="DIR", type=click.Path(file_okay=False, exists=True),
-              help="also time the untraced charge on this source tree (e.g. a checkout from "
-                   "before tracing), in the same run")
+@click.option("--baseline", default=None, metavar="DIR|REV",
+              help="source tree (a directory, or a git revision of this checkout) to time the "
+                   "untraced charge on as well [default: the commit before tracing]")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", default=None, metavar="FILE")
 def trace_bench(baseline, as_json, out):
     """What --trace costs: the timing model and two daemons, traced off vs on."""
     from csdemu.bench.trace_cost import run_trace_bench
-    emit(run_trace_bench(baseline, progress=say), out, as_json)
+    try:
+        result = run_trace_bench(baseline, progress=say)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    emit(result, out, as_json)
 
 
 @bench.command("flash")
