@@ -30,6 +30,7 @@ BENCHES = [
 #: torture`: their sections show under "From other runs" with their own tree
 SEPARATE = [
     ("causal", ["bench", "causal", "--json"]),
+    ("trace", ["bench", "trace", "--json"]),
 ]
 
 MODULES = [
