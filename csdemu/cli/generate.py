@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 
 import click
 
@@ -57,14 +58,20 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
             dev = stack.enter_context(connect(stack.enter_context(
                 daemon_for(socket_path, profile, trace=trace))))
         model, tok = load_smollm2()         # after the drive is up: a bad --profile fails first
+        streamed = len(rows) == 1 and not as_json
+        if streamed:                        # one row: its text as it comes, as `generate` tools do
+            click.echo(f"[0] {rows[0]}\n    → ", nl=False)
         res = run(dev, model, tok, rows, max_new_tokens, ratio, kv_dtype, chat=not no_chat,
-                  streamer=TokenBar(max_new_tokens))
+                  streamer=_text_stream(tok) if streamed else TokenBar(max_new_tokens))
         res["drives"] = len(dev) if drives or array_dir else 1
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
-    for i, (p, t) in enumerate(zip(rows, res["texts"])):
-        click.echo(f"[{i}] {p}\n    → {t.strip()}")
+    if streamed:
+        click.echo()
+    else:
+        for i, (p, t) in enumerate(zip(rows, res["texts"])):
+            click.echo(f"[{i}] {p}\n    → {t.strip()}")
     mode = f"SparF {sparse}" if ratio else "dense"
     where = "the drive" if res["drives"] == 1 else f"{res['drives']} drives"
     click.echo(f"\n{res['tokens']} tokens in {res['wall_s']} s: {res['tokens_per_s']} tokens/s "
@@ -73,6 +80,22 @@ def generate(prompts, batch, max_new_tokens, sparse, kv_dtype, profile, no_chat,
                f"{res['device_ns_per_token'] / 1e6:.3f} ms per token")
     click.echo(f"KV pages read: {res['pages_read_flash']} from flash, {res['pages_read_dram']} from DRAM buffers")
     click.echo("bytes read per channel: " + ", ".join(f"{b / 2**20:.2f} MiB" for b in res["bytes_read_per_channel"]))
+
+
+def _text_stream(tok):
+    """transformers' TextStreamer, writing each finished word to stdout at once."""
+    from transformers import TextStreamer
+
+    class _Stream(TextStreamer):
+        first = True
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if self.first:
+                text, self.first = text.lstrip(), not text.strip()
+            click.echo(text, nl=False)
+            sys.stdout.flush()
+
+    return _Stream(tok, skip_prompt=True, skip_special_tokens=True)
 
 
 @click.command("eval-sparse")
