@@ -10,6 +10,9 @@ import sys
 # results and BENCHMARKS.md belong to the checkout this runs in
 ROOT = os.getcwd()
 RESULTS = os.path.join(ROOT, "bench", "results")
+# Hand-written notes on figures across runs (what moved, and why), kept
+# apart from the measured results and appended to BENCHMARKS.md as they are
+NOTES = os.path.join(ROOT, "bench", "notes")
 
 from csdemu.bench import report
 from csdemu.bench.machine import commit
@@ -105,6 +108,12 @@ def render(tree: str | None = None) -> str:
                   "named in each; they were not rerun with the sections above.", ""]
         for name, data in other.items():
             lines += _section(name, data, f" (commit {data.get('machine', {}).get('commit', 'unknown')})")
+    notes = sorted(fn for fn in os.listdir(NOTES) if fn.endswith(".md")) if os.path.isdir(NOTES) else []
+    if notes:
+        lines += ["# Notes", "", "Written by hand (bench/notes/), about figures across runs.", ""]
+        for fn in notes:
+            with open(os.path.join(NOTES, fn)) as f:
+                lines += [f.read().rstrip("\n"), ""]
     return "\n".join(lines)
 
 

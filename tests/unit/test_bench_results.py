@@ -42,6 +42,10 @@ def test_make_bench_sections_come_from_one_tree():
 
 def test_render_puts_the_tree_on_top_and_sets_other_runs_apart(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "RESULTS", str(tmp_path))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "moved.md").write_text("## What moved\n\n| a | b |\n")
+    monkeypatch.setattr(run, "NOTES", str(notes))
     mach = {"cpu": "x", "cores": 2, "python": "3", "kernel": "6", "date": "d"}
     (tmp_path / "a.json").write_text(json.dumps(
         {"speed": 2.0, "machine": {**mach, "commit": "abc"}, "how": {"speed": "timed so"}}))
@@ -52,6 +56,7 @@ def test_render_puts_the_tree_on_top_and_sets_other_runs_apart(tmp_path, monkeyp
     assert "ran on commit abc" in head and "| speed | 2 | timed so |" in head
     assert "## t (commit old)" in other and "| lost | 0 | counted so |" in other
     assert "## t" not in head
+    assert other.index("## t (commit old)") < other.index("# Notes") < other.index("## What moved")
 
 
 def test_how_for_takes_exact_names_before_patterns():
