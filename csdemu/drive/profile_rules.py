@@ -62,6 +62,7 @@ _RULES: dict[tuple[str, str], tuple[str, object]] = {
 }
 
 OOB_RECORD_BYTES = 24      # csdemu.drive.flash.nand.OOB_DTYPE.itemsize
+MAX_PAGES = (1 << 31) - 1  # csdemu.drive.flash.checkpoint.L2P_DTYPE (int32) maps this many
 
 
 def check_value(where: str, sec: str, key: str, value):
@@ -128,6 +129,11 @@ def cross_checks(where: str, p) -> None:
     if g.blocks_per_plane < 4:
         raise ProfileError(f"{where}: [geometry] blocks_per_plane must be at least 4 (lines for host, "
                            f"GC and spare), got {g.blocks_per_plane}")
+    pages = g.channels * g.ways * g.planes * g.blocks_per_plane * g.pages_per_block
+    if pages > MAX_PAGES:
+        raise ProfileError(f"{where}: [geometry] gives {pages} pages of {g.page_bytes} B, more than "
+                           f"the {MAX_PAGES} the L2P maps (8 TiB of 4 KiB pages); lower "
+                           f"[device] capacity or blocks_per_plane, or raise page_bytes")
     if d.write_buffer_bytes and d.write_buffer_bytes < fpb:
         raise ProfileError(f"{where}: [device] write_buffer_bytes must be 0 or at least one flash "
                            f"page ({fpb}), got {d.write_buffer_bytes}")

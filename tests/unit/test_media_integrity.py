@@ -19,6 +19,14 @@ N = 64          # LBAs written by every test
 LBA = 7         # the one whose page is damaged
 
 
+@pytest.fixture(autouse=True, params=["one scan chunk", "a scan chunk per line"])
+def scan_chunks(request, monkeypatch):
+    """Recovery reads the OOB records a chunk of lines at a time: run each
+    test with the whole (small) array in one chunk and with one line per chunk."""
+    if request.param != "one scan chunk":
+        monkeypatch.setattr("csdemu.drive.flash.nand.SCAN_CHUNK_PAGES", 1)
+
+
 def fresh(d, **kw):
     ns = FlashNamespace(1, profile(), d, **kw)
     h = Host(ns)

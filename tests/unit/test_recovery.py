@@ -11,6 +11,14 @@ from tests.naive_ftl import DictFTL, Host, blob, profile, tmp_path  # noqa: F401
 from nvme_cmds.status import Status
 
 
+@pytest.fixture(autouse=True, params=["one scan chunk", "a scan chunk per line"])
+def scan_chunks(request, monkeypatch):
+    """Recovery reads the OOB records a chunk of lines at a time: run each
+    test with the whole (small) array in one chunk and with one line per chunk."""
+    if request.param != "one scan chunk":
+        monkeypatch.setattr("csdemu.drive.flash.nand.SCAN_CHUNK_PAGES", 1)
+
+
 def crash(ns: FlashNamespace) -> None:
     """Lose every in-memory structure, as kill -9 would: no checkpoint, no
     journal commit. What was written to the mapped files stays (page cache)."""

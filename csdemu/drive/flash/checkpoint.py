@@ -1,7 +1,11 @@
 """Checkpoints of the L2P table and the journal of deallocations.
 
-checkpoint.bin   64-byte header + the L2P (int64 PPN per logical page, -1 =
-                 unmapped) as of write sequence number `seq`. Written to a
+checkpoint.bin   64-byte header + the L2P as of write sequence number `seq`:
+                 per logical page the int32 PPN, bit-inverted so that an
+                 unmapped page (-1) is stored as 0 and runs of them are
+                 holes (a big drive's checkpoint is as large as what is
+                 mapped, not as its capacity). Version 1 had plain int64
+                 entries and is still read. Written to a
                  temporary file, fsync'ed, then renamed over the old one, so
                  a crash leaves either the old or the new checkpoint, never a
                  mix. The header carries a CRC32 of the table.
@@ -36,12 +40,19 @@ from pathlib import Path
 
 import numpy as np
 
-from csdemu.drive.flash.files import BackingError, open_private, write_atomic
+from csdemu.drive.flash.files import BackingError, open_private, write_atomic, write_atomic_at
 
 CKPT_NAME = "checkpoint.bin"
 JOURNAL_NAME = "trim.journal"
 MAGIC = 0x54504B43_4D454443        # "CDEMCKPT" little-endian-ish tag
-VERSION = 1
+VERSION = 2
+# The L2P's entry: 4 B per 4 KiB page, as real FTLs keep their map (an int64
+# table cost a 1 TiB drive 2 GB of RAM). It maps up to 2^31 - 1 pages, 8 TiB
+# of 4 KiB pages; profile_rules refuses larger geometries.
+L2P_DTYPE = np.dtype("<i4")
+_BODY_DTYPE = {1: np.dtype("<i8"), 2: L2P_DTYPE}
+_RUNS_CHUNK = 1 << 24       # LPNs per step of unmapped_runs: bounded temporaries
+_CKPT_CHUNK = 1 << 20       # entries per piece of a checkpoint (4 MiB): holes or data
 JOURNAL_MAGIC = 0x314A5254_4D454443    # "CDEMTRJ1"
 JOURNAL_VERSION = 2                     # 1 had no header: records from byte 0
 
@@ -67,26 +78,50 @@ def save_checkpoint(data_dir, l2p: np.ndarray, seq: int, clean: bool) -> None:
     hdr = np.zeros(1, HEADER)
     hdr["magic"], hdr["version"], hdr["clean"] = MAGIC, VERSION, int(clean)
     hdr["seq"], hdr["nlpns"] = seq, l2p.size
-    body = np.ascontiguousarray(l2p, dtype="<i8")
-    hdr["crc"] = zlib.crc32(body)
-    write_atomic(Path(data_dir) / CKPT_NAME, (hdr.tobytes(), body))
+    body = np.ascontiguousarray(l2p, dtype=L2P_DTYPE)
+
+    def pieces():
+        crc = 0
+        for c0 in range(0, body.size, _CKPT_CHUNK):
+            stored = np.invert(body[c0:c0 + _CKPT_CHUNK])
+            crc = zlib.crc32(stored, crc)
+            if stored.any():
+                yield HEADER.itemsize + c0 * L2P_DTYPE.itemsize, stored
+        hdr["crc"] = crc
+        yield 0, hdr.tobytes()
+    write_atomic_at(Path(data_dir) / CKPT_NAME, pieces(),
+                    HEADER.itemsize + body.size * L2P_DTYPE.itemsize)
 
 
 def read_checkpoint(data_dir, nlpns: int):
-    """-> ((l2p, seq, clean), None), or (None, why it cannot be used)."""
+    """-> ((l2p, seq, clean), None), or (None, why it cannot be used). The
+    table is read straight into the L2P array (no second copy of it)."""
     p = Path(data_dir) / CKPT_NAME
     try:
-        raw = p.read_bytes()
+        f = open(p, "rb")
     except FileNotFoundError:
         return None, f"{CKPT_NAME} is missing"
-    if len(raw) != HEADER.itemsize + 8 * nlpns:
-        return None, f"{CKPT_NAME} is {len(raw)} bytes, not {HEADER.itemsize + 8 * nlpns}"
-    hdr = np.frombuffer(raw, HEADER, count=1)[0]
-    if int(hdr["magic"]) != MAGIC or int(hdr["version"]) != VERSION or int(hdr["nlpns"]) != nlpns:
-        return None, f"{CKPT_NAME} has a bad header"
-    body = np.frombuffer(raw, "<i8", offset=HEADER.itemsize).copy()
+    with f:
+        raw = f.read(HEADER.itemsize)
+        size = os.fstat(f.fileno()).st_size
+        if len(raw) < HEADER.itemsize:
+            return None, f"{CKPT_NAME} is {size} bytes, shorter than its header"
+        hdr = np.frombuffer(raw, HEADER, count=1)[0]
+        body_dt = _BODY_DTYPE.get(int(hdr["version"]))
+        if int(hdr["magic"]) != MAGIC or body_dt is None or int(hdr["nlpns"]) != nlpns:
+            return None, f"{CKPT_NAME} has a bad header"
+        want = HEADER.itemsize + body_dt.itemsize * nlpns
+        if size != want:
+            return None, f"{CKPT_NAME} is {size} bytes, not {want}"
+        body = np.empty(nlpns, body_dt)
+        if f.readinto(memoryview(body).cast("B")) != body.nbytes:
+            return None, f"{CKPT_NAME} is shorter than its table"
     if zlib.crc32(body) != int(hdr["crc"]):
         return None, f"{CKPT_NAME} fails its CRC"
+    if body_dt != L2P_DTYPE:
+        body = body.astype(L2P_DTYPE)
+    else:
+        np.invert(body, out=body)
     return (body, int(hdr["seq"]), bool(hdr["clean"])), None
 
 
@@ -114,9 +149,29 @@ def mark_unclean(data_dir) -> None:
 
 
 def unmapped_runs(l2p: np.ndarray, seq: int) -> np.ndarray:
-    """A journal base: one record (seq, lpn, count) per run of unmapped LPNs."""
-    edges = np.diff(np.concatenate(([0], (l2p < 0).view(np.int8), [0])))
-    lo, hi = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    """A journal base: one record (seq, lpn, count) per run of unmapped LPNs.
+    Found a chunk of the table at a time, so a big L2P needs no temporaries
+    of its own size."""
+    los, his = [], []
+    open_lo = -1                    # start of a run still open at the chunk's end
+    for c0 in range(0, l2p.size, _RUNS_CHUNK):
+        un = (l2p[c0:c0 + _RUNS_CHUNK] < 0).view(np.int8)
+        edges = np.diff(un, prepend=np.int8(0), append=np.int8(0))
+        lo = np.flatnonzero(edges == 1) + c0
+        hi = np.flatnonzero(edges == -1) + c0
+        if open_lo >= 0 and lo.size and lo[0] == c0:
+            lo[0] = open_lo         # the run goes on from the previous chunk
+        elif open_lo >= 0:
+            los.append(np.array([open_lo]))
+            his.append(np.array([c0]))
+        open_lo = -1
+        if hi.size and hi[-1] == c0 + un.size and c0 + un.size < l2p.size:
+            open_lo = int(lo[-1])   # carried into the next chunk
+            lo, hi = lo[:-1], hi[:-1]
+        los.append(lo)
+        his.append(hi)
+    lo = np.concatenate(los) if los else np.zeros(0, np.int64)
+    hi = np.concatenate(his) if his else np.zeros(0, np.int64)
     rec = np.empty(lo.size, TRIM_REC)
     rec["seq"], rec["lpn"], rec["count"] = seq, lo, hi - lo
     return rec

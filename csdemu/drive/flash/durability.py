@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from csdemu.drive.flash.checkpoint import mark_unclean, save_checkpoint, unmapped_runs
+from csdemu.drive.flash.checkpoint import L2P_DTYPE, mark_unclean, save_checkpoint, unmapped_runs
 from csdemu.drive.flash.files import BackingError
 from csdemu.drive.flash.recovery import recover
 
@@ -22,17 +22,16 @@ class Durability:
     def open_l2p(self, create: bool) -> None:
         """A fresh L2P and its first checkpoint, or the recovered one."""
         if create:
-            self.l2p = np.full(self.nlpns, -1, np.int64)
+            self.l2p = np.full(self.nlpns, -1, L2P_DTYPE)
             self.seq = 1
             self.recovery = None
             self.checkpoint(clean=False)
             return
         r, notes, fresh = recover(self.nand, self.nlpns, self.dir, self.journal)
-        self.nand.at_open = None
         self.l2p, self.seq, self.recovery = r.l2p, r.next_seq, r
-        self.lines.rebuild(r.records, r.valid)
+        self.lines.rebuild(r.lines, r.valid)
         self.nand.mark_torn(r.torn_pages)
-        r.records = None
+        r.lines = None
         for note in notes:
             log.warning("%s: %s", self.dir, note)
         if fresh:

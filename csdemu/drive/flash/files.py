@@ -75,6 +75,34 @@ def write_atomic(path, chunks, *, sync: bool = True) -> None:
         fsync_dir(os.path.dirname(path) or ".")
 
 
+def write_atomic_at(path, pieces, size: int) -> None:
+    """write_atomic of a file of `size` bytes from (offset, buffer) pieces;
+    bytes no piece covers stay holes (read back as zeros)."""
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+    try:
+        for off, buf in pieces:
+            view = memoryview(buf).cast("B")
+            while view.nbytes:
+                n = os.pwrite(fd, view, off)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view, off = view[n:], off + n
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
 def tighten(data_dir) -> list[str]:
     """chmod 0600 every regular file of ours in `data_dir` that others could
     read; -> the names changed."""

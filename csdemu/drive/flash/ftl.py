@@ -299,6 +299,7 @@ class BlockFTL(UserStreams, Durability):
                                 self._scratch(n), c.trace)
         if done >= 0:                                  # fast path: all mapped
             self.counters["nand_pages_read"] += n
+            self.nand.touched(n)
             if not self.nand.check(ppns):
                 return self.media_error(done)
             if run:
@@ -315,6 +316,7 @@ class BlockFTL(UserStreams, Durability):
             return self.media_error(done)
         out = np.zeros((n, self.pb), np.uint8)
         if mp.size:
+            self.nand.touched(mp.size)
             out[m] = self.nand.data[mp]
         return True, out, done
 
@@ -338,6 +340,7 @@ class BlockFTL(UserStreams, Durability):
             cnt = self.counters
             cnt["host_pages_read"] += n
             cnt["nand_pages_read"] += n
+            self.nand.touched(n)
         return done
 
     def media_error(self, done: int):

@@ -66,7 +66,7 @@ def collect(ftl, line: int, now_ns: int) -> int:
     ppns = lm.valid_in_line(line)
     t = now_ns
     if ppns.size:
-        lpns = nand.oob["lpn"][ppns].copy()
+        lpns = nand.records_at(ppns)["lpn"]
         data = nand.read(ppns)
         # a page failing its CRC is copied marked uncorrectable: a fresh CRC
         # over its data would return the corruption as good data from now on

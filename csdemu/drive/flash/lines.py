@@ -33,6 +33,7 @@ from csdemu.drive.flash.geometry import Geometry
 
 FREE, OPEN, FULL, RETIRED = 0, 1, 2, 3
 STREAM_HOST, STREAM_GC = 0, 1
+_VPC_LINES = 1024       # lines per step when counting valid pages at restart
 FIRST_USER_STREAM = 2
 
 
@@ -219,35 +220,37 @@ class LineManager:
         return 1.0 - len(self.free) / self.geom.lines
 
     # -- restart ------------------------------------------------------------------
-    def rebuild(self, records: np.ndarray, valid: np.ndarray) -> None:
-        """Recompute every line's state from the OOB records (recovery's
-        cleaned copy: corrupt ones present, of seq 0) and a valid bitmap. A
-        partly programmed line becomes the open line of its stream again; a
-        second one for the same stream is closed."""
+    def rebuild(self, summary, valid: np.ndarray) -> None:
+        """Recompute every line's state from recovery's LineSummary of the
+        OOB records (corrupt ones present, of stream 0 and seq 0) and a valid
+        bitmap. A partly programmed line becomes the open line of its stream
+        again; a second one for the same stream is closed."""
         g = self.geom
         self.valid = valid
-        self.vpc = np.bincount(np.flatnonzero(valid) // self.ppl, minlength=g.lines).astype(np.int64)
+        self.vpc = np.zeros(g.lines, np.int64)
+        for l0 in range(0, g.lines, _VPC_LINES):        # bounded temporaries
+            part = valid[l0 * self.ppl:(l0 + _VPC_LINES) * self.ppl]
+            self.vpc[l0:l0 + part.size // self.ppl] = \
+                np.count_nonzero(part.reshape(-1, self.ppl), axis=1)
         self.refresh_bad()
-        present = (records["flags"] & 1).reshape(g.lines, self.ppl) != 0
-        seqs = records["seq"].reshape(g.lines, self.ppl).astype(np.int64)
-        streams = records["stream"].reshape(g.lines, self.ppl)
         self.cursor = {}
         self.free = deque()
         self.state[:] = FREE
         self.stream[:] = -1
+        lasts, streams, seqs = (summary.last.tolist(), summary.stream.tolist(),
+                                summary.max_seq.tolist())
         for line in range(g.lines):
-            row = present[line]
-            if not row.any():
+            last = lasts[line]
+            if last < 0:
                 if self.good_pages[line] > 0:
                     self.free.append(line)
                 else:
                     self.state[line] = RETIRED
                 continue
-            last = int(np.flatnonzero(row)[-1])
-            self.stream[line] = int(streams[line, last])
-            self.close_seq[line] = int(seqs[line].max())
+            st = streams[line]
+            self.stream[line] = st
+            self.close_seq[line] = seqs[line]
             rest = self._good_positions(line, last + 1, self.ppl)
-            st = int(self.stream[line])
             if rest.size and st not in self.cursor:
                 self.state[line] = OPEN
                 self.cursor[st] = [line, last + 1]

@@ -24,14 +24,18 @@ goes through the mapping into a hole (on a full file system that is a
 SIGBUS, not an error). Reserving or writing fails with BackingError, and
 nothing of the failed program is left behind. ``preallocate`` reserves both
 files whole at once (a full disk is found at start). nand.blocks is small
-and always reserved whole. Records are read at open with pread, never through
-the mapping: on tmpfs, reading a hole through a mapping allocates it too.
+and always reserved whole. Records are read at open with pread, a bounded
+chunk at a time and skipping holes (`record_chunks`), never through the
+mapping: on tmpfs, reading a hole through a mapping allocates it too; and a
+copy of every record would cost 24 B of memory per page.
 
 All files are mapped MAP_SHARED, so a write is in the kernel page cache the
 moment `program` returns: it survives kill -9 of the process. `sync()`
 (msync) makes it survive a host crash too. `view()` / `channel_view()` give
 zero-copy NumPy views of physical pages for readers such as the attention
 engine; a view stays valid until its block is erased and reprogrammed.
+What the mappings hold in memory is bounded by residency.py: callers that
+touch pages through them say so with `touched()`.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ import numpy as np
 from csdemu.drive.flash.datapath import is_run, program_meta
 from csdemu.drive.flash.files import BackingError, DataDirError, map_file, pwrite_all, reserve
 from csdemu.drive.flash.geometry import Geometry
+from csdemu.drive.flash.residency import MappedBudget
 
 OOB_DTYPE = np.dtype([("lpn", "<i8"),       # logical page (or a stream's key)
                       ("seq", "<u8"),       # global write sequence number, >= 1
@@ -68,6 +73,9 @@ OOB_TORN = 4
 OOB_KNOWN_FLAGS = OOB_PRESENT | OOB_UNCORRECTABLE | OOB_TORN
 _CRC_MASK = 0xFFFF_FFFF
 _PREAD_CHUNK = 64 << 20        # bytes per pread of the OOB file (Linux caps one read at ~2 GiB)
+# Records per chunk of a scan at open (12 MiB of them): the scan's memory
+# stays this, whatever the drive's size.
+SCAN_CHUNK_PAGES = 1 << 19
 
 
 class NandError(RuntimeError):
@@ -105,8 +113,6 @@ class NandArray:
                 self.preallocate()
             elif not create:
                 self._probe_backed()
-            # a copy of the records for the write pointers and recovery
-            self.at_open = None if create else self.read_records()
         except BaseException:
             self.close()
             raise
@@ -122,10 +128,13 @@ class NandArray:
         # rebuilt from the OOB records so it survives restarts; any non-zero
         # record (a corrupt one too) occupies its page
         self.wp = np.zeros(g.total_blocks, np.int32)
-        if self.at_open is not None:
-            prog = np.flatnonzero(records_i64(self.at_open).any(axis=1))
-            if prog.size:
-                np.maximum.at(self.wp, g.block_of(prog), (g.page_in_block(prog) + 1).astype(np.int32))
+        if not create:
+            for p0, recs in self.record_chunks():
+                prog = p0 + np.flatnonzero(records_i64(recs).any(axis=1))
+                if prog.size:
+                    np.maximum.at(self.wp, g.block_of(prog),
+                                  (g.page_in_block(prog) + 1).astype(np.int32))
+        self.mapped = MappedBudget(self._mms[:2])
         self.pages_programmed = 0
         self.pages_read = 0
         self.erases = 0
@@ -169,17 +178,46 @@ class NandArray:
             if not self.backed[line]:
                 self.back_line(line)
 
-    def read_records(self) -> np.ndarray:
-        """A copy of every OOB record, read with pread (see the module doc)."""
-        fd, nbytes = self._fds[1], len(self._mms[1])
-        buf = bytearray(nbytes)
-        view, off = memoryview(buf), 0
-        while off < nbytes:
-            k = os.preadv(fd, [view[off:off + _PREAD_CHUNK]], off)
+    def read_records(self, p0: int = 0, n: int | None = None) -> np.ndarray:
+        """A copy of the OOB records of PPNs p0 .. p0+n-1 (default: all),
+        read with pread (see the module doc)."""
+        ob = OOB_DTYPE.itemsize
+        fd = self._fds[1]
+        n = self.geom.total_pages - p0 if n is None else n
+        out = np.empty(n, OOB_DTYPE)
+        view, done = memoryview(out).cast("B"), 0
+        while done < n * ob:
+            k = os.preadv(fd, [view[done:done + _PREAD_CHUNK]], p0 * ob + done)
             if k <= 0:
-                raise DataDirError(f"{self.dir / self.OOB}: short read at byte {off}")
-            off += k
-        return np.frombuffer(buf, OOB_DTYPE)
+                raise DataDirError(f"{self.dir / self.OOB}: short read at byte {p0 * ob + done}")
+            done += k
+        return out
+
+    def record_chunks(self, chunk_pages: int | None = None):
+        """Yield (first PPN, copy of its records) over the whole array, in
+        chunks of whole lines of about `chunk_pages` (SCAN_CHUNK_PAGES); a
+        chunk that is a hole in nand.oob (never programmed) is all erased
+        and skipped."""
+        ppl, ob, fd = self.geom.pages_per_line, OOB_DTYPE.itemsize, self._fds[1]
+        step = max(1, (chunk_pages or SCAN_CHUNK_PAGES) // ppl) * ppl
+        total = self.geom.total_pages
+        for p0 in range(0, total, step):
+            n = min(step, total - p0)
+            try:
+                if os.lseek(fd, p0 * ob, os.SEEK_DATA) >= (p0 + n) * ob:
+                    continue
+            except OSError:             # ENXIO: nothing but holes from here on
+                return
+            yield p0, self.read_records(p0, n)
+
+    def records_at(self, ppns: np.ndarray) -> np.ndarray:
+        """A copy of the records of `ppns` (any order), through the mapping."""
+        self.mapped.touched(ppns.size * OOB_DTYPE.itemsize)
+        return self.oob[ppns]
+
+    def touched(self, npages: int) -> None:
+        """The caller read `npages` of nand.data through the mapping."""
+        self.mapped.touched(npages * self.page_bytes)
 
     # -- program / read -------------------------------------------------------
     def _crcs(self, pages, lpns, seq0: int, n: int, stream: int, poison) -> np.ndarray:
@@ -211,6 +249,7 @@ class NandArray:
         lp = lp.astype(np.int64, copy=False)
         seq0 = int(np.asarray(seqs).flat[0])
         crcs = self._crcs(pages, lp, seq0, n, stream, poison)
+        self.mapped.touched(n * OOB_DTYPE.itemsize)
         err = program_meta(ppns, self._geo, self.wp, self.blocks["bad"], self._oob64,
                            lp, seq0, crcs, int(stream))
         if err >= 0:
@@ -267,6 +306,7 @@ class NandArray:
 
     def read(self, ppns: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Copy pages out: (n, page_bytes)."""
+        self.touched(ppns.shape[0])
         if out is None:
             out = np.empty((ppns.shape[0], self.page_bytes), np.uint8)
         np.take(self.data, ppns, axis=0, out=out)
@@ -288,12 +328,13 @@ class NandArray:
     def verify(self, ppns: np.ndarray, records: np.ndarray | None = None) -> np.ndarray:
         """True where the page's data matches its OOB record (neither torn nor
         corrupt). For recovery: the data is read with pread (a torn page may be
-        a hole), the records from `records` (read_records()) if given."""
-        raw = self._oob64 if records is None else records_i64(records)
+        a hole); `records[i]` is the record of ppns[i] (default: read now)."""
+        recs = self.records_at(ppns) if records is None else records
+        raw = records_i64(recs)
         fd, pb = self._fds[0], self.page_bytes
         ok = np.empty(ppns.shape[0], bool)
         for i, p in enumerate(ppns.tolist()):
-            ok[i] = self._matches(os.pread(fd, pb, p * pb), raw[p])
+            ok[i] = self._matches(os.pread(fd, pb, p * pb), raw[i])
         return ok
 
     def check(self, ppns: np.ndarray) -> bool:
@@ -310,6 +351,8 @@ class NandArray:
             todo = (p,)
         else:
             todo = ppns[~ver[ppns]].tolist()
+        if len(todo):
+            self.mapped.touched(len(todo) * (OOB_DTYPE.itemsize + self.page_bytes))
         data, raw = self.data, self._oob64
         for p in todo:
             if not self._matches(data[p], raw[p]):
@@ -321,6 +364,7 @@ class NandArray:
         """check() page by page: True where the page matches its record."""
         ok = self.verified[ppns]
         data, raw = self.data, self._oob64
+        self.mapped.touched(int((~ok).sum()) * (OOB_DTYPE.itemsize + self.page_bytes))
         for i in np.flatnonzero(~ok).tolist():
             p = int(ppns[i])
             ok[i] = self.verified[p] = self._matches(data[p], raw[p])
@@ -361,6 +405,7 @@ class NandArray:
         blks = g.line_blocks(line)
         good = blks[self.blocks["bad"][blks] == 0]
         lo = line * g.pages_per_line
+        self.mapped.touched(g.pages_per_line * OOB_DTYPE.itemsize)
         self.oob[lo:lo + g.pages_per_line] = np.zeros(1, OOB_DTYPE)
         self.verified[lo:lo + g.pages_per_line] = False
         self.wp[good] = 0

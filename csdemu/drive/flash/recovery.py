@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from csdemu.drive.flash.checkpoint import JOURNAL_NAME, TRIM_REC, JournalError, read_checkpoint
+from csdemu.drive.flash.checkpoint import (JOURNAL_NAME, L2P_DTYPE, TRIM_REC, JournalError,
+                                           read_checkpoint)
 from csdemu.drive.flash.files import DataDirError
 from csdemu.drive.flash.lines import STREAM_GC
 from csdemu.drive.flash.nand import (OOB_KNOWN_FLAGS, OOB_PRESENT, OOB_TORN, OOB_UNCORRECTABLE,
@@ -51,7 +52,7 @@ SEQ_LIMIT = 1 << 62
 
 @dataclass
 class Rebuilt:
-    l2p: np.ndarray          # int64 [nlpns]
+    l2p: np.ndarray          # L2P_DTYPE [nlpns]
     valid: np.ndarray        # bool [total_pages]
     next_seq: int
     checkpoint_seq: int
@@ -60,8 +61,33 @@ class Rebuilt:
     trims_replayed: int
     corrupt_records: int = 0     # OOB records that are not a record (skipped)
     suspect_kept: int = 0        # flushed pages kept though they fail (reads: URE)
-    records: np.ndarray | None = None   # the OOB records, corrupt ones cleaned, for LineManager
+    lines: LineSummary | None = None    # per line, for LineManager.rebuild
     torn_pages: np.ndarray | None = None  # PPNs found torn now: to mark OOB_TORN
+
+
+@dataclass
+class LineSummary:
+    """What LineManager.rebuild needs of each line's records (corrupt ones
+    count as present, of stream 0 and seq 0)."""
+    last: np.ndarray         # position of the last present record, -1: none
+    stream: np.ndarray       # stream of that record
+    max_seq: np.ndarray      # highest seq in the line
+
+    @classmethod
+    def empty(cls, lines: int) -> "LineSummary":
+        return cls(np.full(lines, -1, np.int64), np.zeros(lines, np.int64),
+                   np.zeros(lines, np.int64))
+
+    def add(self, line0: int, ppl: int, present, stream, seq) -> None:
+        k = present.size // ppl
+        pres = present.reshape(k, ppl)
+        has = pres.any(axis=1)
+        last = ppl - 1 - np.argmax(pres[:, ::-1], axis=1)
+        rows = np.flatnonzero(has)
+        sl = slice(line0, line0 + k)
+        self.last[sl] = np.where(has, last, -1)
+        self.stream[line0 + rows] = stream.reshape(k, ppl)[rows, last[rows]]
+        self.max_seq[sl] = seq.reshape(k, ppl).max(axis=1)
 
 
 def sort_records(oob: np.ndarray):
@@ -75,116 +101,169 @@ def sort_records(oob: np.ndarray):
     return occupied, sane
 
 
-def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray,
-            oob: np.ndarray | None = None, synced_seq: int = 0) -> Rebuilt:
-    if oob is None:
-        oob = nand.read_records()                # a copy, read with pread
+def classify(oob: np.ndarray, nlpns: int):
+    """-> (occupied, sane, corrupt) per record; see step 0."""
     occupied, sane = sort_records(oob)
-    lpn = oob["lpn"]
-    stream = oob["stream"]
-    flags = oob["flags"]
-    sane &= (stream > STREAM_GC) | ((lpn >= 0) & (lpn < nlpns))    # a host page of no LBA
+    lpn, flags = oob["lpn"], oob["flags"]
+    sane &= (oob["stream"] > STREAM_GC) | ((lpn >= 0) & (lpn < nlpns))  # a host page of no LBA
     # marked torn by an earlier recovery (a record with unknown flags is corrupt)
     torn_before = (occupied & ((flags & OOB_TORN) != 0) & ((flags & OOB_PRESENT) != 0)
                    & ((flags & (0xFFFF ^ OOB_KNOWN_FLAGS)) == 0))
-    corrupt = occupied & ~sane & ~torn_before
-    seq = np.where(sane, oob["seq"], 0).astype(np.int64)
-    raw_seq = oob["seq"]
-    # The next sequence number must pass every sane record's, the torn ones'
-    # included: their records stay on flash until their line is erased, and
-    # a reused number would make a later recovery take such a page for one
-    # a Flush had made durable (kept, so its LBA would fail to read).
-    seen_top = int(seq.max()) if seq.size else 0
+    return occupied, sane, occupied & ~sane & ~torn_before
 
-    if ckpt is not None:
-        l2p, S = ckpt[0].copy(), ckpt[1]
-    else:
-        l2p, S = np.full(nlpns, -1, np.int64), 0
-    cur_seq = np.full(nlpns, -1, np.int64)
 
-    # 1. validate checkpoint entries
-    suspect_kept = 0
-    m = np.flatnonzero((l2p >= 0) & (l2p < oob.size))
-    l2p[(l2p >= oob.size)] = -1
-    if m.size:
-        p = l2p[m]
-        same = occupied[p] & (lpn[p] == m) & (raw_seq[p] > 0) & (raw_seq[p] <= S)
-        cur_seq[m[same]] = raw_seq[p[same]].astype(np.int64)
-        l2p[m[~same & ~occupied[p]]] = -1            # erased since: moved or trimmed
+class _Scan:
+    """Steps 0-2 and the user-stream check over one chunk of records at a
+    time (nand.record_chunks), so recovery's memory does not grow with the
+    OOB area: what it keeps per page is the valid bitmap and one bit per
+    LPN; per candidate (a page newer than the checkpoint) its PPN, LPN and seq."""
+
+    def __init__(self, nand: NandArray, nlpns: int, l2p, S: int, synced_seq: int):
+        g = nand.geom
+        self.nand, self.nlpns, self.l2p, self.S, self.synced_seq = nand, nlpns, l2p, S, synced_seq
+        self.confirmed = np.zeros(nlpns, bool)      # step 1: the entry's page still says so
+        self.valid = np.zeros(g.total_pages, bool)
+        self.lines = LineSummary.empty(g.lines)
+        self.cands: list[tuple] = []
+        self.torn_pages: list[np.ndarray] = []
+        self.seen_top = self.torn = self.corrupt = self.suspect_kept = self.candidates = 0
+
+    def chunk(self, p0: int, oob: np.ndarray) -> None:
+        nand, S, l2p = self.nand, self.S, self.l2p
+        occupied, sane, corrupt = classify(oob, self.nlpns)
+        lpn, stream, flags, raw_seq = oob["lpn"], oob["stream"], oob["flags"], oob["seq"]
+        seq = np.where(sane, raw_seq, 0).astype(np.int64)
+        self.corrupt += int(corrupt.sum())
+        # The next sequence number must pass every sane record's, the torn
+        # ones' included: their records stay on flash until their line is
+        # erased, and a reused number would make a later recovery take such
+        # a page for one a Flush had made durable (kept, so its LBA would fail).
+        if seq.size:
+            self.seen_top = max(self.seen_top, int(seq.max()))
+        # 1. a checkpoint entry lpn -> p is confirmed by p's record saying lpn, seq <= S
+        m = np.flatnonzero(occupied & (raw_seq > 0) & (raw_seq <= S) & (lpn >= 0) & (lpn < self.nlpns))
+        if m.size:
+            hit = l2p[lpn[m]] == p0 + m
+            self.confirmed[lpn[m[hit]]] = True
+        # 2. candidates newer than the checkpoint, CRC-checked
+        cand = np.flatnonzero(sane & (stream <= STREAM_GC) & (seq > S))
+        if cand.size:
+            ok = (flags[cand] & OOB_UNCORRECTABLE) != 0
+            if (~ok).any():
+                ok[~ok] = nand.verify(p0 + cand[~ok], oob[cand[~ok]])
+            # no crash tears a page a Flush had made durable: that one is
+            # corrupt, and stays its LBA's version (whose reads fail), as in step 1
+            suspect = ~ok & (seq[cand] <= self.synced_seq)
+            self.suspect_kept += int(suspect.sum())
+            ok |= suspect
+            self.torn += int((~ok).sum())
+            self.torn_pages.append(p0 + cand[~ok])
+            c = cand[ok]
+            self.candidates += int(c.size)
+            self.cands.append((p0 + c, lpn[c].astype(np.int64), seq[c]))
+        # user streams: the owner decides; those newer than the checkpoint
+        # are checked as host pages are (a host page whose stream byte flipped is one)
+        user = np.flatnonzero(sane & (stream > STREAM_GC) & (seq > S))
+        if user.size:
+            bad = user[~nand.verify(p0 + user, oob[user])]
+            self.torn += int(bad.size)
+            self.torn_pages.append(p0 + bad)
+            sane[bad] = False
+        self.valid[p0:p0 + oob.size] = sane & (stream > STREAM_GC)
+        present = ((flags & OOB_PRESENT) != 0) | corrupt
+        self.lines.add(p0 // nand.geom.pages_per_line, nand.geom.pages_per_line, present,
+                       np.where(corrupt, 0, stream), np.where(corrupt, 0, raw_seq.astype(np.int64)))
+
+    def unconfirmed(self) -> None:
+        """Step 1 for the checkpoint entries no record confirmed."""
+        l2p, S, conf = self.l2p, self.S, self.confirmed
+        m = np.concatenate([c0 + np.flatnonzero((l2p[c0:c0 + _LPN_CHUNK] >= 0)
+                                                & ~conf[c0:c0 + _LPN_CHUNK])
+                            for c0 in range(0, l2p.size, _LPN_CHUNK)] or [np.zeros(0, np.int64)])
+        self.confirmed = None
+        if not m.size:
+            return
+        p = l2p[m].astype(np.int64)
+        recs = self.nand.records_at(p)
+        occupied, sane, _ = classify(recs, self.nlpns)
+        raw_seq, lpn = recs["seq"], recs["lpn"]
+        l2p[m[~occupied]] = -1                       # erased since: moved or trimmed
         # erased and programmed again, for another LBA (the same LBA again is
         # also what a corrupt seq looks like: the CRC below tells them apart)
-        reused = ~same & sane[p] & (raw_seq[p] > S) & (lpn[p] != m)
+        reused = sane & (raw_seq > S) & (lpn != m)
         l2p[m[reused]] = -1
-        odd = np.flatnonzero(~same & occupied[p] & ~reused)
+        odd = np.flatnonzero(occupied & ~reused)
         if odd.size:
-            consistent = nand.verify(p[odd], oob)
+            consistent = self.nand.verify(p[odd], recs[odd])
             l2p[m[odd[consistent]]] = -1             # reused since, for another LBA
-            kept = m[odd[~consistent]]
-            cur_seq[kept] = S
-            suspect_kept = int(kept.size)
+            self.suspect_kept += int((~consistent).sum())
 
-    # 2. candidates newer than the checkpoint
-    host = sane & (stream <= STREAM_GC)
-    cand = np.flatnonzero(host & (seq > S))
-    torn = 0
-    torn_pages = []
-    if cand.size:
-        ok = (flags[cand] & OOB_UNCORRECTABLE) != 0
-        if (~ok).any():
-            ok[~ok] = nand.verify(cand[~ok], oob)
-        # no crash tears a page a Flush had made durable: that one is corrupt,
-        # and stays its LBA's version (whose reads fail), as in step 1
-        suspect = ~ok & (seq[cand] <= synced_seq)
-        suspect_kept += int(suspect.sum())
-        ok |= suspect
-        torn = int((~ok).sum())
-        torn_pages.append(cand[~ok])
-        seq[cand[~ok]] = 0                      # a torn page's seq sets nothing
-        cand = cand[ok]
-    # 3. highest seq per lpn wins
-    if cand.size:
-        order = np.lexsort((seq[cand], lpn[cand]))
-        c = cand[order]
-        cl = lpn[c]
+    def winners(self):
+        """3. Per LPN the candidate with the highest seq wins over the
+        checkpoint entry (whose seq is at most S) -> (lpns, ppns, seqs)."""
+        if not self.cands:
+            z = np.zeros(0, np.int64)
+            return z, z, z
+        c, cl, cs = (np.concatenate(x) for x in zip(*self.cands))
+        self.cands = None
+        order = np.lexsort((cs, cl))
+        c, cl, cs = c[order], cl[order], cs[order]
         last = np.ones(c.size, bool)
         last[:-1] = cl[1:] != cl[:-1]
-        c, cl = c[last], cl[last]
-        newer = seq[c] > cur_seq[cl]
-        l2p[cl[newer]] = c[newer]
-        cur_seq[cl[newer]] = seq[c[newer]]
+        c, cl, cs = c[last], cl[last], cs[last]
+        self.l2p[cl] = c
+        return cl, c, cs
 
-    # 4. replay deallocations newer than the checkpoint
+
+# LPNs per step of a pass over the L2P: its temporaries stay a few MiB, which
+# the allocator reuses instead of faulting in fresh memory for every pass
+_LPN_CHUNK = 1 << 22
+
+
+def rebuild(nand: NandArray, nlpns: int, ckpt, journal: np.ndarray, synced_seq: int = 0,
+            chunk_pages: int | None = None) -> Rebuilt:
+    if ckpt is not None:
+        l2p, S = ckpt[0], ckpt[1]
+    else:
+        l2p, S = np.full(nlpns, -1, L2P_DTYPE), 0
+    for c0 in range(0, nlpns, _LPN_CHUNK):
+        part = l2p[c0:c0 + _LPN_CHUNK]
+        part[part >= nand.geom.total_pages] = -1
+    scan = _Scan(nand, nlpns, l2p, S, synced_seq)
+    for p0, oob in nand.record_chunks(chunk_pages):
+        scan.chunk(p0, oob)
+    scan.unconfirmed()
+    wl, wp, ws = scan.winners()
+
+    # 4. replay deallocations newer than the checkpoint: every LPN in a range
+    # whose chosen version is older than the record goes unmapped; only a
+    # winning candidate can be newer (a checkpoint entry's seq is <= S)
     trims = journal[journal["seq"] > S] if journal.size else journal
     for rec in trims:
         lo = int(rec["lpn"])
         hi = min(nlpns, lo + int(rec["count"]))
+        if hi <= lo:
+            continue
         s = int(rec["seq"])
-        sl = slice(lo, hi)
-        older = cur_seq[sl] < s
-        l2p[sl][older] = -1
-        cur_seq[sl][older] = s
+        k0, k1 = np.searchsorted(wl, (lo, hi))
+        keep = k0 + np.flatnonzero(ws[k0:k1] >= s)
+        kept = l2p[wl[keep]].copy()
+        l2p[lo:hi] = -1
+        l2p[wl[keep]] = kept
+        ws[k0:k1] = np.maximum(ws[k0:k1], s)
 
-    valid = np.zeros(oob.size, bool)
-    valid[l2p[l2p >= 0]] = True
-    # user streams: owner decides; those newer than the checkpoint are
-    # checked as host pages are (a host page whose stream byte flipped is one)
-    user = np.flatnonzero(sane & (stream > STREAM_GC) & (seq > S))
-    if user.size:
-        bad = user[~nand.verify(user, oob)]
-        torn += int(bad.size)
-        torn_pages.append(bad)
-        sane[bad] = False
-        seq[bad] = 0
-    valid |= sane & (stream > STREAM_GC)
-    top = max(seen_top, S, int(journal["seq"].max()) if journal.size else 0)
-    clean = oob.copy()
-    clean["seq"][corrupt] = 0                   # occupied, of no stream, of no age
-    clean["stream"][corrupt] = 0
-    clean["flags"][corrupt] = OOB_PRESENT
+    valid = scan.valid
+    for c0 in range(0, nlpns, _LPN_CHUNK):
+        part = l2p[c0:c0 + _LPN_CHUNK]
+        valid[part[part >= 0]] = True
+    top = max(scan.seen_top, S, int(journal["seq"].max()) if journal.size else 0)
+    torn = scan.torn_pages
     return Rebuilt(l2p=l2p, valid=valid, next_seq=top + 1, checkpoint_seq=S,
-                   scanned=int(cand.size) + torn, torn=torn, trims_replayed=len(trims),
-                   corrupt_records=int(corrupt.sum()), suspect_kept=suspect_kept, records=clean,
-                   torn_pages=np.concatenate(torn_pages) if torn_pages else np.zeros(0, np.int64))
+                   scanned=scan.candidates + scan.torn,
+                   torn=scan.torn, trims_replayed=len(trims),
+                   corrupt_records=scan.corrupt, suspect_kept=scan.suspect_kept,
+                   lines=scan.lines,
+                   torn_pages=np.concatenate(torn) if torn else np.zeros(0, np.int64))
 
 
 def recover(nand: NandArray, nlpns: int, data_dir, journal) -> tuple[Rebuilt, list[str], bool]:
@@ -212,7 +291,7 @@ def recover(nand: NandArray, nlpns: int, data_dir, journal) -> tuple[Rebuilt, li
                      f"every deallocation, and the journal is written afresh")
     if ck is None:
         notes.append(f"{ck_why}; the L2P is rebuilt from every OOB record and {JOURNAL_NAME}")
-    r = rebuild(nand, nlpns, ck, trims, nand.at_open, journal.synced_seq)
+    r = rebuild(nand, nlpns, ck, trims, journal.synced_seq)
     if r.torn:
         notes.append(f"{r.torn} page(s) newer than the checkpoint fail their CRC (torn by a "
                      f"crash, or corrupt): their LBAs keep their previous version")
