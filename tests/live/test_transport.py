@@ -46,6 +46,20 @@ def test_transfer_larger_than_staging_is_split(dev):
     assert np.array_equal(dev.read(100, n), data)
 
 
+def test_block_io_larger_than_the_clients_arena(daemon):
+    """Issue 20 item 6: a block read or write of many times the client's
+    whole shared arena goes through, split into staging-sized commands."""
+    with csdemu.connect(daemon.socket_path, arena_bytes=1 << 20) as small:
+        bs = small.lba_size()
+        n = 6 * small.arena.size // bs + 5
+        data = np.random.default_rng(2).integers(0, 256, n * bs, dtype=np.uint8)
+        small.write(2000, data)
+        small.flush()
+        got = small.read(2000, n)
+        assert got.nbytes == n * bs > 6 * small.arena.size
+        assert np.array_equal(got, data)
+
+
 def test_completion_reports_sq_head_and_phase_wraps(dev):
     q = dev.create_queue(4)          # 3 usable slots: the phase flips every 4 entries
     try:
