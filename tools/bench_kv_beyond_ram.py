@@ -1,0 +1,212 @@
+"""KV beyond RAM, measured (issue 20, item 7). Not part of `make test`.
+
+Appends KV of 1.3x the machine's RAM to one sparse drive, attends over all
+of it in one command, and checks the output against a float64 reference
+computed with an online softmax over chunked kv.read's. Reports the append
+rate, the attend's wall time against its modeled time, and the error.
+
+    .venv/bin/python tools/bench_kv_beyond_ram.py                # full size
+    .venv/bin/python tools/bench_kv_beyond_ram.py --scale 0.02   # a quick run
+
+The KV cannot stay in the page cache, so the attend reads most of it from
+the backing disk. How much of the wall time that is: the same attend over
+the first sequence alone, once cached, gives the engine's rate when no page
+waits for the disk; the rest of the full attend's wall time is the disk's
+(and the daemon's read_bytes from /proc/PID/io says how much it read).
+The data dir is deleted at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import csdemu  # noqa: E402
+from csdemu.host.spawn import DaemonProcess  # noqa: E402
+
+# One layer of a Llama-2-13B-like GQA model: 40 q heads over 8 kv heads of
+# 128, fp16 (the shapes of csdemu/bench; only the byte count matters here).
+Q_HEADS, KV_HEADS, HEAD_DIM = 40, 8, 128
+TOKEN_BYTES = 2 * KV_HEADS * HEAD_DIM * 2          # K and V, fp16
+RAM_FACTOR = 1.3
+# Raw flash per KV byte: KV namespaces may hold kv_pct of the lines, and a
+# sequence's last line is partly empty.
+KV_PCT = 90.0
+RAW_PER_KV = 1.0 / (KV_PCT / 100.0) * 1.05
+
+
+def mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemTotal in /proc/meminfo")
+
+
+def proc_io(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = int(v)
+    return out
+
+
+def proc_rss(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+_BASE = np.random.default_rng(0).standard_normal((2, 4096, KV_HEADS, HEAD_DIM)).astype(np.float16)
+
+
+def token_block(seq: int, t0: int, n: int):
+    """K, V of tokens t0..t0+n-1 of a sequence: cheap, reproducible, varied
+    (rows of one random block, in an order that depends on the sequence)."""
+    idx = (np.arange(t0, t0 + n) * 7 + seq * 131) % _BASE.shape[1]
+    return _BASE[0, idx][None], _BASE[1, idx][None]
+
+
+def reference(kv, sid: int, q: np.ndarray, tokens: int, chunk: int):
+    """Attention of q [q_heads, d] over the sequence, float64, by an online
+    softmax over chunked kv.read's -> (out [q_heads, d], bytes read, seconds)."""
+    g = Q_HEADS // KV_HEADS
+    qq = q.astype(np.float64).reshape(KV_HEADS, g, HEAD_DIM) / math.sqrt(HEAD_DIM)
+    m = np.full((KV_HEADS, g), -np.inf)
+    l = np.zeros((KV_HEADS, g))
+    acc = np.zeros((KV_HEADS, g, HEAD_DIM))
+    t = time.perf_counter()
+    for t0 in range(0, tokens, chunk):
+        n = min(chunk, tokens - t0)
+        k, v = kv.read(0, sid, t0, n)                       # [n, kv_heads, d]
+        k = k.astype(np.float64).transpose(1, 2, 0)          # [kv_heads, d, n]
+        v = v.astype(np.float64).transpose(1, 0, 2)          # [kv_heads, n, d]
+        s = qq @ k
+        m_new = np.maximum(m, s.max(axis=2))
+        alpha = np.exp(m - m_new)
+        p = np.exp(s - m_new[..., None])
+        l = l * alpha + p.sum(axis=2)
+        acc = acc * alpha[..., None] + p @ v
+        m = m_new
+    return (acc / l[..., None]).reshape(Q_HEADS, HEAD_DIM), tokens * TOKEN_BYTES, \
+        time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="fraction of the full size (1.3x RAM) to append [1.0]")
+    ap.add_argument("--data-dir", default=f"/var/tmp/csdemu-beyond-ram-{os.getpid()}",
+                    help="drive's data dir, on a disk (not tmpfs); deleted at the end")
+    ap.add_argument("--seqs", type=int, default=16, help="sequences (the attend's batch) [16]")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    a = ap.parse_args(argv)
+    if not 0 < a.scale <= 4:
+        ap.error(f"--scale must be in (0, 4], got {a.scale}")
+    if a.seqs < 1:
+        ap.error(f"--seqs must be at least 1, got {a.seqs}")
+    ram = mem_total()
+    kv_bytes = int(ram * RAM_FACTOR * a.scale)
+    tokens = max(1, kv_bytes // TOKEN_BYTES // a.seqs)
+    kv_bytes = tokens * a.seqs * TOKEN_BYTES
+    parent = os.path.dirname(os.path.abspath(a.data_dir))
+    free = shutil.disk_usage(parent).free
+    if free < kv_bytes * 1.1:
+        ap.error(f"--data-dir: {parent} has {free / 2**30:.1f} GiB free, the run needs "
+                 f"{kv_bytes * 1.1 / 2**30:.1f} GiB")
+    cap = int(kv_bytes * RAW_PER_KV) + (1 << 30)
+    log = (lambda *x: None) if a.json else (lambda *x: print(*x, flush=True))
+    log(f"RAM {ram / 2**30:.1f} GiB; appending {kv_bytes / 2**30:.2f} GiB of KV "
+        f"({a.seqs} seqs x {tokens} tokens, {Q_HEADS}/{KV_HEADS} heads x {HEAD_DIM}, fp16) "
+        f"to a {cap / 2**30:.0f} GiB sparse drive in {a.data_dir}")
+    d = DaemonProcess(data_dir=a.data_dir, profile="instinfer",
+                      extra_args=["--set", f"device.capacity={cap}",
+                                  "--set", f"device.kv_pct={KV_PCT}"])
+    res = {"ram_bytes": ram, "kv_bytes": kv_bytes, "seqs": a.seqs, "tokens_per_seq": tokens,
+           "scale": a.scale, "capacity_bytes": cap}
+    try:
+        t = time.monotonic()
+        d.start(timeout=120)
+        res["start_s"] = time.monotonic() - t
+        pid = d.proc.pid
+        with csdemu.connect(d.socket_path, io_timeout=3600) as dev:
+            kv = dev.create_kv_namespace(layers=1, q_heads=Q_HEADS, kv_heads=KV_HEADS,
+                                         head_dim=HEAD_DIM)
+            ids = list(range(1, a.seqs + 1))
+            step = 16384                                   # tokens per append call (64 MiB)
+            t = time.perf_counter()
+            modeled = 0
+            for sid in ids:
+                for t0 in range(0, tokens, step):
+                    k, v = token_block(sid, t0, min(step, tokens - t0))
+                    modeled += kv.append(0, [sid], k, v)
+                log(f"  seq {sid}/{a.seqs} appended, {time.perf_counter() - t:.0f} s")
+            wall = time.perf_counter() - t
+            res["daemon_rss_after_append"] = proc_rss(pid)
+            res.update(append_s=wall, append_gbps=kv_bytes / wall / 1e9,
+                       append_modeled_gbps=kv_bytes / (modeled / 1e9) / 1e9)
+            log(f"append: {kv_bytes / 2**30:.2f} GiB in {wall:.1f} s = "
+                f"{res['append_gbps']:.2f} GB/s (modeled {res['append_modeled_gbps']:.2f} GB/s)")
+            q = np.random.default_rng(7).standard_normal((a.seqs, Q_HEADS, HEAD_DIM)) \
+                .astype(np.float32)
+            # the engine's own rate: one sequence, attended twice so the second is cached
+            kv.attend(0, ids[:1], q[:1])
+            t = time.perf_counter()
+            kv.attend(0, ids[:1], q[:1])
+            cached = time.perf_counter() - t
+            res["cached_attend_gbps"] = tokens * TOKEN_BYTES / cached / 1e9
+            io0 = proc_io(pid)
+            t = time.perf_counter()
+            out = kv.attend(0, ids, q)
+            wall = time.perf_counter() - t
+            io1 = proc_io(pid)
+            model = kv.last.device_ns / 1e9
+            disk = io1["read_bytes"] - io0["read_bytes"]
+            compute = kv_bytes / (res["cached_attend_gbps"] * 1e9)
+            res.update(attend_wall_s=wall, attend_modeled_s=model, wall_over_modeled=wall / model,
+                       attend_disk_read_bytes=disk, attend_disk_gbps=disk / wall / 1e9,
+                       attend_cached_estimate_s=compute,
+                       disk_bound_fraction=max(0.0, 1.0 - compute / wall))
+            log(f"attend: {wall:.1f} s wall, {model:.2f} s modeled (x{wall / model:.1f}); "
+                f"{disk / 2**30:.1f} GiB read from disk at {disk / wall / 1e9:.2f} GB/s; "
+                f"cached, the engine does {res['cached_attend_gbps']:.2f} GB/s "
+                f"({compute:.1f} s for all): {res['disk_bound_fraction']:.0%} of the wall "
+                f"is waiting for the disk")
+            err, rbytes, rtime = 0.0, 0, 0.0
+            for b, sid in enumerate(ids):
+                ref, nb, dt = reference(kv, sid, q[b], tokens, 65536)
+                err = max(err, float(np.abs(out[b] - ref).max() / np.abs(ref).max()))
+                rbytes += nb
+                rtime += dt
+            res.update(max_rel_error=err, reference_read_gbps=rbytes / rtime / 1e9)
+            log(f"error vs float64 online-softmax reference: {err:.2e} (max |diff| / max |ref|); "
+                f"reference kv.read at {res['reference_read_gbps']:.2f} GB/s")
+            res["daemon_rss"] = proc_rss(pid)
+            log(f"daemon: VmRSS {res['daemon_rss']['VmRSS'] / 2**20:.0f} MiB "
+                f"(anon {res['daemon_rss']['RssAnon'] / 2**20:.0f}, "
+                f"file {res['daemon_rss']['RssFile'] / 2**20:.0f}), "
+                f"VmHWM {res['daemon_rss']['VmHWM'] / 2**20:.0f} MiB")
+            kv.delete()
+    finally:
+        d.cleanup()
+        shutil.rmtree(a.data_dir, ignore_errors=True)
+    if a.json:
+        print(json.dumps(res, indent=1))
+    return 0 if res.get("max_rel_error", 1.0) < 1e-3 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
