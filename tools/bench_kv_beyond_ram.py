@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=f"/var/tmp/csdemu-beyond-ram-{os.getpid()}",
                     help="drive's data dir, on a disk (not tmpfs); deleted at the end")
     ap.add_argument("--seqs", type=int, default=16, help="sequences (the attend's batch) [16]")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    ap.add_argument("--json", action="store_true",
+                    help="print the figures as JSON (progress goes to stderr)")
     a = ap.parse_args(argv)
     if not 0 < a.scale <= 4:
         ap.error(f"--scale must be in (0, 4], got {a.scale}")
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
         ap.error(f"--data-dir: {parent} has {free / 2**30:.1f} GiB free, the run needs "
                  f"{kv_bytes * 1.1 / 2**30:.1f} GiB")
     cap = int(kv_bytes * RAW_PER_KV) + (1 << 30)
-    log = (lambda *x: None) if a.json else (lambda *x: print(*x, flush=True))
+    log = (lambda *x: print(*x, file=sys.stderr, flush=True)) if a.json else \
+        (lambda *x: print(*x, flush=True))
     log(f"RAM {ram / 2**30:.1f} GiB; appending {kv_bytes / 2**30:.2f} GiB of KV "
         f"({a.seqs} seqs x {tokens} tokens, {Q_HEADS}/{KV_HEADS} heads x {HEAD_DIM}, fp16) "
         f"to a {cap / 2**30:.0f} GiB sparse drive in {a.data_dir}")
