@@ -10,7 +10,7 @@ import pytest
 
 from csdemu.drive.flash import FlashNamespace
 from csdemu.drive.flash import gc as gcmod
-from csdemu.drive.flash.nand import OOB_DTYPE
+from csdemu.drive.flash.oob import OOB_DTYPE
 from nvme_cmds.nvm import lba_cdws
 from nvme_cmds.status import Status
 from tests.naive_ftl import Host, blob, profile, tmp_path  # noqa: F401  (tmp_path: tmpfs data dirs)
@@ -24,7 +24,7 @@ def scan_chunks(request, monkeypatch):
     """Recovery reads the OOB records a chunk of lines at a time: run each
     test with the whole (small) array in one chunk and with one line per chunk."""
     if request.param != "one scan chunk":
-        monkeypatch.setattr("csdemu.drive.flash.nand.SCAN_CHUNK_PAGES", 1)
+        monkeypatch.setattr("csdemu.drive.flash.oob.SCAN_CHUNK_PAGES", 1)
 
 
 def fresh(d, **kw):

@@ -16,7 +16,7 @@ def scan_chunks(request, monkeypatch):
     """Recovery reads the OOB records a chunk of lines at a time: run each
     test with the whole (small) array in one chunk and with one line per chunk."""
     if request.param != "one scan chunk":
-        monkeypatch.setattr("csdemu.drive.flash.nand.SCAN_CHUNK_PAGES", 1)
+        monkeypatch.setattr("csdemu.drive.flash.oob.SCAN_CHUNK_PAGES", 1)
 
 
 def crash(ns: FlashNamespace) -> None:

@@ -33,7 +33,7 @@ import tempfile
 import numpy as np
 
 import csdemu
-from csdemu.drive.flash.nand import OOB_DTYPE, OOB_PRESENT
+from csdemu.drive.flash.oob import OOB_DTYPE, OOB_PRESENT
 from nvme_cmds.status import Status
 from tools.torture.common import SMALL_DRIVE, part_main, patterns, small_daemon
 

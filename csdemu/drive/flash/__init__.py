@@ -5,6 +5,8 @@
     timing.py              pure resource model: LUN / channel / PCIe clocks
     trace_ring.py          where the timing kernels record each interval they charge
     nand.py                backing files, whole-page program/read, erase, OOB
+    oob.py                 the OOB record; reading records in bounded chunks
+    residency.py           budget of backing-file pages kept mapped in
     lines.py               lines (superblocks), streams, the page allocator
     gc.py                  victim selection (greedy, cost-benefit), collection
     faults.py              reproducible fault injection

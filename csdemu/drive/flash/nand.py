@@ -5,7 +5,7 @@ Files in the data directory (0600):
     nand.data    total_pages x page_bytes, indexed by PPN (see geometry.py:
                  PPNs are in channel-first write order, so a line written
                  sequentially is one contiguous byte range)
-    nand.oob     total_pages x OOB_DTYPE (24 B): the spare-area record of each page
+    nand.oob     total_pages x OOB_DTYPE (24 B, oob.py): the spare-area record of each page
     nand.blocks  total_blocks x BLOCK_DTYPE: erase count and bad-block mark
 
 Rules enforced here, as on real NAND:
@@ -25,9 +25,7 @@ SIGBUS, not an error). Reserving or writing fails with BackingError, and
 nothing of the failed program is left behind. ``preallocate`` reserves both
 files whole at once (a full disk is found at start). nand.blocks is small
 and always reserved whole. Records are read at open with pread, a bounded
-chunk at a time and skipping holes (`record_chunks`), never through the
-mapping: on tmpfs, reading a hole through a mapping allocates it too; and a
-copy of every record would cost 24 B of memory per page.
+chunk at a time and skipping holes (oob.py), never through the mapping.
 
 All files are mapped MAP_SHARED, so a write is in the kernel page cache the
 moment `program` returns: it survives kill -9 of the process. `sync()`
@@ -48,34 +46,15 @@ import numpy as np
 from csdemu.drive.flash.datapath import is_run, program_meta
 from csdemu.drive.flash.files import BackingError, DataDirError, map_file, pwrite_all, reserve
 from csdemu.drive.flash.geometry import Geometry
+from csdemu.drive.flash.oob import (OOB_DTYPE, OOB_PRESENT, OOB_TORN, OOB_UNCORRECTABLE,
+                                    record_chunks, records_i64)
 from csdemu.drive.flash.residency import MappedBudget
-
-OOB_DTYPE = np.dtype([("lpn", "<i8"),       # logical page (or a stream's key)
-                      ("seq", "<u8"),       # global write sequence number, >= 1
-                      ("crc", "<u4"),       # zlib.crc32 of lpn, seq, stream and the data
-                      ("stream", "<u2"),    # allocation stream (0 host, 1 GC, >= 2 user)
-                      ("flags", "<u2")])    # OOB_PRESENT | OOB_UNCORRECTABLE
-assert OOB_DTYPE.itemsize == 24
 
 BLOCK_DTYPE = np.dtype([("erase_count", "<u4"), ("bad", "u1"), ("_pad", "u1", (3,))])
 assert BLOCK_DTYPE.itemsize == 8
 
 BAD_NONE, BAD_FACTORY, BAD_PROGRAM, BAD_ERASE = 0, 1, 2, 3
-OOB_PRESENT = 1
-# GC copied this page from one whose CRC had failed: the copy keeps failing,
-# as a real drive carries an uncorrectable mark along rather than the bad data
-# under a fresh, valid ECC.
-OOB_UNCORRECTABLE = 2
-# A crash tore this page's program (recovery found it failing its CRC and
-# newer than the last Flush): it holds nothing, its line stays occupied, and
-# no later recovery may take it for a page a later Flush made durable.
-OOB_TORN = 4
-OOB_KNOWN_FLAGS = OOB_PRESENT | OOB_UNCORRECTABLE | OOB_TORN
 _CRC_MASK = 0xFFFF_FFFF
-_PREAD_CHUNK = 64 << 20        # bytes per pread of the OOB file (Linux caps one read at ~2 GiB)
-# Records per chunk of a scan at open (12 MiB of them): the scan's memory
-# stays this, whatever the drive's size.
-SCAN_CHUNK_PAGES = 1 << 19
 
 
 class NandError(RuntimeError):
@@ -178,37 +157,9 @@ class NandArray:
             if not self.backed[line]:
                 self.back_line(line)
 
-    def read_records(self, p0: int = 0, n: int | None = None) -> np.ndarray:
-        """A copy of the OOB records of PPNs p0 .. p0+n-1 (default: all),
-        read with pread (see the module doc)."""
-        ob = OOB_DTYPE.itemsize
-        fd = self._fds[1]
-        n = self.geom.total_pages - p0 if n is None else n
-        out = np.empty(n, OOB_DTYPE)
-        view, done = memoryview(out).cast("B"), 0
-        while done < n * ob:
-            k = os.preadv(fd, [view[done:done + _PREAD_CHUNK]], p0 * ob + done)
-            if k <= 0:
-                raise DataDirError(f"{self.dir / self.OOB}: short read at byte {p0 * ob + done}")
-            done += k
-        return out
-
     def record_chunks(self, chunk_pages: int | None = None):
-        """Yield (first PPN, copy of its records) over the whole array, in
-        chunks of whole lines of about `chunk_pages` (SCAN_CHUNK_PAGES); a
-        chunk that is a hole in nand.oob (never programmed) is all erased
-        and skipped."""
-        ppl, ob, fd = self.geom.pages_per_line, OOB_DTYPE.itemsize, self._fds[1]
-        step = max(1, (chunk_pages or SCAN_CHUNK_PAGES) // ppl) * ppl
-        total = self.geom.total_pages
-        for p0 in range(0, total, step):
-            n = min(step, total - p0)
-            try:
-                if os.lseek(fd, p0 * ob, os.SEEK_DATA) >= (p0 + n) * ob:
-                    continue
-            except OSError:             # ENXIO: nothing but holes from here on
-                return
-            yield p0, self.read_records(p0, n)
+        """oob.record_chunks of nand.oob: (first PPN, records) a chunk at a time."""
+        return record_chunks(self._fds[1], self.geom, self.dir / self.OOB, chunk_pages)
 
     def records_at(self, ppns: np.ndarray) -> np.ndarray:
         """A copy of the records of `ppns` (any order), through the mapping."""
@@ -448,8 +399,3 @@ class NandArray:
         for fd in self._fds:
             os.close(fd)
         self._mms, self._fds = [], []
-
-
-def records_i64(records: np.ndarray) -> np.ndarray:
-    """OOB records as (n, 3) int64: lpn, seq, crc | stream << 32 | flags << 48."""
-    return records.view(np.int64).reshape(-1, 3)

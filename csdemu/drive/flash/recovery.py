@@ -41,8 +41,9 @@ from csdemu.drive.flash.checkpoint import (JOURNAL_NAME, L2P_DTYPE, TRIM_REC, Jo
                                            read_checkpoint)
 from csdemu.drive.flash.files import DataDirError
 from csdemu.drive.flash.lines import STREAM_GC
-from csdemu.drive.flash.nand import (OOB_KNOWN_FLAGS, OOB_PRESENT, OOB_TORN, OOB_UNCORRECTABLE,
-                                     NandArray, records_i64)
+from csdemu.drive.flash.nand import NandArray
+from csdemu.drive.flash.oob import (OOB_KNOWN_FLAGS, OOB_PRESENT, OOB_TORN, OOB_UNCORRECTABLE,
+                                    records_i64)
 
 # Sequence numbers count pages written: at ten million pages a second 2^62
 # takes 14,000 years, so a larger one is a corrupt record, and every real one
