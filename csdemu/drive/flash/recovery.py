@@ -2,8 +2,10 @@
 
 Inputs: the last checkpoint (L2P as of sequence S, or none: S = 0), the OOB
 record of every physical page, and the deallocation journal (whose base
-holds every deallocation up to its checkpoint, see checkpoint.py). Steps,
-all vectorized over the OOB array:
+holds every deallocation up to its checkpoint, see checkpoint.py). Steps
+0-2 are vectorized over one chunk of the OOB records at a time (oob.py), so
+the memory recovery needs does not grow with the OOB area (_Scan says what
+it keeps); 3 and 4 work on the candidates found and the L2P:
 
 0. Sort the records: all-zero is erased; a record with unknown flag bits, a
    cleared present bit over non-zero fields, a sequence number of 0 or
