@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import csdemu  # noqa: E402
+from csdemu.bench.machine import machine, write_json  # noqa: E402
 from csdemu.host.spawn import DaemonProcess  # noqa: E402
 
 # One layer of a Llama-2-13B-like GQA model: 40 q heads over 8 kv heads of
@@ -41,6 +42,32 @@ RAM_FACTOR = 1.3
 # sequence's last line is partly empty.
 KV_PCT = 90.0
 RAW_PER_KV = 1.0 / (KV_PCT / 100.0) * 1.05
+
+
+HOW = {
+    "kv_bytes": "K and V appended: 1.3 x MemTotal x --scale, one layer, fp16",
+    "append_gbps": "K and V bytes / wall time of the kv.append calls (64 MiB each, split by "
+                   "the library into staging-sized commands)",
+    "append_modeled_gbps": "K and V bytes / summed modeled device time of the appends",
+    "cached_attend_gbps": "KV bytes / wall time of an attend over the first sequence alone, "
+                          "run a second time so its pages are in the page cache: the engine's "
+                          "rate when no page waits for the disk",
+    "attend_wall_s": "wall time of one dense attend over all sequences (the caller's)",
+    "attend_modeled_s": "kv.last.device_ns of that attend",
+    "wall_over_modeled": "attend_wall_s / attend_modeled_s",
+    "attend_disk_read_bytes": "read_bytes of the daemon in /proc/PID/io across the attend: what "
+                              "the page cache did not hold",
+    "attend_disk_gbps": "attend_disk_read_bytes / attend_wall_s",
+    "attend_cached_estimate_s": "kv_bytes / cached_attend_gbps: the attend's wall time if every "
+                                "page were cached",
+    "disk_bound_fraction": "1 - attend_cached_estimate_s / attend_wall_s: the share of the "
+                           "attend's wall time spent waiting for the backing disk",
+    "max_rel_error": "max |attend - reference| / max |reference| over sequences; the "
+                     "reference is float64, an online softmax over kv.read's of 65536 tokens",
+    "reference_read_gbps": "KV bytes / wall time of the reference (kv.read plus float64 math)",
+    "daemon_rss": "VmRSS, VmHWM, RssAnon, RssFile of the daemon at the end, bytes",
+    "daemon_rss_after_append": "the same right after the appends",
+}
 
 
 def mem_total() -> int:
@@ -112,6 +139,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=f"/var/tmp/csdemu-beyond-ram-{os.getpid()}",
                     help="drive's data dir, on a disk (not tmpfs); deleted at the end")
     ap.add_argument("--seqs", type=int, default=16, help="sequences (the attend's batch) [16]")
+    ap.add_argument("--out", metavar="FILE.json",
+                    help="also write the figures there, with the machine and how each was "
+                         "measured (bench/results/kv_beyond_ram.json feeds BENCHMARKS.md)")
     ap.add_argument("--json", action="store_true",
                     help="print the figures as JSON (progress goes to stderr)")
     a = ap.parse_args(argv)
@@ -137,6 +167,7 @@ def main(argv=None) -> int:
     d = DaemonProcess(data_dir=a.data_dir, profile="instinfer",
                       extra_args=["--set", f"device.capacity={cap}",
                                   "--set", f"device.kv_pct={KV_PCT}"])
+    mach = machine()
     res = {"ram_bytes": ram, "kv_bytes": kv_bytes, "seqs": a.seqs, "tokens_per_seq": tokens,
            "scale": a.scale, "capacity_bytes": cap}
     try:
@@ -205,6 +236,8 @@ def main(argv=None) -> int:
     finally:
         d.cleanup()
         shutil.rmtree(a.data_dir, ignore_errors=True)
+    if a.out:
+        write_json({**res, "machine": mach, "how": HOW}, a.out)
     if a.json:
         print(json.dumps(res, indent=1))
     return 0 if res.get("max_rel_error", 1.0) < 1e-3 else 1
