@@ -45,7 +45,14 @@ RAW_PER_KV = 1.0 / (KV_PCT / 100.0) * 1.05
 
 
 HOW = {
+    "ram_bytes": "MemTotal of /proc/meminfo",
     "kv_bytes": "K and V appended: 1.3 x MemTotal x --scale, one layer, fp16",
+    "seqs": "sequences, appended one after another and attended as one batch",
+    "tokens_per_seq": "tokens of each sequence (40 q heads, 8 kv heads x 128)",
+    "scale": "--scale",
+    "capacity_bytes": "device.capacity of the sparse instinfer drive (kv_pct 90)",
+    "start_s": "csdemu start until the socket answers",
+    "append_s": "wall time of all kv.append calls",
     "append_gbps": "K and V bytes / wall time of the kv.append calls (64 MiB each, split by "
                    "the library into staging-sized commands)",
     "append_modeled_gbps": "K and V bytes / summed modeled device time of the appends",
@@ -62,10 +69,14 @@ HOW = {
                                 "page were cached",
     "disk_bound_fraction": "1 - attend_cached_estimate_s / attend_wall_s: the share of the "
                            "attend's wall time spent waiting for the backing disk",
-    "max_rel_error": "max |attend - reference| / max |reference| over sequences; the "
-                     "reference is float64, an online softmax over kv.read's of 65536 tokens",
+    "max_rel_error": "max abs(attend - reference) / max abs(reference) per sequence, the "
+                     "largest; the reference is float64, an online softmax over kv.read's of "
+                     "65536 tokens; the engine sums in float32",
     "reference_read_gbps": "KV bytes / wall time of the reference (kv.read plus float64 math)",
-    "daemon_rss": "VmRSS, VmHWM, RssAnon, RssFile of the daemon at the end, bytes",
+    "daemon_rss": "VmRSS, VmHWM, RssAnon, RssFile of the daemon at the end, bytes. VmHWM "
+                  "counts the KV pages the attend mapped in (page cache, dropped after it); "
+                  "RssAnon holds the KV layer's page tables of the attended batch, kept for "
+                  "the next decode step",
     "daemon_rss_after_append": "the same right after the appends",
 }
 
