@@ -74,7 +74,7 @@ HOW = {
                      "65536 tokens; the engine sums in float32",
     "reference_read_gbps": "KV bytes / wall time of the reference (kv.read plus float64 math)",
     "daemon_rss": "VmRSS, VmHWM, RssAnon, RssFile of the daemon at the end, bytes. VmHWM "
-                  "counts the KV pages the attend mapped in (page cache, dropped after it); "
+                  "counts the KV pages the attend mapped in (page cache the kernel reclaims); "
                   "RssAnon holds the KV layer's page tables of the attended batch, kept for "
                   "the next decode step",
     "daemon_rss_after_append": "the same right after the appends",

@@ -1,4 +1,4 @@
-"""The backing files' mappings stay under a budget of resident pages, and
+"""The OOB mapping stays under a budget of resident pages, and
 dropping them loses nothing: dirty pages live on in the page cache."""
 import numpy as np
 
@@ -43,7 +43,7 @@ def test_budget_counts_touches_and_looks_at_the_real_resident_size(tmp_path):
     path.write_bytes(b"\0" * (8 << 20))
     with open(path, "r+b") as f:
         mm = mmap.mmap(f.fileno(), 8 << 20)
-    b = residency.MappedBudget([mm], budget=1 << 20)
+    b = residency.MappedBudget(mm, budget=1 << 20)
     a = np.frombuffer(mm, np.uint8)
     a[::4096] = 7                                   # 8 MiB mapped in, counted as touched
     b.touched(8 << 20)

@@ -6,7 +6,7 @@
     trace_ring.py          where the timing kernels record each interval they charge
     nand.py                backing files, whole-page program/read, erase, OOB
     oob.py                 the OOB record; reading records in bounded chunks
-    residency.py           budget of backing-file pages kept mapped in
+    residency.py           budget of OOB pages kept mapped in
     lines.py               lines (superblocks), streams, the page allocator
     gc.py                  victim selection (greedy, cost-benefit), collection
     faults.py              reproducible fault injection

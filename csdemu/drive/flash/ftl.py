@@ -299,7 +299,6 @@ class BlockFTL(UserStreams, Durability):
                                 self._scratch(n), c.trace)
         if done >= 0:                                  # fast path: all mapped
             self.counters["nand_pages_read"] += n
-            self.nand.touched(n)
             if not self.nand.check(ppns):
                 return self.media_error(done)
             if run:
@@ -316,7 +315,6 @@ class BlockFTL(UserStreams, Durability):
             return self.media_error(done)
         out = np.zeros((n, self.pb), np.uint8)
         if mp.size:
-            self.nand.touched(mp.size)
             out[m] = self.nand.data[mp]
         return True, out, done
 
@@ -340,7 +338,6 @@ class BlockFTL(UserStreams, Durability):
             cnt = self.counters
             cnt["host_pages_read"] += n
             cnt["nand_pages_read"] += n
-            self.nand.touched(n)
         return done
 
     def media_error(self, done: int):

@@ -32,8 +32,7 @@ moment `program` returns: it survives kill -9 of the process. `sync()`
 (msync) makes it survive a host crash too. `view()` / `channel_view()` give
 zero-copy NumPy views of physical pages for readers such as the attention
 engine; a view stays valid until its block is erased and reprogrammed.
-What the mappings hold in memory is bounded by residency.py: callers that
-touch pages through them say so with `touched()`.
+What the OOB mapping holds in memory is bounded by residency.py.
 """
 from __future__ import annotations
 
@@ -113,7 +112,7 @@ class NandArray:
                 if prog.size:
                     np.maximum.at(self.wp, g.block_of(prog),
                                   (g.page_in_block(prog) + 1).astype(np.int32))
-        self.mapped = MappedBudget(self._mms[:2])
+        self.mapped = MappedBudget(self._mms[1])
         self.pages_programmed = 0
         self.pages_read = 0
         self.erases = 0
@@ -165,10 +164,6 @@ class NandArray:
         """A copy of the records of `ppns` (any order), through the mapping."""
         self.mapped.touched(ppns.size * OOB_DTYPE.itemsize)
         return self.oob[ppns]
-
-    def touched(self, npages: int) -> None:
-        """The caller read `npages` of nand.data through the mapping."""
-        self.mapped.touched(npages * self.page_bytes)
 
     # -- program / read -------------------------------------------------------
     def _crcs(self, pages, lpns, seq0: int, n: int, stream: int, poison) -> np.ndarray:
@@ -257,7 +252,6 @@ class NandArray:
 
     def read(self, ppns: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Copy pages out: (n, page_bytes)."""
-        self.touched(ppns.shape[0])
         if out is None:
             out = np.empty((ppns.shape[0], self.page_bytes), np.uint8)
         np.take(self.data, ppns, axis=0, out=out)
@@ -303,7 +297,7 @@ class NandArray:
         else:
             todo = ppns[~ver[ppns]].tolist()
         if len(todo):
-            self.mapped.touched(len(todo) * (OOB_DTYPE.itemsize + self.page_bytes))
+            self.mapped.touched(len(todo) * OOB_DTYPE.itemsize)
         data, raw = self.data, self._oob64
         for p in todo:
             if not self._matches(data[p], raw[p]):
@@ -315,7 +309,7 @@ class NandArray:
         """check() page by page: True where the page matches its record."""
         ok = self.verified[ppns]
         data, raw = self.data, self._oob64
-        self.mapped.touched(int((~ok).sum()) * (OOB_DTYPE.itemsize + self.page_bytes))
+        self.mapped.touched(int((~ok).sum()) * OOB_DTYPE.itemsize)
         for i in np.flatnonzero(~ok).tolist():
             p = int(ppns[i])
             ok[i] = self.verified[p] = self._matches(data[p], raw[p])

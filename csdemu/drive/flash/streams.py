@@ -64,7 +64,6 @@ class UserStreams:
         done = int(self.charge_reads(ppns, t0, pcie=pcie).max()) if ppns.size else t0
         if ppns.size and not self.nand.check(ppns):
             return self.media_error(done)
-        self.nand.touched(int(ppns.size))
         return True, self.nand.data[ppns], done
 
     def invalidate_pages(self, ppns: np.ndarray) -> None:

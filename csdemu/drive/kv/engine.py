@@ -159,7 +159,6 @@ class Engine:
             else:
                 st.channel_bytes += np.bincount(ch, weights=xfer, minlength=self.nch).astype(np.int64)
         self.ftl.counters["nand_pages_read"] += int(ppns.size)
-        self.ftl.nand.touched(int(ppns.size))      # the kernels read them through the mapping
         return t.done_ns
 
 
