@@ -150,15 +150,17 @@ class Completions:
     def arrival(self, cq, consumed: int = 0, rung_ns: int = 0, reaped_ns: int = 0) -> int:
         """When a command fetched now for `cq` arrives in modeled time.
 
-        Realtime: when its host rang the doorbell for it (`rung_ns`, as its
-        SQ slot says; else now): the daemon's own fetch may come late, which
-        the drive it models would not. Virtual: no earlier than that, nor
-        than the latest modeled completion its host had consumed from that
-        CQ when it wrote the command (`consumed` CQEs; else as far as the CQ
-        head doorbell says now), plus the time the host took from consuming
-        it (`reaped_ns`) to ringing. The emulator runs ahead of the drive,
-        so the wall clock alone would have a dependent command arrive before
-        the work it waited for had finished (docs/architecture.md, "Timing
+        Where its host says which completions it had consumed when it wrote
+        the command (`consumed`, as its SQ slot says), when it consumed them
+        (`reaped_ns`) and when it rang the doorbell (`rung_ns`): at the
+        latest of those completions' modeled times plus the host's own time
+        from consuming them to ringing. So a host that answers a completion
+        at once queues behind nothing it had seen finish, however far ahead
+        of the wall clock the emulator posted it (virtual mode), and the
+        daemon's own delay in posting a due completion is not charged to the
+        drive (realtime mode). Otherwise at the doorbell time (else now),
+        in virtual mode no earlier than the latest completion the CQ head
+        doorbell says the host had consumed (docs/architecture.md, "Timing
         modes")."""
         now = _mono()
         if not self.config.causal_arrival:
@@ -166,16 +168,15 @@ class Completions:
         rung = rung_ns if self.timeline_ns < rung_ns <= now and now - rung_ns < _STALE_RING_NS else 0
         if rung:
             now = rung
-        if self.config.timing_mode == _REALTIME:
-            cq.horizon()             # keeps the consumed count; the time is never ahead
-            return now
         if cq.epoch != self.epoch:
             cq.epoch = self.epoch
             cq.forget_horizon()
-        if consumed:
+        if consumed and rung and 0 < reaped_ns <= rung:
             hz = cq.horizon_at(consumed)
-            if hz and rung and 0 < reaped_ns <= rung:
-                hz += rung - reaped_ns
-        else:
-            hz = cq.horizon()
+            if hz:
+                return hz + (rung - reaped_ns)
+        if self.config.timing_mode == _REALTIME:
+            cq.horizon()             # keeps the consumed count; the time is never ahead
+            return now
+        hz = cq.horizon_at(consumed) if consumed else cq.horizon()
         return hz if hz > now else now
