@@ -98,16 +98,6 @@ def proc_io(pid: int) -> dict:
     return out
 
 
-def proc_rss(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
 _BASE = np.random.default_rng(0).standard_normal((2, 4096, KV_HEADS, HEAD_DIM)).astype(np.float16)
 
 
@@ -199,7 +189,7 @@ def main(argv=None) -> int:
                     modeled += kv.append(0, [sid], k, v)
                 log(f"  seq {sid}/{a.seqs} appended, {time.perf_counter() - t:.0f} s")
             wall = time.perf_counter() - t
-            res["daemon_rss_after_append"] = proc_rss(pid)
+            res["daemon_rss_after_append"] = d.memory()
             res.update(append_s=wall, append_gbps=kv_bytes / wall / 1e9,
                        append_modeled_gbps=kv_bytes / (modeled / 1e9) / 1e9)
             log(f"append: {kv_bytes / 2**30:.2f} GiB in {wall:.1f} s = "
@@ -238,7 +228,7 @@ def main(argv=None) -> int:
             res.update(max_rel_error=err, reference_read_gbps=rbytes / rtime / 1e9)
             log(f"error vs float64 online-softmax reference: {err:.2e} (max |diff| / max |ref|); "
                 f"reference kv.read at {res['reference_read_gbps']:.2f} GB/s")
-            res["daemon_rss"] = proc_rss(pid)
+            res["daemon_rss"] = d.memory()
             log(f"daemon: VmRSS {res['daemon_rss']['VmRSS'] / 2**20:.0f} MiB "
                 f"(anon {res['daemon_rss']['RssAnon'] / 2**20:.0f}, "
                 f"file {res['daemon_rss']['RssFile'] / 2**20:.0f}), "

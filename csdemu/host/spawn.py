@@ -64,6 +64,16 @@ class DaemonProcess:
             time.sleep(0.02)
         return self
 
+    def memory(self) -> dict:
+        """The daemon's VmRSS, VmHWM, RssAnon and RssFile, in bytes."""
+        out = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    out[k] = int(v.split()[0]) * 1024
+        return out
+
     def log_text(self) -> str:
         return read_log(self.log_path)
 

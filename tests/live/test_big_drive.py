@@ -26,16 +26,6 @@ BIG = 64 * GiB                  # sparse: what it costs on disk is what is writt
 RUN = 16                        # LBAs per write (64 KiB)
 
 
-def memory(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
 def drive(capacity: int, data_dir=None, kv_pct: float = 0.0) -> DaemonProcess:
     # kv_pct 0: every line is the block namespace's, the largest L2P there is
     return DaemonProcess(data_dir=data_dir, profile="instinfer",
@@ -69,7 +59,7 @@ def baseline():
         with csdemu.connect(d.socket_path) as dev:
             lbas, data = spread(dev, 256, 0)
             assert np.array_equal(dev.read(lbas[0], RUN), data[0])
-            return memory(d.proc.pid)["VmRSS"], t
+            return d.memory()["VmRSS"], t
     finally:
         d.cleanup()
 
@@ -85,14 +75,14 @@ def test_written_big_drive_stays_within_its_memory_share_across_a_crash(baseline
     d = drive(BIG, data_dir)
     try:
         started(d)
-        assert memory(d.proc.pid)["VmRSS"] <= limit
+        assert d.memory()["VmRSS"] <= limit
         with csdemu.connect(d.socket_path) as dev:
             lbas, data = spread(dev, 4096, 1)            # 256 MiB over 59 GiB of LBAs
-            mem = memory(d.proc.pid)
+            mem = d.memory()
             assert mem["VmRSS"] <= limit, mem
             for i in range(0, len(lbas), 97):
                 assert np.array_equal(dev.read(lbas[i], RUN), data[i])
-            assert memory(d.proc.pid)["VmRSS"] <= limit
+            assert d.memory()["VmRSS"] <= limit
         os.kill(d.proc.pid, signal.SIGKILL)              # recovery scans the OOB records
         d.proc.wait()
     finally:
@@ -100,7 +90,7 @@ def test_written_big_drive_stays_within_its_memory_share_across_a_crash(baseline
     d = drive(BIG, data_dir)
     try:
         started(d)
-        mem = memory(d.proc.pid)
+        mem = d.memory()
         assert mem["VmHWM"] <= limit, mem                # the scan's peak too
         with csdemu.connect(d.socket_path) as dev:
             for i in range(0, len(lbas), 97):
@@ -117,7 +107,7 @@ def test_a_1_tib_sparse_drive_starts_within_10_s(baseline, tmp_path):
         d = drive(1 << 40, data_dir, kv_pct=75.0)
         try:
             t = started(d, timeout=60)
-            mem = memory(d.proc.pid)
+            mem = d.memory()
             assert t <= 10.0, (run, t)
             assert mem["VmHWM"] <= bound(1 << 40, base_rss), (run, mem)
         finally:

@@ -48,18 +48,14 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def write_atomic(path, chunks, *, sync: bool = True) -> None:
-    """Replace `path` with the bytes of `chunks` (buffers), 0600. On any
-    error the temporary file is removed and `path` is untouched."""
+def _replace(path, fill, sync: bool) -> None:
+    """Write a temporary file with fill(fd), then rename it over `path`.
+    On any error the temporary file is removed and `path` is untouched."""
     path = os.fspath(path)
     tmp = path + ".tmp"
     fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            while view.nbytes:
-                n = os.write(fd, view)
-                view = view[n:]
+        fill(fd)
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -75,13 +71,22 @@ def write_atomic(path, chunks, *, sync: bool = True) -> None:
         fsync_dir(os.path.dirname(path) or ".")
 
 
+def write_atomic(path, chunks, *, sync: bool = True) -> None:
+    """Replace `path` with the bytes of `chunks` (buffers), 0600. On any
+    error the temporary file is removed and `path` is untouched."""
+    def fill(fd):
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view.nbytes:
+                n = os.write(fd, view)
+                view = view[n:]
+    _replace(path, fill, sync)
+
+
 def write_atomic_at(path, pieces, size: int) -> None:
     """write_atomic of a file of `size` bytes from (offset, buffer) pieces;
     bytes no piece covers stay holes (read back as zeros)."""
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
+    def fill(fd):
         for off, buf in pieces:
             view = memoryview(buf).cast("B")
             while view.nbytes:
@@ -90,17 +95,7 @@ def write_atomic_at(path, pieces, size: int) -> None:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 view, off = view[n:], off + n
         os.ftruncate(fd, size)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
+    _replace(path, fill, True)
 
 
 def tighten(data_dir) -> list[str]:
