@@ -88,12 +88,7 @@ def write_atomic_at(path, pieces, size: int) -> None:
     bytes no piece covers stay holes (read back as zeros)."""
     def fill(fd):
         for off, buf in pieces:
-            view = memoryview(buf).cast("B")
-            while view.nbytes:
-                n = os.pwrite(fd, view, off)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                view, off = view[n:], off + n
+            pwrite_all(fd, buf, off)
         os.ftruncate(fd, size)
     _replace(path, fill, True)
 
