@@ -171,12 +171,9 @@ class Completions:
         if cq.epoch != self.epoch:
             cq.epoch = self.epoch
             cq.forget_horizon()
-        if consumed and rung and 0 < reaped_ns <= rung:
-            hz = cq.horizon_at(consumed)
-            if hz:
-                return hz + (rung - reaped_ns)
-        if self.config.timing_mode == _REALTIME:
-            cq.horizon()             # keeps the consumed count; the time is never ahead
-            return now
         hz = cq.horizon_at(consumed) if consumed else cq.horizon()
+        if consumed and hz and rung and 0 < reaped_ns <= rung:
+            return hz + (rung - reaped_ns)
+        if self.config.timing_mode == _REALTIME:
+            return now               # completions are never early here: the horizon is behind
         return hz if hz > now else now

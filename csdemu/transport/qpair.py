@@ -65,6 +65,12 @@ def sq_bytes(depth: int) -> int:
     return depth * 84            # SQEs, then per slot: u64 rung, u64 reaped, u32 consumed
 
 
+def sq_slot_words(off: int, depth: int) -> tuple[int, int, int]:
+    """Word indexes of an I/O SQ's per-slot arrays (the module docstring):
+    rung and reaped (u64 words), consumed (u32 words)."""
+    return (off + 64 * depth) // 8, (off + 72 * depth) // 8, (off + 80 * depth) // 4
+
+
 def cq_bytes(depth: int) -> int:
     return depth * 24
 
@@ -120,9 +126,9 @@ class HostSQ:
         # I/O SQs: each slot's times and consumed-count (the module docstring;
         # the admin SQ has none)
         self.cq = cq
-        self.stamp_word = (off + 64 * depth) // 8
-        self.reaped_word = (off + 72 * depth) // 8
-        self.snap_word = (off + 80 * depth) // 4 if cq is not None else None
+        self.stamp_word, self.reaped_word, self.snap_word = sq_slot_words(off, depth)
+        if cq is None:
+            self.snap_word = None
 
     def free_slots(self) -> int:
         return self.depth - 1 - (self.tail - self.head) % self.depth
@@ -216,9 +222,9 @@ class DeviceSQ:
         self.inflight = bytearray(65536)   # by CID: 1 while a command is outstanding
         self.bad_doorbells = 0
         # I/O SQs: each slot's times and consumed-count (the module docstring)
-        self.stamp_word = (off + 64 * depth) // 8
-        self.reaped_word = (off + 72 * depth) // 8
-        self.snap_word = (off + 80 * depth) // 4 if qid else None
+        self.stamp_word, self.reaped_word, self.snap_word = sq_slot_words(off, depth)
+        if not qid:
+            self.snap_word = None
         self.fetched_at = 0                # slot of the first SQE the last fetch() took
 
     def written(self, i: int) -> tuple[int, int, int]:
