@@ -1,7 +1,7 @@
 """Public entry points: validate in plain Python, then call the jitted kernels.
 
-Page references (``k_pages``, ``v_pages``, ``kd_pages``) are int64:
-``p >= 0`` is page ``pool[p]`` on flash, ``p < 0`` is ``dram_pool[-p - 1]`` in
+Page references (``k_pages``, ``v_pages``, ``kd_pages``) are int32 or int64
+(one dtype for all three): ``p >= 0`` is page ``pool[p]`` on flash, ``p < 0`` is ``dram_pool[-p - 1]`` in
 the device-DRAM group buffer.  Entries past a sequence's last page are never
 read.  See docs/kernels.md for the layouts.
 """
@@ -105,6 +105,16 @@ def _index(a, dtype, shape, name):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def _refs(a, shape, name, like=None):
+    """A page-reference table, int32 or int64 as given (`like`: the dtype of
+    the table it goes with): a drive keeps its tables int32, 4 B a page like
+    its L2P, and converting them would cost a copy of every table per call."""
+    dtype = like if like is not None else np.asarray(a).dtype
+    if dtype not in (np.int32, np.int64):
+        dtype = np.int64
+    return _index(a, dtype, shape, name)
+
+
 def _check_refs(refs, used, npool, ndram, name):
     """Every used page reference must point inside its pool."""
     r = refs[used]
@@ -124,9 +134,9 @@ def _common(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channel,
     T = pool.shape[1]
     if pool.shape[2] != D:
         raise ValueError("page head dim %d != q head dim %d" % (pool.shape[2], D))
-    k_pages = _index(k_pages, np.int64, (B, None, None), "k_pages")
+    k_pages = _refs(k_pages, (B, None, None), "k_pages")
     Hkv, Gmax = k_pages.shape[1], k_pages.shape[2]
-    v_pages = _index(v_pages, np.int64, (B, Hkv, Gmax), "v_pages")
+    v_pages = _refs(v_pages, (B, Hkv, Gmax), "v_pages", like=k_pages.dtype)
     if Hkv < 1 or Hq % Hkv:
         raise ValueError("Hq=%d is not a multiple of Hkv=%d" % (Hq, Hkv))
     seq_lens = _index(seq_lens, np.int32, (B,), "seq_lens")
@@ -245,7 +255,7 @@ def dense_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     q : float32 [B, Hq, D]
     pool : [P, T, D] uint16 (fp16/bf16 bits) or float32/uint32 -- flash pages
     dram_pool : [Pd, T, D] same dtype, or None -- device-DRAM group buffer
-    k_pages, v_pages : int64 [B, Hkv, Gmax] page references (see module doc)
+    k_pages, v_pages : int32 or int64 [B, Hkv, Gmax] page references (see module doc)
     seq_lens : int32 [B]
     group_channel : int32 [B, Gmax] channel of token group g of sequence b
     nchannels : int
@@ -305,7 +315,7 @@ def sparf_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
         page (b, h, db, tb) holds K[tb*Tp:(tb+1)*Tp, db*Dp:(db+1)*Dp]
         transposed: row i = head dim db*Dp+i over Tp consecutive tokens
     kd_dram_pool : [P2d, Dp, Tp] or None -- DRAM buffer for the newest tokens
-    kd_pages : int64 [B, Hkv, D // Dp, TBmax] page references
+    kd_pages : [B, Hkv, D // Dp, TBmax] page references, k_pages' dtype
     dim_channel : int32 [B, D // Dp, TBmax] channel of each dim page
     v_mean : float32 [B, Hkv, D] mean of V over all tokens of (b, kv head)
     r : dims kept per kv head (1..D); k : tokens kept by top-k (>= 0);
@@ -333,7 +343,7 @@ def sparf_attention(q, pool, dram_pool, k_pages, v_pages, seq_lens, group_channe
     if Dp < 1 or D % Dp:
         raise ValueError("dim page rows Dp=%d must divide D=%d" % (Dp, D))
     NDB = D // Dp
-    kd_pages = _index(kd_pages, np.int64, (B, Hkv, NDB, None), "kd_pages")
+    kd_pages = _refs(kd_pages, (B, Hkv, NDB, None), "kd_pages", like=k_pages.dtype)
     ntb = (seq_lens.astype(np.int64) + Tp - 1) // Tp
     if B and ntb.max() > kd_pages.shape[3]:
         raise ValueError("kd_pages has %d token blocks, seq_lens need %d"

@@ -18,6 +18,7 @@ import pytest
 
 import csdemu
 from csdemu.drive.flash.residency import MAPPED_BUDGET_BYTES
+from csdemu.drive.kv.store import TABLE_CACHE_BYTES
 from csdemu.host.spawn import DaemonProcess
 
 GiB = 1 << 30
@@ -112,3 +113,42 @@ def test_a_1_tib_sparse_drive_starts_within_10_s(baseline, tmp_path):
             assert mem["VmHWM"] <= bound(1 << 40, base_rss), (run, mem)
         finally:
             d.cleanup()
+
+
+def test_kv_pages_cost_the_daemon_less_than_its_share(tmp_path):
+    """KV written over most of a drive, then attended in one batch: the
+    daemon's anonymous memory grows by less than 0.25 % of the raw capacity
+    (4 B of page table a KV page, 10 B at most), plus, once attended, the
+    batch tables the KV layer may keep for the next step (TABLE_CACHE_BYTES).
+    File pages are not counted: the KV data mapped in for the attend is the
+    backing file's page cache, which the kernel reclaims."""
+    cap, heads, dim = 3 * GiB, 8, 128
+    seqs, tokens = 4, 1 << 17                    # 2 GiB of K and V, fp16: 524,288 pages
+    d = DaemonProcess(data_dir=str(tmp_path / "kv"), profile="instinfer",
+                      extra_args=["--set", f"device.capacity={cap}", "--set", "device.kv_pct=90"])
+    try:
+        started(d)
+        with csdemu.connect(d.socket_path, io_timeout=300) as dev:
+            kv = dev.create_kv_namespace(layers=1, q_heads=5 * heads, kv_heads=heads, head_dim=dim)
+            rng = np.random.default_rng(5)
+            block = rng.standard_normal((1, 16384, heads, dim)).astype(np.float16)
+            q = rng.standard_normal((seqs, 5 * heads, dim)).astype(np.float32)
+            warm = [100, 101]                    # the kernels' code and first buffers
+            kv.append(0, warm, np.repeat(block[:, :4096], 2, 0), np.repeat(block[:, :4096], 2, 0))
+            kv.attend(0, warm, q[:2])
+            kv.attend(0, warm[:1], q[:1])
+            kv.reclaim(warm)
+            base = d.memory()["RssAnon"]
+            ids = list(range(seqs))
+            for sid in ids:
+                for t0 in range(0, tokens, block.shape[1]):
+                    kv.append(0, [sid], block, block)
+            appended = d.memory()["RssAnon"] - base
+            assert appended <= SHARE * cap, appended
+            out = kv.attend(0, ids, q)
+            assert np.isfinite(out).all()
+            attended = d.memory()["RssAnon"] - base
+            assert attended <= SHARE * cap + TABLE_CACHE_BYTES, attended
+            kv.delete()
+    finally:
+        d.cleanup()

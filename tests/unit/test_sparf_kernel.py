@@ -221,3 +221,31 @@ def test_sparf_validation_errors():
     with pytest.raises(TypeError):
         sparf_attention(q, v_mean=vm, out=out, r=2, k=1, window=0,
                         **dict(args, kd_pool=args["kd_pool"].astype(np.float32)))
+
+
+@pytest.mark.parametrize("k_dims_major", [False, True])
+def test_int32_page_references_give_the_int64_results(k_dims_major):
+    """The daemon keeps its page tables int32 (csdemu/drive/kv/layout.py REF):
+    dense and SparF read the same pages and give the same bits as with int64."""
+    rng = np.random.default_rng(31)
+    lens = [1, 9, 16, 40, 77]
+    D, T, Dp, Tp, nch = 32, 8, 4, 16, 3
+    q, lay, vm = _sparf_setup(rng, lens, 4, 2, D, T, Dp, Tp, nch, "fp16",
+                              k_dims_major=k_dims_major)
+    narrow = dict(k_pages=lay.k_pages.astype(np.int32), v_pages=lay.v_pages.astype(np.int32))
+    want, got = np.empty_like(q), np.empty_like(q)
+    wc = dense_attention(q, out=want, **lay.dense_args())
+    gc = dense_attention(q, out=got, **{**lay.dense_args(), **narrow})
+    npt.assert_array_equal(got, want)
+    npt.assert_array_equal(gc, wc)
+    if k_dims_major:
+        return
+    kd = np.where(lay.kd_pages < np.iinfo(np.int32).min, -1, lay.kd_pages).astype(np.int32)
+    for refs in ({}, {**narrow, "kd_pages": kd}):
+        args = {**lay.sparf_args(), **refs}
+        out = np.empty_like(q)
+        ctr = sparf_attention(q, v_mean=vm, out=out, r=8, k=6, window=4, **args)
+        if not refs:
+            want, wc = out, ctr
+    npt.assert_array_equal(out, want)
+    npt.assert_array_equal(ctr, wc)

@@ -47,7 +47,7 @@ from csdemu.drive.flash.files import BackingError, DataDirError, map_file, pwrit
 from csdemu.drive.flash.geometry import Geometry
 from csdemu.drive.flash.oob import (OOB_DTYPE, OOB_PRESENT, OOB_TORN, OOB_UNCORRECTABLE,
                                     record_chunks, records_i64)
-from csdemu.drive.flash.residency import MappedBudget
+from csdemu.drive.flash.residency import DataPages, MappedBudget
 
 BLOCK_DTYPE = np.dtype([("erase_count", "<u4"), ("bad", "u1"), ("_pad", "u1", (3,))])
 assert BLOCK_DTYPE.itemsize == 8
@@ -62,6 +62,9 @@ class NandError(RuntimeError):
 
 class LayoutError(NandError, DataDirError):
     """The backing files do not have the sizes the profile's geometry gives."""
+
+
+_CHECK_RUN = 4096
 
 
 class NandArray:
@@ -113,6 +116,7 @@ class NandArray:
                     np.maximum.at(self.wp, g.block_of(prog),
                                   (g.page_in_block(prog) + 1).astype(np.int32))
         self.mapped = MappedBudget(self._mms[1])
+        self.data_pages = DataPages(self._mms[0], self._fds[0], g.page_bytes)
         self.pages_programmed = 0
         self.pages_read = 0
         self.erases = 0
@@ -290,19 +294,21 @@ class NandArray:
         page's first read is not)."""
         ver = self.verified
         if ppns.shape[0] == 1:
-            p = int(ppns[0])
-            if ver[p]:
+            if ver[int(ppns[0])]:
                 return True
-            todo = (p,)
+            todo = ppns
         else:
-            todo = ppns[~ver[ppns]].tolist()
+            todo = ppns[~ver[ppns]]
         if len(todo):
             self.mapped.touched(len(todo) * OOB_DTYPE.itemsize)
         data, raw = self.data, self._oob64
-        for p in todo:
-            if not self._matches(data[p], raw[p]):
-                return False
-            ver[p] = True
+        # a slice of Python ints at a time: a list of a whole attend's pages
+        # (millions) stayed in the allocator's arenas, daemon memory after
+        for i in range(0, len(todo), _CHECK_RUN):
+            for p in todo[i:i + _CHECK_RUN].tolist():
+                if not self._matches(data[p], raw[p]):
+                    return False
+                ver[p] = True
         return True
 
     def check_each(self, ppns: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ out). So `pages_read_flash` counts pages sensed (tR each) and
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numba
@@ -53,6 +54,19 @@ class EngineStats:
 # are allowed: a parallel region's fork/join costs more than it saves.
 PARALLEL_MIN_PAGES = 512
 
+# A dense attend reading more KV than a quarter of the machine's memory is
+# streamed (Engine._dense_streamed) in pieces of PIECE_BYTES: its pages would
+# not stay in the page cache anyway, and faulted in one by one they come off
+# the disk at half its rate. Below that a decode loop's KV stays cached and
+# mapped between steps (unmapping it would cost each step 18 % more wall).
+STREAM_SHARE_OF_RAM = 0.25
+PIECE_BYTES = 256 << 20         # 150 ms of a 1.65 GB/s disk: reads stay queued
+
+
+def stream_bytes() -> int:
+    return max(PIECE_BYTES, int(STREAM_SHARE_OF_RAM * os.sysconf("SC_PAGE_SIZE")
+                                * os.sysconf("SC_PHYS_PAGES")))
+
 
 class Engine:
     """One per drive: the engine clock and statistics are shared by all KV namespaces."""
@@ -85,20 +99,21 @@ class Engine:
         cnt = self.counters
         t0 = time.perf_counter_ns()
         if sparse is None:
-            dense_attention(q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
-                            self.nch, out, kv_dtype=s.kernel_dtype(), counters=cnt,
-                            k_dims_major=s.k_dims_major)
-            work = dense_work(lens, s.q_heads, s.head_dim)
             # The pages (and their channels) change only with the tables, which
             # a decode loop's batch keeps for T steps: derive them once.
             memo = store.table_memo(seqs, layer)
             where = memo.get("dense")
             if where is None:
-                ppns = flash_pages(k_tab, v_tab, np.broadcast_to(read, k_tab.shape))
-                ch = self.geom.ch_of(ppns)
-                where = memo["dense"] = (ppns, ch, self.geom.lun_of(ppns),
-                                         np.bincount(ch, minlength=self.nch))
-            ppns = where[0]
+                where = memo["dense"] = self._where(
+                    flash_pages(k_tab, v_tab, np.broadcast_to(read, k_tab.shape)))
+            args = (q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
+                    self.nch, out)
+            kw = dict(kv_dtype=s.kernel_dtype(), counters=cnt, k_dims_major=s.k_dims_major)
+            if where[0] * s.page_bytes > stream_bytes():
+                self._dense_streamed(args, kw, read)
+            else:
+                dense_attention(*args, **kw)
+            work = dense_work(lens, s.q_heads, s.head_dim)
         else:
             r, k, window = sparse
             kd_tab = store.dim_tables(seqs, layer)
@@ -123,43 +138,94 @@ class Engine:
         t1 = time.perf_counter_ns()
         self.stats.c["kernel_wall_ns"] += t1 - t0
         if sparse is None:
-            done = self._charge(ppns, work, cnt, now, s.page_bytes, where=where)
+            done = self._charge(where, work, cnt, now, s.page_bytes)
         else:
-            done = self._charge(ppns, work, cnt, now, s.page_bytes, xfer)
+            done = self._charge(self._where(ppns), work, cnt, now, s.page_bytes, xfer)
         # what the timing model itself costs: with the kernel, most of an attend's wall time
         self.stats.c["charge_wall_ns"] += time.perf_counter_ns() - t1
+        store.settle(seqs, layer)
         return done
 
-    def _charge(self, ppns, work: AttendWork, cnt, now, page_bytes, xfer=None, where=None) -> int:
-        """Charge the reads of `ppns` (each sensed whole; `xfer` bytes each
-        moved over its channel, whole pages if None) and the engine work.
-        `where`: (ppns, channels, LUNs, pages per channel) already derived."""
+    def _dense_streamed(self, args, kw, read) -> None:
+        """dense_attention over a batch bigger than the page cache should
+        hold, one piece of (sequence, kv heads) at a time: the next piece's
+        pages are read ahead while the kernels work on this one, and this
+        one's are unmapped when done (residency.DataPages). Each piece is
+        whole heads over all their tokens, so its outputs are final, the
+        same as one call's."""
+        q, pool, dram, k_tab, v_tab, lens, group_channel, nch, out = args
+        data = self.ftl.nand.data_pages
+        B, H, G = k_tab.shape
+        per_q = q.shape[1] // H
+        head_bytes = int(read.sum(axis=2).max()) * 2 * pool.shape[1] * pool.shape[2] * pool.itemsize
+        step = max(1, min(H, PIECE_BYTES // max(1, head_bytes)))
+        pieces = [(b, h, min(H, h + step)) for b in range(B) for h in range(0, H, step)]
+
+        def pages(piece):
+            b, h0, h1 = piece
+            return flash_pages(k_tab[b:b + 1, h0:h1], v_tab[b:b + 1, h0:h1],
+                               np.broadcast_to(read[b:b + 1], (1, h1 - h0, G)))
+        total, part = kw["counters"], new_counters(nch)
+        total[...] = 0
+        ahead = pages(pieces[0])
+        data.will_need(ahead)
+        for i, (b, h0, h1) in enumerate(pieces):
+            now = ahead
+            if i + 1 < len(pieces):
+                ahead = pages(pieces[i + 1])
+                data.will_need(ahead)
+            dense_attention(q[b:b + 1, h0 * per_q:h1 * per_q], pool, dram, k_tab[b:b + 1, h0:h1],
+                            v_tab[b:b + 1, h0:h1], lens[b:b + 1], group_channel[b:b + 1], nch,
+                            out[b:b + 1, h0 * per_q:h1 * per_q], **{**kw, "counters": part})
+            total += part
+            data.unmap(now)
+
+    def _where(self, ppns):
+        """(pages, their channels, their LUNs, pages per channel): what the
+        charge needs of the PPNs read, the positions kept in the narrowest
+        signed integers that hold them (a decode loop keeps this per batch)."""
         g = self.geom
-        ch, lun = (where[1], where[2]) if where is not None else (g.ch_of(ppns), g.lun_of(ppns))
-        if self.ftl.faults.active and ppns.size and self.ftl.read_fault(ppns.size):
+        ch = g.ch_of(ppns).astype(_narrow(g.channels), copy=False)
+        return (int(ppns.size), ch, g.lun_of(ppns).astype(_narrow(g.ways), copy=False),
+                np.bincount(ch, minlength=self.nch))
+
+    def _charge(self, where, work: AttendWork, cnt, now, page_bytes, xfer=None) -> int:
+        """Charge the reads `where` (`_where`: each page sensed whole; `xfer`
+        bytes each moved over its channel, whole pages if None) and the
+        engine work."""
+        npages, ch, lun, per = where
+        if self.ftl.faults.active and npages and self.ftl.read_fault(npages):
             raise MediaReadError()
         t = attend_time(now, ch, lun, page_bytes, work, self.ftl.clocks, self.ftl.prm,
                         self.rates, self.clock, xfer_bytes=xfer)
-        moved = int(ppns.size) * page_bytes if xfer is None else int(xfer.sum())
+        moved = npages * page_bytes if xfer is None else int(xfer.sum())
         st = self.stats
         c = st.c
         c["attends"] += 1
-        c["pages_read_flash"] += int(ppns.size)
+        c["pages_read_flash"] += npages
         c["pages_read_dram"] += int(cnt[:, C.K_DRAM].sum() + cnt[:, C.V_DRAM].sum() + cnt[:, C.KD_DRAM].sum())
         c["pages_skipped"] += int(cnt[:, C.K_SKIP].sum() + cnt[:, C.V_SKIP].sum() + cnt[:, C.KD_SKIP].sum())
         c["bytes_read_flash"] += moved
         for key in ("pcie_in_ns", "flash_ns", "compute_ns", "pcie_out_ns"):
             c[key] += int(t.breakdown[key])
         c["device_ns"] += t.done_ns - now
-        if ppns.size:
-            per = where[3] if where is not None else np.bincount(ch, minlength=self.nch)
+        if npages:
             st.channel_pages += per
             if xfer is None:
                 st.channel_bytes += per * page_bytes
             else:
                 st.channel_bytes += np.bincount(ch, weights=xfer, minlength=self.nch).astype(np.int64)
-        self.ftl.counters["nand_pages_read"] += int(ppns.size)
+        self.ftl.counters["nand_pages_read"] += npages
         return t.done_ns
+
+
+def _narrow(bound: int):
+    """The smallest signed integer dtype holding 0..bound-1 (signed, so the
+    timing kernels' arithmetic on it widens to int64, never to float)."""
+    for dt in (np.int8, np.int16, np.int32):
+        if bound - 1 <= np.iinfo(dt).max:
+            return dt
+    return np.int64
 
 
 def flash_pages(k_tab, v_tab, mask):

@@ -30,6 +30,11 @@ import numpy as np
 from nvme_cmds.kv import DTYPE_BYTES, KVDtype
 
 K, V, KD = 0, 1, 2
+# Page references (PPN >= 0, or -(slot + 1) for a DRAM slot) are int32, 4 B a
+# page like the block namespace's L2P: profile_rules.MAX_PAGES keeps every
+# PPN inside it, and at 8 B a page the tables alone took 0.2 % of the KV's
+# bytes, most of the daemon's 0.25 %-of-capacity memory budget.
+REF = np.int32
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,9 @@ def _grow(table: np.ndarray, need: int, axis: int = -1) -> np.ndarray:
     if need <= cap:
         return table
     shape = list(table.shape)
-    shape[axis] = max(need, 2 * cap, 8)
+    # a quarter more, not double: the slack is memory held per page (a
+    # table grows O(log) times per sequence either way)
+    shape[axis] = max(need, cap + cap // 4, 8)
     out = np.full(shape, -1, table.dtype)
     out[tuple(slice(0, s) for s in table.shape)] = table
     return out
@@ -201,11 +208,11 @@ class Sequence:
         s = shape
         self.sid, self.stream = sid, stream
         self.length = np.zeros(s.layers, np.int64)
-        self.pages = [np.full((s.layers, s.kv_heads, 8), -1, np.int64) for _ in (K, V)]
+        self.pages = [np.full((s.layers, s.kv_heads, 8), -1, REF) for _ in (K, V)]
         self.tail = dram.alloc(2 * s.layers * s.kv_heads).reshape(2, s.layers, s.kv_heads)
         self.v_sum = np.zeros((s.layers, s.kv_heads, s.head_dim), np.float64)
         if s.sparse:
-            self.kd_pages = np.full((s.layers, s.kv_heads, s.dim_blocks, 4), -1, np.int64)
+            self.kd_pages = np.full((s.layers, s.kv_heads, s.dim_blocks, 4), -1, REF)
             try:
                 self.kd_tail = kd_dram.alloc(s.layers * s.kv_heads * s.dim_blocks).reshape(
                     s.layers, s.kv_heads, s.dim_blocks)

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from csdemu.drive.kv.layout import (KD, DramBudget, DramFull, DramPool, KVShape, K, Sequence, V,
-                                    _grow, page_key, split_groups)
+from csdemu.drive.kv.layout import (KD, REF, DramBudget, DramFull, DramPool, KVShape, K, Sequence,
+                                    V, _grow, page_key, split_groups)
 from nvme_cmds.kv import KVReason
+
+# What the cached batch views (their page tables and what the engine derives
+# from them, 6 B a page read) may hold in all: a batch of up to 2.8 million
+# pages (11 GiB of KV). A batch bigger than that builds its tables afresh each
+# attend (2 % of its time), so the daemon's memory per page of KV stays the
+# sequences' own tables (4 B a page), whatever the batches attended.
+TABLE_CACHE_BYTES = 16 << 20
 
 
 class StoreFull(Exception):
@@ -102,8 +109,8 @@ class KVStore:
                 heads, groups = np.divmod(np.arange(s.kv_heads * nfull), nfull)
                 keys += [page_key(layer, h, kind, g0 + g) for h, g in zip(heads.tolist(), groups.tolist())]
                 where.append((kind, nfull))
-        seq.v_sum[layer] += s.widen(np.ascontiguousarray(v)).sum(axis=0, dtype=np.float64)
-        if s.sparse:
+        if s.sparse:                  # only SparF (sparse layouts) blends in the mean V
+            seq.v_sum[layer] += s.widen(np.ascontiguousarray(v)).sum(axis=0, dtype=np.float64)
             kd_pages, kd_keys, kd_n = self._append_kd(seq, layer, k, L)
             if kd_n:
                 pages.append(kd_pages)
@@ -144,9 +151,10 @@ class KVStore:
             self.kd_dram.pages[bt.kd_tails, :, posp[:, None, None]] = k.reshape(
                 k.shape[0], s.kv_heads, s.dim_blocks, s.dims_per_page)
             fill_kd = posp == Tp - 1
-        wv = s.widen(v)
+        wv = s.widen(v) if s.sparse else None
         for b, q in enumerate(seqs):
-            q.v_sum[layer] += wv[b]
+            if s.sparse:
+                q.v_sum[layer] += wv[b]
             L = int(lens[b])
             pages, keys = [], []
             if fill[b]:
@@ -206,10 +214,19 @@ class KVStore:
         key = (layer, tuple(q.sid for q in seqs))
         b = self._batches.get(key)
         if b is None:
-            if len(self._batches) >= 4 * self.shape.layers + 64:
+            if (len(self._batches) >= 4 * self.shape.layers + 64
+                    or sum(x.nbytes() for x in self._batches.values()) > TABLE_CACHE_BYTES):
                 self._batches.clear()
             b = self._batches[key] = _Batch(seqs, layer)
         return b
+
+    def settle(self, seqs: list[Sequence], layer: int) -> None:
+        """End of a command over this batch: forget its view if it alone
+        outgrew the table cache."""
+        key = (layer, tuple(q.sid for q in seqs))
+        b = self._batches.get(key)
+        if b is not None and b.nbytes() > TABLE_CACHE_BYTES:
+            del self._batches[key]
 
     def table_memo(self, seqs: list[Sequence], layer: int) -> dict:
         """Scratch for what a consumer derives from the current token tables
@@ -235,7 +252,7 @@ class KVStore:
         s = self.shape
         T = s.tokens_per_page
         G = int(max(1, ((lens + T - 1) // T).max())) if len(seqs) else 1
-        tabs = np.zeros((2, len(seqs), s.kv_heads, G), np.int64)
+        tabs = np.zeros((2, len(seqs), s.kv_heads, G), REF)
         for b, q in enumerate(seqs):
             L = int(lens[b])
             nfull = L // T
@@ -260,7 +277,7 @@ class KVStore:
         s = self.shape
         Tp = s.tokens_per_dim_page
         TB = int(max(1, ((lens + Tp - 1) // Tp).max())) if len(seqs) else 1
-        tab = np.zeros((len(seqs), s.kv_heads, s.dim_blocks, TB), np.int64)
+        tab = np.zeros((len(seqs), s.kv_heads, s.dim_blocks, TB), REF)
         for b, q in enumerate(seqs):
             L = int(lens[b])
             nfull = L // Tp
@@ -321,7 +338,11 @@ class KVStore:
             out.append(np.ascontiguousarray(tokens.transpose(1, 0, 2)))
         done = now
         if flash_ppns:
-            ok, _, done = self.ftl.stream_read(np.concatenate(flash_ppns), now)
+            ppns = np.concatenate(flash_ppns)
+            ok, _, done = self.ftl.stream_read(ppns, now)
+            # copied out once: mapped on, they would sit in the daemon's
+            # resident set (a read of a whole KV cache held all of it)
+            self.ftl.nand.data_pages.unmap(ppns)
             if not ok:
                 return False, None, None, done
         return True, out[0], out[1], done
@@ -340,3 +361,9 @@ class _Batch:
         self.sig = self.kd_sig = None
         self.tabs = self.kd_tab = None
         self.memo: dict = {}
+
+    def nbytes(self) -> int:
+        arrays = [self.tabs, self.kd_tab]
+        for v in self.memo.values():
+            arrays += v if isinstance(v, tuple) else [v]
+        return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
