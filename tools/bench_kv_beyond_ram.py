@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -74,10 +75,17 @@ HOW = {
                      "65536 tokens; the engine sums in float32",
     "reference_read_gbps": "KV bytes / wall time of the reference (kv.read plus float64 math)",
     "daemon_rss": "VmRSS, VmHWM, RssAnon, RssFile of the daemon at the end, bytes. VmHWM "
-                  "counts the KV pages the attend mapped in (page cache the kernel reclaims); "
-                  "RssAnon holds the KV layer's page tables of the attended batch, kept for "
-                  "the next decode step",
+                  "counts the KV pages mapped in, page cache the kernel reclaims: the attend "
+                  "over the first sequence alone keeps its pages mapped for a next step; the "
+                  "full attend (over a quarter of RAM) unmaps each piece when done, and "
+                  "kv.read what it copied out. RssAnon: the sequences' page tables",
     "daemon_rss_after_append": "the same right after the appends",
+    "disk_direct_read_gbps_qd1": "fio --rw=read --bs=1M --direct=1 --ioengine=libaio "
+                                 "--iodepth=1 on a 4 GiB file beside the data dir, after the run",
+    "disk_direct_read_gbps_qd32": "the same at --iodepth=32",
+    "disk_mmap_4k_read_gbps": "fio --rw=read --bs=4k --ioengine=mmap --invalidate=1 on the same "
+                              "file: a cold sequential read through a mapping, page by page",
+    "load_average": "1-minute load average at the start and at the end of the run",
 }
 
 
@@ -133,6 +141,35 @@ def reference(kv, sid: int, q: np.ndarray, tokens: int, chunk: int):
         time.perf_counter() - t
 
 
+def disk_rates(parent: str) -> dict:
+    """What the backing disk gives: fio on a 4 GiB file (the rates the
+    attend's disk-bound wall time is set against)."""
+    path = os.path.join(parent, f"csdemu-disk-rate-{os.getpid()}")
+    runs = {"disk_direct_read_gbps_qd1": ["--direct=1", "--ioengine=libaio", "--iodepth=1",
+                                          "--bs=1M"],
+            "disk_direct_read_gbps_qd32": ["--direct=1", "--ioengine=libaio", "--iodepth=32",
+                                           "--bs=1M"],
+            "disk_mmap_4k_read_gbps": ["--ioengine=mmap", "--invalidate=1", "--bs=4k"]}
+    out = {}
+    try:
+        with open(path, "wb") as f:
+            block = os.urandom(1 << 20)
+            for _ in range(4096):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        for key, args in runs.items():
+            r = subprocess.run(["fio", "--name=disk", f"--filename={path}", "--rw=read",
+                                "--size=4G", "--output-format=json", *args],
+                               capture_output=True, text=True, check=True)
+            job = json.loads(r.stdout)["jobs"][0]["read"]
+            out[key] = round(job["bw_bytes"] / 1e9, 3)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0,
@@ -169,6 +206,7 @@ def main(argv=None) -> int:
                       extra_args=["--set", f"device.capacity={cap}",
                                   "--set", f"device.kv_pct={KV_PCT}"])
     mach = machine()
+    load0 = os.getloadavg()[0]
     res = {"ram_bytes": ram, "kv_bytes": kv_bytes, "seqs": a.seqs, "tokens_per_seq": tokens,
            "scale": a.scale, "capacity_bytes": cap}
     try:
@@ -237,6 +275,10 @@ def main(argv=None) -> int:
     finally:
         d.cleanup()
         shutil.rmtree(a.data_dir, ignore_errors=True)
+    if shutil.which("fio"):
+        res.update(disk_rates(parent))
+        log("disk: " + ", ".join(f"{k} {v}" for k, v in res.items() if k.startswith("disk_")))
+    res["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     if a.out:
         write_json({**res, "machine": mach, "how": HOW}, a.out)
     if a.json:

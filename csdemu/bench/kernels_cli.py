@@ -13,7 +13,6 @@ SmolLM2-135M, OPT-13B and a g=4 GQA decode shape.  The work lives in
 
 import argparse
 import json
-import os
 import sys
 
 from csdemu.bench.kernels import SHAPES, run_kernel_bench
