@@ -276,8 +276,9 @@ def main(argv=None) -> int:
         d.cleanup()
         shutil.rmtree(a.data_dir, ignore_errors=True)
     if shutil.which("fio"):
-        res.update(disk_rates(parent))
-        log("disk: " + ", ".join(f"{k} {v}" for k, v in res.items() if k.startswith("disk_")))
+        rates = disk_rates(parent)
+        res.update(rates)
+        log("disk: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
     res["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     if a.out:
         write_json({**res, "machine": mach, "how": HOW}, a.out)
