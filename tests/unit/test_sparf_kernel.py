@@ -6,7 +6,6 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 
-from kernels import config
 from kernels import counters as C
 from kernels.attention import dense_attention, sparf_attention
 from csdemu.bench.paged_kv import build_paged_kv, v_mean_of
@@ -224,9 +223,13 @@ def test_sparf_validation_errors():
 
 
 @pytest.mark.parametrize("k_dims_major", [False, True])
-def test_int32_page_references_give_the_int64_results(k_dims_major):
+def test_int32_page_references_read_what_int64_ones_do(k_dims_major):
     """The daemon keeps its page tables int32 (csdemu/drive/kv/layout.py REF):
-    dense and SparF read the same pages and give the same bits as with int64."""
+    dense and SparF read the same pages (equal counters, equal selection) and
+    give the int64 outputs to fp32 rounding. Not to the bit: each reference
+    dtype is its own compiled specialization, and fastmath lets LLVM order a
+    sum differently in each (a fresh clone's SparF differed by 3e-8 in 18 of
+    640 outputs)."""
     rng = np.random.default_rng(31)
     lens = [1, 9, 16, 40, 77]
     D, T, Dp, Tp, nch = 32, 8, 4, 16, 3
@@ -236,16 +239,20 @@ def test_int32_page_references_give_the_int64_results(k_dims_major):
     want, got = np.empty_like(q), np.empty_like(q)
     wc = dense_attention(q, out=want, **lay.dense_args())
     gc = dense_attention(q, out=got, **{**lay.dense_args(), **narrow})
-    npt.assert_array_equal(got, want)
+    npt.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
     npt.assert_array_equal(gc, wc)
     if k_dims_major:
         return
     kd = np.where(lay.kd_pages < np.iinfo(np.int32).min, -1, lay.kd_pages).astype(np.int32)
+    runs = []
     for refs in ({}, {**narrow, "kd_pages": kd}):
-        args = {**lay.sparf_args(), **refs}
         out = np.empty_like(q)
-        ctr = sparf_attention(q, v_mean=vm, out=out, r=8, k=6, window=4, **args)
-        if not refs:
-            want, wc = out, ctr
-    npt.assert_array_equal(out, want)
-    npt.assert_array_equal(ctr, wc)
+        touched = (np.empty(lay.k_pages.shape, np.int32), np.empty((len(lens), 2, D // Dp), bool))
+        ctr = sparf_attention(q, v_mean=vm, out=out, r=8, k=6, window=4, touched=touched,
+                              **{**lay.sparf_args(), **refs})
+        runs.append((out, ctr, touched))
+    (want, wc, wt), (got, gc, gt) = runs
+    npt.assert_allclose(got, want, atol=SPARF_ATOL, rtol=SPARF_RTOL)
+    npt.assert_array_equal(gc, wc)
+    npt.assert_array_equal(gt[0], wt[0])
+    npt.assert_array_equal(gt[1], wt[1])

@@ -58,13 +58,15 @@ class UserStreams:
         return self.kv_held() + -(-short // lm.ppl) <= self.kv_lines
 
     def stream_read(self, ppns: np.ndarray, t0: int, *, pcie: bool = False):
-        """Read pages by PPN -> (ok, data, done_ns); data is a gather copy."""
+        """Charge reading pages by PPN and check them -> (ok, done_ns); the
+        caller takes the data from the mapping (nand.data) itself."""
         if self.faults.active and self.read_fault(ppns.size):
-            return False, None, int(self.charge_reads(ppns, t0, pcie=pcie).max())
+            return False, int(self.charge_reads(ppns, t0, pcie=pcie).max())
         done = int(self.charge_reads(ppns, t0, pcie=pcie).max()) if ppns.size else t0
         if ppns.size and not self.nand.check(ppns):
-            return self.media_error(done)
-        return True, self.nand.data[ppns], done
+            self.media_error(done)
+            return False, done
+        return True, done
 
     def invalidate_pages(self, ppns: np.ndarray) -> None:
         self.lines.invalidate(ppns[self.lines.valid[ppns]])

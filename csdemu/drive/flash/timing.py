@@ -277,15 +277,6 @@ def _as_i64(x) -> np.ndarray:
     return np.atleast_1d(np.asarray(x, dtype=np.int64))
 
 
-def _as_position(x) -> np.ndarray:
-    """Channel or LUN numbers: a signed integer array as it is (the KV
-    engine keeps them int8 per page read, and a widening copy per attend
-    would cost more than the memory it saves), anything else as int64."""
-    if isinstance(x, np.ndarray) and x.dtype.kind == "i" and x.ndim == 1:
-        return x
-    return _as_i64(x)
-
-
 def advance_batch(op: Op, ch, lun, start_ns, nbytes, clocks: Clocks, timing,
                   *, pcie: bool = False, floor_ns: int = 0,
                   out: np.ndarray | None = None, sense_bytes=None) -> np.ndarray:
@@ -300,8 +291,8 @@ def advance_batch(op: Op, ch, lun, start_ns, nbytes, clocks: Clocks, timing,
     array, default `nbytes`) is what each read senses, which sets its tR,
     when it moves fewer bytes than that (a column read of part of a page).
     """
-    ch = _as_position(ch)
-    lun = _as_position(lun)
+    ch = _as_i64(ch)
+    lun = _as_i64(lun)
     if out is None:
         out = np.empty(ch.shape[0], np.int64)
     prm = timing if isinstance(timing, np.ndarray) else timing.packed()

@@ -183,7 +183,7 @@ class Engine:
     def _where(self, ppns):
         """(pages, their channels, their LUNs, pages per channel): what the
         charge needs of the PPNs read, the positions kept in the narrowest
-        signed integers that hold them (a decode loop keeps this per batch)."""
+        integers that hold them (a decode loop keeps this per batch)."""
         g = self.geom
         ch = g.ch_of(ppns).astype(_narrow(g.channels), copy=False)
         return (int(ppns.size), ch, g.lun_of(ppns).astype(_narrow(g.ways), copy=False),
@@ -196,8 +196,11 @@ class Engine:
         npages, ch, lun, per = where
         if self.ftl.faults.active and npages and self.ftl.read_fault(npages):
             raise MediaReadError()
-        t = attend_time(now, ch, lun, page_bytes, work, self.ftl.clocks, self.ftl.prm,
-                        self.rates, self.clock, xfer_bytes=xfer)
+        # widened for the call: the timing kernels are compiled for int64
+        # positions only (block I/O's), so an attend adds no specialization
+        # for a fresh install to compile inside its first command
+        t = attend_time(now, ch.astype(np.int64), lun.astype(np.int64), page_bytes, work,
+                        self.ftl.clocks, self.ftl.prm, self.rates, self.clock, xfer_bytes=xfer)
         moved = npages * page_bytes if xfer is None else int(xfer.sum())
         st = self.stats
         c = st.c
@@ -220,8 +223,7 @@ class Engine:
 
 
 def _narrow(bound: int):
-    """The smallest signed integer dtype holding 0..bound-1 (signed, so the
-    timing kernels' arithmetic on it widens to int64, never to float)."""
+    """The smallest signed integer dtype holding 0..bound-1."""
     for dt in (np.int8, np.int16, np.int32):
         if bound - 1 <= np.iinfo(dt).max:
             return dt

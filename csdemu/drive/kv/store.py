@@ -338,8 +338,8 @@ class KVStore:
             out.append(np.ascontiguousarray(tokens.transpose(1, 0, 2)))
         done = now
         if flash_ppns:
-            ppns = np.concatenate(flash_ppns)
-            ok, _, done = self.ftl.stream_read(ppns, now)
+            ppns = np.concatenate(flash_ppns).astype(np.int64)   # the FTL's PPN dtype
+            ok, done = self.ftl.stream_read(ppns, now)
             # copied out once: mapped on, they would sit in the daemon's
             # resident set (a read of a whole KV cache held all of it)
             self.ftl.nand.data_pages.unmap(ppns)
