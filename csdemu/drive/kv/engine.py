@@ -105,7 +105,7 @@ class Engine:
             where = memo.get("dense")
             if where is None:
                 where = memo["dense"] = self._where(
-                    flash_pages(k_tab, v_tab, np.broadcast_to(read, k_tab.shape)))
+                    flash_pages(k_tab, v_tab, np.broadcast_to(read, k_tab.shape)), kept=True)
             args = (q, store.pool, store.dram.pages, k_tab, v_tab, lens, group_channel,
                     self.nch, out)
             kw = dict(kv_dtype=s.kernel_dtype(), counters=cnt, k_dims_major=s.k_dims_major)
@@ -180,14 +180,16 @@ class Engine:
             total += part
             data.unmap(now)
 
-    def _where(self, ppns):
+    def _where(self, ppns, kept: bool = False):
         """(pages, their channels, their LUNs, pages per channel): what the
-        charge needs of the PPNs read, the positions kept in the narrowest
-        integers that hold them (a decode loop keeps this per batch)."""
+        charge needs of the PPNs read. `kept` (a decode loop keeps this per
+        batch): the positions in the narrowest integers that hold them."""
         g = self.geom
-        ch = g.ch_of(ppns).astype(_narrow(g.channels), copy=False)
-        return (int(ppns.size), ch, g.lun_of(ppns).astype(_narrow(g.ways), copy=False),
-                np.bincount(ch, minlength=self.nch))
+        p = ppns.astype(np.int64, copy=False)
+        ch, lun = g.ch_of(p), g.lun_of(p)
+        if kept:
+            ch, lun = ch.astype(_narrow(g.channels)), lun.astype(_narrow(g.ways))
+        return int(ppns.size), ch, lun, np.bincount(ch, minlength=self.nch)
 
     def _charge(self, where, work: AttendWork, cnt, now, page_bytes, xfer=None) -> int:
         """Charge the reads `where` (`_where`: each page sensed whole; `xfer`
@@ -199,8 +201,9 @@ class Engine:
         # widened for the call: the timing kernels are compiled for int64
         # positions only (block I/O's), so an attend adds no specialization
         # for a fresh install to compile inside its first command
-        t = attend_time(now, ch.astype(np.int64), lun.astype(np.int64), page_bytes, work,
-                        self.ftl.clocks, self.ftl.prm, self.rates, self.clock, xfer_bytes=xfer)
+        t = attend_time(now, ch.astype(np.int64, copy=False), lun.astype(np.int64, copy=False),
+                        page_bytes, work, self.ftl.clocks, self.ftl.prm, self.rates, self.clock,
+                        xfer_bytes=xfer)
         moved = npages * page_bytes if xfer is None else int(xfer.sum())
         st = self.stats
         c = st.c
